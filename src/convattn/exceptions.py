@@ -1,0 +1,41 @@
+"""Errors raised by convattn.
+
+Every error subclasses a built-in (``ValueError``, ``TypeError``, ...) so existing
+``except`` clauses keep working, and every message names the component, what it
+expected and what it received.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConvattnError",
+    "ShapeError",
+    "DTypeError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "CheckpointError",
+]
+
+
+class ConvattnError(Exception):
+    """Base class of every convattn error."""
+
+
+class ShapeError(ConvattnError, ValueError):
+    """A tensor has the wrong number of dimensions, channels or spatial size."""
+
+
+class DTypeError(ConvattnError, TypeError):
+    """A tensor has a dtype the component cannot take (e.g. integer images)."""
+
+
+class ConfigError(ConvattnError, ValueError):
+    """A constructor argument, option or configuration value is invalid."""
+
+
+class DatasetNotFoundError(ConvattnError, FileNotFoundError):
+    """Dataset files are missing and cannot be downloaded."""
+
+
+class CheckpointError(ConvattnError, RuntimeError):
+    """A checkpoint is truncated, corrupt, or carries pickled code."""

@@ -1,0 +1,63 @@
+"""Squeeze-and-Excitation Networks (Hu, Shen, Sun; CVPR 2018). https://arxiv.org/abs/1709.01507"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register_attn
+from ._helpers import check_channels, check_input, get_layer, reduced_channels
+from ._recording import RecordsAttention
+
+__all__ = ["SqueezeExcite"]
+
+
+@register_attn("se", kind="gate", paper="Squeeze-and-Excitation Networks, Hu et al., CVPR 2018")
+class SqueezeExcite(RecordsAttention):
+    """Squeeze-and-Excitation: ``x · σ(W₂ δ(W₁ GAP(x)))``.
+
+    Args:
+        channels: input channels C.
+        rd_ratio: reduction ratio r as a fraction (the paper's r = 16 is ``1/16``).
+        rd_channels: bottleneck width, overriding ``rd_ratio``.
+        rd_divisor: the bottleneck width is rounded to a multiple of this.
+        act_layer: activation δ between the two FC layers.
+        gate_layer: the gate σ.
+        bias: whether the FC layers (1×1 convolutions) have biases.
+
+    Shape:
+        ``(B, C, H, W) -> (B, C, H, W)``. Records the channel weights ``(B, C)``.
+
+    Example:
+        >>> import torch
+        >>> se = SqueezeExcite(64, rd_ratio=1 / 16)
+        >>> se(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        act_layer: str | type[nn.Module] = "relu",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("SqueezeExcite", channels)
+        rd = reduced_channels("SqueezeExcite", channels, rd_ratio, rd_channels, rd_divisor)
+        self.fc1 = nn.Conv2d(channels, rd, 1, bias=bias)
+        self.act = get_layer(act_layer, owner="SqueezeExcite", arg="act_layer")()
+        self.fc2 = nn.Conv2d(rd, channels, 1, bias=bias)
+        self.gate = get_layer(gate_layer, owner="SqueezeExcite", arg="gate_layer")()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            check_input("SqueezeExcite", x, self.channels)
+        w = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        if self.recording:
+            self.emit("", w.flatten(1))
+        return x * w
