@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import pytest
 import torch
@@ -92,24 +91,13 @@ def test_state_dict_round_trip(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_scripted_or_exported(name):
+def test_torch_export(name):
     info = convattn.get_attn_info(name)
     layer = _build(name).eval()
     _perturb(layer)
     x = torch.randn(_shape(info, 2, (6, 5)))
-    ref = layer(x)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compiled = torch.jit.script(layer)
-        out = compiled(x)
-    except Exception as script_error:  # not scriptable: torch.export must work instead
-        try:
-            compiled = torch.export.export(layer, (x,)).module()
-        except Exception as export_error:
-            pytest.fail(f"{name}: neither TorchScript ({script_error}) nor torch.export ({export_error})")
-        out = compiled(x)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    exported = torch.export.export(layer, (x,)).module()
+    torch.testing.assert_close(exported(x), layer(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -129,9 +129,9 @@ def check_input(
 ) -> None:
     """Validate a layer's input tensor; raise ``ShapeError`` / ``DTypeError`` naming the layer.
 
-    Skipped under TorchScript and ``torch.export`` tracing (no Python strings there).
+    Skipped while ``torch.export`` / ``torch.compile`` trace the layer.
     """
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")

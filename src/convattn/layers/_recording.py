@@ -24,18 +24,16 @@ _SINKS: dict[int, tuple[dict[str, torch.Tensor], str]] = {}
 class RecordsAttention(nn.Module):
     """Mixin for layers that can report their attention maps.
 
-    ``recording`` is a plain bool attribute (TorchScript and ``torch.export`` see it
-    as the constant ``False``). A layer with one map emits it under its own path;
+    ``recording`` is a plain bool attribute (``torch.export`` and ``torch.compile``
+    see it as the constant ``False``). A layer with one map emits it under its own path;
     a layer with several emits ``name`` suffixes, stored as ``"path:name"``.
     """
-
-    recording: bool
 
     def __init__(self) -> None:
         super().__init__()
         self.recording = False
 
-    @torch.jit.unused
+    @torch.compiler.disable
     def emit(self, name: str, attn: torch.Tensor) -> None:
         """Store ``attn`` (detached) for the active ``record_attention`` context."""
         entry = _SINKS.get(id(self))

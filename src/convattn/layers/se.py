@@ -55,8 +55,7 @@ class SqueezeExcite(RecordsAttention):
         self.gate = get_layer(gate_layer, owner="SqueezeExcite", arg="gate_layer")()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            check_input("SqueezeExcite", x, self.channels)
+        check_input("SqueezeExcite", x, self.channels)
         w = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
         if self.recording:
             self.emit("", w.flatten(1))
