@@ -18,7 +18,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m convattn.demo
+	$(PY) -m convattn demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention_memory.py

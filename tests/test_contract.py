@@ -103,10 +103,10 @@ def test_torch_export(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_gradcheck_float64(name):
     info = convattn.get_attn_info(name)
-    layer = _build(name, c=8).double().eval()
+    layer = _build(name).double().eval()
     _perturb(layer)
     side = max(3, info.min_size)
-    x = torch.randn(_shape(info, 2, (side, side + 1), c=8), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(_shape(info, 2, (side, side + 1)), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,), eps=1e-6, atol=1e-4, nondet_tol=1e-7)
 
 
