@@ -1,0 +1,41 @@
+"""Batch norm for per-sample vectors (the ``(B, C, 1, 1)`` tensors after global pooling).
+
+SK, split attention, BAM and Gather-Excite normalise pooled descriptors. With a
+training batch of one such a tensor has a single value per channel, and
+``nn.BatchNorm2d`` raises. :class:`PooledBatchNorm2d` then normalises with the
+running statistics (and does not update them), so these layers train at batch size
+one like the rest of the library. Every other input is plain ``nn.BatchNorm2d``,
+with the same parameters, buffers and ``state_dict`` keys.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PooledBatchNorm2d", "resolve_norm"]
+
+
+class PooledBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that uses running statistics when a training batch has one value per channel.
+
+    Example:
+        >>> import torch
+        >>> bn = PooledBatchNorm2d(8).train()
+        >>> bn(torch.randn(1, 8, 1, 1)).shape
+        torch.Size([1, 8, 1, 1])
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        single = x.shape[0] * x[0, 0].numel() == 1
+        if self.training and single and self.running_mean is not None:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
+
+
+def resolve_norm(norm: type[nn.Module]) -> type[nn.Module]:
+    """Swap ``nn.BatchNorm2d`` for :class:`PooledBatchNorm2d`; leave every other class alone."""
+    return PooledBatchNorm2d if norm is nn.BatchNorm2d else norm
