@@ -60,3 +60,53 @@ class SqueezeExcite(RecordsAttention):
         if self.recording:
             self.emit("", w.flatten(1))
         return x * w
+
+
+@register_attn(
+    "ese",
+    kind="gate",
+    paper="CenterMask: Real-Time Anchor-Free Instance Segmentation, Lee & Park, CVPR 2020 (effective SE)",
+)
+class EffectiveSqueezeExcite(RecordsAttention):
+    """Effective Squeeze-Excitation (eSE, VoVNet-v2): ``x · hσ(W_C GAP(x))``.
+
+    From *CenterMask: Real-Time Anchor-Free Instance Segmentation* (Lee & Park,
+    CVPR 2020), https://arxiv.org/abs/1911.06667, Eq. 1–2. SE's two FC layers
+    lose channel information in the C/r bottleneck; eSE keeps one FC layer of full
+    width ``C -> C`` (with bias) and gates with the hard sigmoid
+    ``hσ(z) = ReLU6(z + 3) / 6``. Same as timm's ``EffectiveSEModule`` (whose
+    experimental ``add_maxpool`` option is not offered).
+
+    Args:
+        channels: input channels C.
+        gate_layer: the gate (paper: hard sigmoid).
+
+    Shape:
+        ``(B, C, H, W) -> (B, C, H, W)``. Records the channel weights ``(B, C)``.
+
+    Example:
+        >>> import torch
+        >>> ese = EffectiveSqueezeExcite(64)
+        >>> ese(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(self, channels: int, *, gate_layer: str | type[nn.Module] = "hard_sigmoid") -> None:
+        super().__init__()
+        self.channels = check_channels("EffectiveSqueezeExcite", channels)
+        self.fc = nn.Conv2d(channels, channels, 1, bias=True)
+        self.gate = get_layer(gate_layer, owner="EffectiveSqueezeExcite", arg="gate_layer")()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.fc.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input("EffectiveSqueezeExcite", x, self.channels)
+        w = self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+        if self.recording:
+            self.emit("", w.flatten(1))
+        return x * w
+
+
+__all__ += ["EffectiveSqueezeExcite"]
