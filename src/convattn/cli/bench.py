@@ -1,0 +1,88 @@
+"""``convattn bench layers|models``: cost tables (parameters, FLOPs, latency, memory), optionally next to timm."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+ORDER = 50
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--channels-last", action="store_true", help="use the channels-last memory format")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--compare", choices=["timm"], help="also measure timm's implementation in the same run")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (median/min/max)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default: 2)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory pass")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--csv", metavar="PATH", help="also write all columns as CSV")
+    p.add_argument("--json", metavar="PATH", help="also write rows and run settings as JSON")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure the cost of layers or models", description=run.__doc__)
+    what = p.add_subparsers(dest="what", metavar="WHAT")
+    what.required = True
+
+    pl = what.add_parser("layers", help="attention layers next to a 3x3 conv of the same width",
+                         description="Per layer: parameters, FLOPs, forward and forward+backward latency, "
+                                     "throughput, peak memory, overhead relative to a 3x3 conv of the same width.")
+    pl.add_argument("--layers", default="all", help="comma list / wildcards of layer names, or 'all' (default)")
+    pl.add_argument("--channels", type=int, default=64, help="width C (default: 64)")
+    pl.add_argument("--size", type=int, default=56, help="spatial size (default: 56)")
+    pl.add_argument("--batch", type=int, default=8, help="batch size (default: 8)")
+    pl.add_argument("--no-backward", dest="train", action="store_false", help="forward only")
+    _common(pl)
+    pl.set_defaults(func=run)
+
+    pm = what.add_parser("models", help="whole models, inference or an SGD training step",
+                         description="Per model and attention layer: parameters, FLOPs, latency, throughput, "
+                                     "peak memory, and the ratio to the plain model.")
+    pm.add_argument("--models", default="resnet18", help="comma list / wildcards of model names (default: resnet18)")
+    pm.add_argument("--attention", default="none,se,cbam", help="comma list of attention layers; 'none' = plain")
+    pm.add_argument("--size", type=int, default=224, help="input size (default: 224)")
+    pm.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
+    pm.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
+    pm.add_argument("--num-classes", type=int, default=1000, help="classifier width (default: 1000)")
+    pm.add_argument("--train", action="store_true", help="time an SGD training step instead of inference")
+    _common(pm)
+    pm.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure parameters, FLOPs, latency, throughput and peak memory of attention layers or models."""
+    import torch
+
+    from ..bench import bench_layers, bench_models, format_table, write_rows
+    from ..exceptions import ConfigError
+
+    if args.repeats is not None and args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = {k: v for k, v in vars(args).items() if k not in ("func", "csv", "json", "markdown")}
+    meta.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
+                processor=platform.processor() or platform.machine())
+    if args.what == "layers":
+        rows = bench_layers(args.layers, channels=args.channels, size=args.size, batch=args.batch, dtype=args.dtype,
+                            channels_last=args.channels_last, device=args.device, compare=args.compare,
+                            repeats=args.repeats or 10, warmup=args.warmup, train=args.train, memory=args.memory,
+                            progress=True)
+        title = (f"layers: C={args.channels}, {args.size}x{args.size}, batch {args.batch}, {args.dtype}"
+                 f"{', channels_last' if args.channels_last else ''}, {args.device}")
+    else:
+        rows = bench_models(args.models, args.attention, size=args.size, batch=args.batch,
+                            num_classes=args.num_classes, in_chans=args.in_chans, train=args.train,
+                            dtype=args.dtype, channels_last=args.channels_last, device=args.device,
+                            compare=args.compare, repeats=args.repeats or 5, warmup=args.warmup,
+                            memory=args.memory, progress=True)
+        title = (f"models ({'SGD training step' if args.train else 'inference'}): {args.size}x{args.size}, "
+                 f"batch {args.batch}, {args.dtype}{', channels_last' if args.channels_last else ''}, {args.device}")
+    print(title)
+    print(format_table(rows))
+    for path in write_rows(rows, csv_path=args.csv, json_path=args.json, markdown_path=args.markdown, meta=meta):
+        print(f"wrote {path}")
+    return 0
