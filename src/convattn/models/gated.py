@@ -1,0 +1,183 @@
+"""``gated_mlp`` / ``gated_cnn``: small classifiers for 28×28 images with a gated attention head.
+
+The features of a small MLP or CNN go through ``GatedAttentionHead`` (``convattn.layers.attn_pool``):
+K heads each gate the feature vector, ``y_k = f ⊙ σ(W_k f + b_k)``; the heads are
+concatenated, dropped out and projected, and a linear classifier reads the result.
+The head follows the gated attention of Attend and Rectify (Rodríguez et al., ECCV
+2018, https://arxiv.org/abs/1807.07320) applied to feature vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..exceptions import ConfigError
+from ..layers.attn_pool import GatedAttentionHead
+from ._registry import register_model
+from .simple_cnn import ConvBlock, make_attention
+
+__all__ = ["GatedMLP", "GatedCNN"]
+
+
+def _check_sizes(owner: str, name: str, values: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ConfigError(f"{owner} expects {name} to be positive ints, got {values!r}")
+    return values
+
+
+class GatedMLP(nn.Module):
+    """MLP → :class:`GatedAttentionHead` → linear classifier.
+
+    Args:
+        num_classes: classifier outputs.
+        in_chans: image channels.
+        image_size: ``(H, W)`` of the inputs (the first linear layer's width depends on it).
+        hidden: widths of the MLP's hidden layers.
+        num_heads: gate heads K.
+        head_dim: output width of the gated head.
+        dropout: dropout inside the head.
+
+    Shape:
+        ``(B, in_chans, H, W) -> (B, num_classes)``.
+
+    Example:
+        >>> import torch
+        >>> GatedMLP(num_classes=10, in_chans=1)(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        image_size: Sequence[int] = (28, 28),
+        hidden: Sequence[int] = (256, 128),
+        num_heads: int = 4,
+        head_dim: int = 128,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.image_size = _check_sizes("GatedMLP", "image_size", image_size)
+        if len(self.image_size) != 2:
+            raise ConfigError(f"GatedMLP expects image_size (H, W), got {image_size!r}")
+        hidden = _check_sizes("GatedMLP", "hidden", hidden)
+        self.in_chans = in_chans
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        prev = in_chans * self.image_size[0] * self.image_size[1]
+        for h in hidden:
+            layers += [nn.Linear(prev, h), nn.ReLU(inplace=True)]
+            prev = h
+        self.features = nn.Sequential(*layers)
+        self.head = GatedAttentionHead(prev, out_features=head_dim, num_heads=num_heads, dropout=dropout)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(head_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling() and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
+            from ..exceptions import ShapeError
+
+            raise ShapeError(
+                f"GatedMLP expects input of shape (B, {self.in_chans}, {self.image_size[0]}, {self.image_size[1]}), "
+                f"got {tuple(x.shape)}"
+            )
+        return self.fc(self.act(self.head(self.features(x))))
+
+
+class GatedCNN(nn.Module):
+    """Conv blocks → global average pooling → :class:`GatedAttentionHead` → linear classifier.
+
+    Args:
+        num_classes: classifier outputs.
+        in_chans: image channels.
+        widths: filters of the conv → BN → ReLU → [attention] → max-pool blocks.
+        num_heads: gate heads K.
+        head_dim: output width of the gated head.
+        dropout: dropout inside the head.
+        attention: optional gate layer after each conv block.
+        attn_kwargs: its options.
+
+    Shape:
+        ``(B, in_chans, H, W) -> (B, num_classes)``, any ``H, W``.
+
+    Example:
+        >>> import torch
+        >>> GatedCNN(num_classes=10, in_chans=1)(torch.randn(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        widths: Sequence[int] = (32, 64),
+        num_heads: int = 4,
+        head_dim: int = 128,
+        dropout: float = 0.2,
+        attention: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        widths = _check_sizes("GatedCNN", "widths", widths)
+        blocks, prev = [], in_chans
+        for w in widths:
+            blocks.append(ConvBlock(prev, w, attn=make_attention(attention, w, attn_kwargs)))
+            prev = w
+        self.stages = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = GatedAttentionHead(prev, out_features=head_dim, num_heads=num_heads, dropout=dropout)
+        self.act = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(head_dim, num_classes)
+        for m in self.stages.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.flatten(self.pool(self.stages(x)), 1)
+        return self.fc(self.act(self.head(f)))
+
+
+@register_model("gated_mlp")
+def gated_mlp(
+    *,
+    num_classes: int,
+    in_chans: int = 1,
+    attention: str | None = None,
+    attn_kwargs: dict[str, Any] | None = None,
+    image_size: Sequence[int] = (28, 28),
+    hidden: Sequence[int] = (256, 128),
+    num_heads: int = 4,
+    head_dim: int = 128,
+    dropout: float = 0.2,
+) -> nn.Module:
+    """:class:`GatedMLP`; it has no feature maps, so ``attention`` must be ``None``."""
+    if attention is not None:
+        raise ConfigError(f"gated_mlp has no feature maps to put {attention!r} on; use gated_cnn")
+    return GatedMLP(
+        num_classes=num_classes, in_chans=in_chans, image_size=image_size, hidden=hidden,
+        num_heads=num_heads, head_dim=head_dim, dropout=dropout,
+    )
+
+
+@register_model("gated_cnn")
+def gated_cnn(
+    *,
+    num_classes: int,
+    in_chans: int = 1,
+    attention: str | None = None,
+    attn_kwargs: dict[str, Any] | None = None,
+    widths: Sequence[int] = (32, 64),
+    num_heads: int = 4,
+    head_dim: int = 128,
+    dropout: float = 0.2,
+) -> nn.Module:
+    """:class:`GatedCNN` with an optional gate layer after each conv block."""
+    return GatedCNN(
+        num_classes=num_classes, in_chans=in_chans, widths=widths, num_heads=num_heads,
+        head_dim=head_dim, dropout=dropout, attention=attention, attn_kwargs=attn_kwargs,
+    )
