@@ -1,0 +1,38 @@
+"""``convattn predict CKPT IMAGE...``: top-k classes with probabilities for image files."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 30
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained run", description=run.__doc__)
+    p.add_argument("path", metavar="RUN_DIR|CKPT", help="run directory (uses best.pt, else last.pt) or a .pt checkpoint")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ... anything PIL reads)")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to show per image (default: 5)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the top-k classes and their probabilities for each image.
+
+    Images are converted to the model's channels and input size and normalised
+    with the training dataset's mean and std, all read from the checkpoint.
+    """
+    from ..engine.distributed import resolve_device
+    from ..engine.inference import predict_images
+    from ..engine.trainer import load_run
+    from ..exceptions import ConfigError
+
+    if args.topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
+    model, _ = load_run(args.path)
+    results = predict_images(model, model.data_info, args.images, topk=args.topk, device=resolve_device(args.device))
+    for r in results:
+        print(r["image"])
+        for name, prob in r["top"]:
+            print(f"  {prob:7.2%}  {name}")
+    return 0

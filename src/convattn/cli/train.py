@@ -1,0 +1,183 @@
+"""``convattn train``: train a model; every ``TrainConfig`` field is a flag.
+
+Precedence: defaults < ``--config FILE.yaml`` < explicit flags. With ``--resume
+RUN_DIR`` the run's own config is the base and only fields that do not change the
+numbers (``--out``, ``--workers``, ``--device``, ``--no-progress`` ...) may differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import yaml
+
+from ..exceptions import ConfigError
+
+ORDER = 10
+
+_EPILOG = """\
+examples:
+  convattn train --model simple_cnn --attention cbam --epochs 5
+  convattn train --config run.yaml --lr 0.1 --attn-kwargs rd_ratio=0.25
+  convattn train --resume runs/simple_cnn-cbam-cluttered-digits-20250101-120000
+  torchrun --nproc_per_node 2 -m convattn train --model resnet20 --dataset cifar10 --device cpu
+
+YAML files hold the same fields with underscores (batch_size: 128). dict-valued
+options take KEY=VALUE pairs whose values are read as YAML (rd_ratio=0.25,
+act_layer=gelu); --stages takes a YAML list, e.g.
+  --stages '[{name: att, epochs: 2, train: [attention]}, {name: all, epochs: 3}]'
+"""
+
+
+def _kind(field: dataclasses.Field) -> str:
+    t = str(field.type).replace(" ", "")
+    if field.name in ("attn_kwargs", "model_kwargs"):
+        return "dict"
+    if field.name == "stages":
+        return "list"
+    for name in ("bool", "int", "float"):
+        if t.split("|")[0] == name:
+            return name
+    return "str"
+
+
+def _parse_scalar(kind: str, name: str):
+    def parse(text: str) -> Any:
+        if text.lower() in ("none", "null") and kind in ("int", "float", "str"):
+            return None
+        try:
+            return {"int": int, "float": float, "str": str}[kind](text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name.replace('_', '-')} expects {kind}, got {text!r}") from None
+
+    parse.__name__ = kind
+    return parse
+
+
+class _KeyValues(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        out: dict[str, Any] = {}
+        for item in values:
+            if item.lower() in ("none", "{}"):
+                continue
+            if "=" not in item:
+                parser.error(f"{option_string} expects KEY=VALUE pairs, got {item!r}")
+            key, _, raw = item.partition("=")
+            try:
+                out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+            except yaml.YAMLError:
+                out[key.strip()] = raw
+        setattr(namespace, self.dest, out)
+
+
+def _yaml_list(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"--stages expects a YAML list of mappings: {exc}") from None
+    if value is not None and not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"--stages expects a YAML list of mappings, got {text!r}")
+    return value
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (default: not given, so YAML / checkpoint values stay)."""
+    from ..engine.config import AMP_MODES, DEVICES, OPTIMIZERS, SCHEDULES, STAGE_MODES, TrainConfig
+
+    choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES, "device": DEVICES, "stage_mode": STAGE_MODES}
+    defaults = TrainConfig()
+    group = p.add_argument_group("run options (TrainConfig fields; default in brackets)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _kind(f)
+        default = getattr(defaults, f.name)
+        help_text = f"{f.metadata.get('help', '')} [{default if default not in ({}, None) else 'none'}]"
+        if kind == "bool":
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif kind == "dict":
+            group.add_argument(flag, dest=f.name, nargs="+", metavar="KEY=VALUE", action=_KeyValues, default=argparse.SUPPRESS, help=help_text)
+        elif kind == "list":
+            group.add_argument(flag, dest=f.name, type=_yaml_list, metavar="YAML", default=argparse.SUPPRESS, help=help_text)
+        else:
+            group.add_argument(
+                flag, dest=f.name, type=_parse_scalar(kind, f.name), default=argparse.SUPPRESS,
+                metavar=kind.upper() if f.name not in choices else "{" + ",".join(choices[f.name]) + "}",
+                help=help_text,
+            )
+
+
+def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from ..engine.config import TrainConfig
+
+    names = set(TrainConfig.field_names())
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def config_from_args(args: argparse.Namespace):
+    """Resolve the config: (checkpoint config when resuming) < --config YAML < explicit flags."""
+    from ..engine.config import TrainConfig
+
+    overrides = explicit_overrides(args)
+    base: dict[str, Any] = {}
+    if getattr(args, "resume", None):
+        from ..engine.checkpoint import load_checkpoint
+        from ..engine.trainer import _resume_file
+
+        base = dict(load_checkpoint(_resume_file(args.resume))["config"])
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"config file {args.config!r} does not exist")
+        base = {**base, **_yaml_fields(args.config)}
+    return TrainConfig.from_dict({**base, **overrides}, source="train options")
+
+
+def _yaml_fields(path: str) -> dict[str, Any]:
+    from ..engine.config import _check_names
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of fields")
+    _check_names(data, f"config file {path!r}")
+    return data
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model (with an attention layer) on a dataset",
+        description=run.__doc__, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig fields; explicit flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or a last.pt) exactly where it stopped")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train a model and write a run directory (config.yaml, metrics.jsonl/.csv, last.pt, best.pt, results.json).
+
+    Launch with torchrun for DistributedDataParallel (gloo on CPU, nccl on CUDA);
+    only rank 0 logs and writes checkpoints.
+    """
+    config = config_from_args(args)
+    if args.print_config:
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        return 0
+    from ..engine import train
+
+    result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        from tabulate import tabulate
+
+        rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items()]
+        print(tabulate(rows, headers=["metric", "value"]))
+        sys.stdout.flush()
+    return 0

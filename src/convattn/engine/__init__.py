@@ -1,0 +1,31 @@
+"""Training engine: ``TrainConfig``, ``train``, ``evaluate``, checkpoints and ``load_run``.
+
+Example:
+    >>> from convattn.engine import TrainConfig
+    >>> cfg = TrainConfig(model="simple_cnn", attention="se", epochs=1, batch_size=32)
+    >>> cfg.total_epochs
+    1
+"""
+
+from __future__ import annotations
+
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .optim import WarmupSchedule, build_optimizer, param_groups_no_decay
+from .trainer import evaluate, load_run, logits_of, model_from_checkpoint, train
+
+__all__ = [
+    "TrainConfig",
+    "train",
+    "evaluate",
+    "load_run",
+    "load_checkpoint",
+    "save_checkpoint",
+    "model_from_checkpoint",
+    "logits_of",
+    "build_optimizer",
+    "param_groups_no_decay",
+    "WarmupSchedule",
+    "get_rng_state",
+    "set_rng_state",
+]

@@ -1,0 +1,177 @@
+"""Checkpoints: atomic writes, safe loading, and the random-number-generator states.
+
+A checkpoint is a plain dict (tensors, dicts, lists, str / int / float / bool /
+None) so that ``torch.load(weights_only=True)`` reads it: a file that carries
+pickled code is refused before anything in it runs. Writes go to a temporary file
+in the same directory, are flushed and fsync-ed, then ``os.replace``-d over the
+old file, so a crash mid-write never leaves a truncated ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..exceptions import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "get_rng_state",
+    "set_rng_state",
+]
+
+FORMAT = "convattn.checkpoint/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, ``os.replace``).
+
+    ``state`` must be plain data (checked before anything is written, so a bad value
+    never replaces a good file): tensors, dicts, lists, tuples, str / int / float /
+    bool / None.
+    """
+    _check_plain(state, "state")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise CheckpointError(f"save_checkpoint: {where} has a key of type {type(k).__name__}; only str/int keys load with weights_only")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif type(obj) not in _PLAIN and not isinstance(obj, torch.Tensor):
+        raise CheckpointError(
+            f"save_checkpoint: {where} is a {type(obj).__module__}.{type(obj).__qualname__}; "
+            "checkpoints hold only tensors and plain data so that weights_only=True loads them"
+        )
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A ``.pt`` file as given, or a run directory's ``best.pt`` (else ``last.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"run directory {str(p)!r} holds no best.pt or last.pt")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a convattn checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: a ``.pt`` file, or a run directory (its ``best.pt``, else ``last.pt``).
+        map_location: passed to ``torch.load``.
+
+    Returns:
+        The checkpoint dict: ``model`` (state dict), ``config`` (plain dict),
+        ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch``, ``step``, ...
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file; a file whose pickle
+            holds code or objects other than plain data (refused, nothing runs);
+            a file that is not a convattn checkpoint.
+    """
+    p = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+            first = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), "")
+            raise CheckpointError(
+                f"checkpoint {str(p)!r} was refused: it carries pickled code or objects, not just "
+                f"tensors and plain data, and convattn only loads with weights_only=True"
+                + (f" ({first})" if first else "")
+            ) from None
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: {msg.splitlines()[0] if msg else exc!r}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(
+            f"{str(p)!r} is not a convattn checkpoint (expected a dict with 'model' and 'config', "
+            f"got {type(ckpt).__name__}{' with keys ' + str(sorted(ckpt)[:8]) if isinstance(ckpt, dict) else ''})"
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------- RNG
+def get_rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and Python ``random`` states as plain data."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {
+            "key": str(np_state[0]),
+            "state": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_internal, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the states saved by :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"].to(torch.uint8).cpu())
+    if state.get("cuda") and torch.cuda.is_available():
+        cuda_states = [s.to(torch.uint8).cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    n = state["numpy"]
+    np.random.set_state(
+        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))

@@ -1,0 +1,183 @@
+"""Evaluating and using trained runs: ``evaluate_run``, ``plot_confusion``, ``predict_images``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..exceptions import ConfigError, DatasetNotFoundError
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .config import atomic_write_text
+from .data import make_eval_loader
+from .distributed import resolve_device
+from .trainer import _eval_sums, _summary, logits_of, model_from_checkpoint
+
+__all__ = ["evaluate_run", "plot_confusion", "load_image", "predict_images"]
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
+    """Save a row-normalised confusion matrix (rows: true class) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cm = confusion.double()
+    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
+    k = cm.shape[0]
+    side = min(max(4.0, 0.45 * k + 2), 24.0)
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    im = ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if k <= 30:
+        ax.set_xticks(range(k), labels=list(class_names), rotation=90 if k > 10 else 0)
+        ax.set_yticks(range(k), labels=list(class_names))
+        if k <= 15:
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_run(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    workers: int = 0,
+    out_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run directory or checkpoint on a dataset split; write the confusion PNG and a JSON.
+
+    Args:
+        path: run directory (``best.pt``, else ``last.pt``) or ``.pt`` file.
+        dataset: dataset name (default: the one the run was trained on).
+        data_dir: where its files are (default: the run's).
+        split: ``train``, ``val`` or ``test``.
+        size: evaluate on only this many images.
+        batch_size: default the run's.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        workers: DataLoader workers.
+        out_dir: where to write ``confusion_<split>.png`` and ``eval_<split>.json``
+            (default: next to the checkpoint).
+
+    Returns:
+        ``evaluate``'s dict plus ``"class_names"``, ``"confusion_png"``, ``"json"``.
+    """
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(ckpt)
+    info = dict(ckpt["data_info"])
+    changes: dict[str, Any] = {"workers": workers}
+    if dataset is not None:
+        changes["dataset"] = dataset
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    if size is not None:
+        changes[f"{split}_size"] = size
+    config = config.replace(**changes)
+    from . import trainer
+
+    datasets, data_info = trainer.build_datasets(config, splits=(split,))
+    if data_info["num_classes"] != info["num_classes"]:
+        raise ConfigError(
+            f"dataset {config.dataset!r} has {data_info['num_classes']} classes but the model was trained "
+            f"for {info['num_classes']}"
+        )
+    dev = resolve_device(device)
+    model.to(dev)
+    loader = make_eval_loader(datasets[split], config, pin_memory=dev.type == "cuda")
+    loss_sum, confusion = _eval_sums(model, loader, dev, num_classes=info["num_classes"])
+    result = _summary(loss_sum, confusion)
+    names = data_info.get("class_names") or info["class_names"]
+    out = Path(out_dir) if out_dir is not None else ckpt_path.parent
+    png = plot_confusion(
+        confusion, names, out / f"confusion_{split}.png",
+        title=f"{config.model} + {config.attention or 'none'} on {config.dataset} ({split}): {result['accuracy']:.2%}",
+    )
+    record = {
+        "checkpoint": str(ckpt_path), "dataset": config.dataset, "split": split,
+        "loss": result["loss"], "accuracy": result["accuracy"], "count": result["count"],
+        "per_class_accuracy": dict(zip(names, result["per_class_accuracy"])),
+        "confusion_matrix": confusion.tolist(),
+    }
+    js = atomic_write_text(out / f"eval_{split}.json", json.dumps(record, indent=2) + "\n")
+    result.update(class_names=list(names), confusion_png=str(png), json=str(js))
+    return result
+
+
+def load_image(path: str | os.PathLike, data_info: dict[str, Any]) -> torch.Tensor:
+    """Read an image file as the model's input: channels, size and normalisation of the training data."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetNotFoundError(f"image {str(p)!r} does not exist")
+    try:
+        img = Image.open(p)
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ConfigError(f"{str(p)!r} is not a readable image ({exc})") from None
+    in_chans = int(data_info["in_chans"])
+    img = img.convert("L" if in_chans == 1 else "RGB")
+    h, w = (int(s) for s in data_info["image_size"])
+    img = img.resize((w, h), Image.BILINEAR)
+    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    x = x.view(h, w, -1).permute(2, 0, 1).float() / 255.0
+    if x.shape[0] != in_chans:  # e.g. a 2-channel model: repeat / trim the RGB planes
+        x = x.repeat((in_chans + x.shape[0] - 1) // x.shape[0], 1, 1)[:in_chans]
+    mean = torch.tensor(data_info["mean"], dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(data_info["std"], dtype=torch.float32).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module, data_info: dict[str, Any], paths: Sequence[str | os.PathLike], *, topk: int = 5,
+    device: str | torch.device = "cpu",
+) -> list[dict[str, Any]]:
+    """Top-k classes and probabilities for each image file.
+
+    Returns:
+        One ``{"image", "top": [(class_name, probability), ...]}`` per path.
+    """
+    if topk < 1:
+        raise ConfigError(f"topk must be >= 1, got {topk}")
+    device = torch.device(device)
+    model.eval().to(device)
+    names = data_info["class_names"]
+    probs = []
+    for start in range(0, len(paths), 64):
+        x = torch.stack([load_image(p, data_info) for p in paths[start:start + 64]]).to(device)
+        probs.append(logits_of(model(x)).float().softmax(1).cpu())
+    probs = torch.cat(probs)
+    k = min(topk, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [
+        {"image": str(p), "top": [(names[int(i)], float(v)) for v, i in zip(values[n], indices[n])]}
+        for n, p in enumerate(paths)
+    ]
