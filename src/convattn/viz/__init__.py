@@ -1,0 +1,46 @@
+"""Pictures of attention: overlays of every layer's maps, spatial-transformer grids, Grad-CAM,
+training curves, and a self-contained HTML report comparing runs.
+
+Every plotting function returns ``matplotlib.figure.Figure`` objects drawn on the
+Agg canvas (no pyplot state; they display in notebooks and save headless); the
+file-writing functions (:func:`visualize_run`, :func:`write_report`) are thin
+layers on top.
+"""
+
+from __future__ import annotations
+
+from ._images import heat_overlay, load_images, save_figure, to_display, upsample
+from .cam import LogitsOnly, find_cam_layer, grad_cam
+from .curves import plot_curves, read_metrics, read_results
+from .maps import AttentionMap, attention_figure, collect_attention, interpret_maps, plot_attention, query_map
+from .report import write_report
+from .run import load_model, sample_images, visualize_run
+from .stn import find_transformers, plot_transformer, plot_transformers, transformer_outputs
+
+__all__ = [
+    "AttentionMap",
+    "LogitsOnly",
+    "attention_figure",
+    "collect_attention",
+    "find_cam_layer",
+    "find_transformers",
+    "grad_cam",
+    "heat_overlay",
+    "interpret_maps",
+    "load_images",
+    "load_model",
+    "plot_attention",
+    "plot_curves",
+    "plot_transformer",
+    "plot_transformers",
+    "query_map",
+    "read_metrics",
+    "read_results",
+    "sample_images",
+    "save_figure",
+    "to_display",
+    "transformer_outputs",
+    "upsample",
+    "visualize_run",
+    "write_report",
+]
