@@ -10,7 +10,9 @@ Channel attention module (CAM, Eq. 3–4), computed from the input directly::
     x_ji = softmax_i(max_k(A_j · A_k) − A_j · A_i)     (the "energy_new" of the authors' code)
     E_j  = β Σ_i x_ji A_i + A_j                         β = 0 at init
 
-The subtraction from the row maximum follows the authors' code; the paper's
+In Eq. 1 position j attends with C_j over the B_i, so the ``query`` convolution
+gives the paper's C and ``key`` its B (the softmax runs over the key positions,
+as in the authors' code). The subtraction from the row maximum follows the authors' code; the paper's
 Eq. 3 writes ``exp(A_i · A_j)``. The dual layer adds both attention outputs to
 the input once: ``x + α·PAM(x) + β·CAM(x)`` (the paper's head sums the two
 modules' outputs after further convolutions; this layer is the plug-in form).

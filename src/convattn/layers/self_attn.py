@@ -6,8 +6,8 @@ The self-attention block of SAGAN (Sec. 3)::
     o_j  = Σ_i β_j,i h(x_i)
     y_i  = γ · o_i + x_i,    γ = 0 at initialisation
 
-with f, g 1×1 convolutions to C/8 channels and h a 1×1 convolution to C
-channels (the original SAGAN code; the paper's later version adds a C̄ → C
+with f (``key``), g (``query``) 1×1 convolutions to C/8 channels and h
+(``value``) a 1×1 convolution to C channels (the original SAGAN code; the paper's later version adds a C̄ → C
 projection ``v``, which a C → C ``h`` subsumes).
 """
 

@@ -1,0 +1,156 @@
+"""CBAM against a transcription of Woo et al. (ECCV 2018), Eq. 1–3, and against timm's CbamModule."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import convattn
+from convattn.exceptions import ConfigError
+
+
+# --- the paper, written out -------------------------------------------------------------
+def ref_channel(x, w0, b0, w1, b1):
+    # Eq. 2: Mc(F) = σ(W1(W0(F_avg)) + W1(W0(F_max))), W0 followed by ReLU, weights shared.
+    f_avg = x.mean(dim=(2, 3))
+    f_max = x.flatten(2).max(dim=2).values
+
+    def mlp(v):
+        h = torch.relu(v @ w0.T + (0 if b0 is None else b0))
+        return h @ w1.T + (0 if b1 is None else b1)
+
+    return torch.sigmoid(mlp(f_avg) + mlp(f_max))  # (B, C)
+
+
+def ref_spatial(x, conv_w, conv_b):
+    # Eq. 3: Ms(F) = σ(f^{k×k}([AvgPool(F); MaxPool(F)])) with pools along the channel axis.
+    f_avg = x.mean(dim=1, keepdim=True)
+    f_max = x.max(dim=1, keepdim=True).values
+    k = conv_w.shape[-1]
+    return torch.sigmoid(F.conv2d(torch.cat([f_avg, f_max], 1), conv_w, conv_b, padding=k // 2))
+
+
+def ref_cbam(x, params, order="channel_first"):
+    w0, b0, w1, b1, cw, cb = params
+    if order == "channel_first":  # Eq. 1: F' = Mc(F) ⊗ F, F'' = Ms(F') ⊗ F'
+        f1 = ref_channel(x, w0, b0, w1, b1)[:, :, None, None] * x
+        return ref_spatial(f1, cw, cb) * f1
+    if order == "spatial_first":
+        f1 = ref_spatial(x, cw, cb) * x
+        return ref_channel(f1, w0, b0, w1, b1)[:, :, None, None] * f1
+    return ref_channel(x, w0, b0, w1, b1)[:, :, None, None] * ref_spatial(x, cw, cb) * x
+
+
+def params_of(layer):
+    ch, sp = layer.channel, layer.spatial
+    return (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias)
+
+
+def randomize(layer):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+
+
+# --- tests --------------------------------------------------------------------------------
+@pytest.mark.parametrize("order", ["channel_first", "spatial_first", "parallel"])
+@pytest.mark.parametrize("kernel_size,bias", [(7, False), (3, True)])
+def test_cbam_matches_paper(order, kernel_size, bias):
+    layer = convattn.create_attn("cbam", 32, rd_ratio=1 / 8, kernel_size=kernel_size, bias=bias, order=order)
+    randomize(layer)
+    x = torch.randn(3, 32, 7, 9)
+    expected = ref_cbam(x, params_of(layer), order)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(xc), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cbam_gradients_match_paper():
+    layer = convattn.create_attn("cbam", 16, rd_channels=4, bias=True)
+    randomize(layer)
+    x = torch.randn(2, 16, 5, 6, requires_grad=True)
+    g = torch.randn(2, 16, 5, 6)
+    grads = torch.autograd.grad((layer(x) * g).sum(), [x, *layer.parameters()])
+    ref = torch.autograd.grad((ref_cbam(x, params_of(layer)) * g).sum(), [x, *layer.parameters()])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_and_spatial_modules_match_paper():
+    x = torch.randn(2, 24, 5, 4)
+    ch = convattn.create_attn("cbam_channel", 24, rd_ratio=1 / 4)
+    randomize(ch)
+    expected = ref_channel(x, ch.fc1.weight, None, ch.fc2.weight, None)[:, :, None, None] * x
+    torch.testing.assert_close(ch(x), expected)
+    sp = convattn.create_attn("cbam_spatial", 24, kernel_size=3)
+    randomize(sp)
+    torch.testing.assert_close(sp(x), ref_spatial(x, sp.conv.weight, sp.conv.bias) * x)
+
+
+def test_no_hidden_residual():
+    layer = convattn.create_attn("cbam", 16)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+    x = torch.randn(2, 16, 4, 5)
+    torch.testing.assert_close(layer(x), x * 0.25)  # σ(0) · σ(0) · x, nothing added
+
+
+def test_reduction_width_follows_paper_ratio():
+    assert convattn.create_attn("cbam", 64).channel.fc1.out_features == 4
+    assert convattn.create_attn("cbam_channel", 64, rd_channels=10).fc1.out_features == 10
+
+
+def test_matches_timm_cbam_module():
+    timm_cbam = pytest.importorskip("timm.layers.cbam")
+    theirs = timm_cbam.CbamModule(32, rd_ratio=1 / 8)
+    ours = convattn.create_attn("cbam", 32, rd_ratio=1 / 8, norm_layer="bn")
+    randomize(theirs)
+    with torch.no_grad():
+        ours.channel.fc1.weight.copy_(theirs.channel.fc1.weight.flatten(1))
+        ours.channel.fc2.weight.copy_(theirs.channel.fc2.weight.flatten(1))
+        ours.spatial.conv.weight.copy_(theirs.spatial.conv.conv.weight)  # timm: conv without bias, then BN
+        ours.spatial.norm.load_state_dict(theirs.spatial.conv.bn.state_dict())
+    x = torch.randn(2, 32, 7, 6)
+    for mode in (True, False):
+        theirs.train(mode), ours.train(mode)
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.spatial.norm.running_mean, theirs.spatial.conv.bn.running_mean)
+
+
+def test_records_channel_and_spatial_maps():
+    layer = convattn.create_attn("cbam", 16)
+    randomize(layer)
+    x = torch.randn(2, 16, 6, 7)
+    with convattn.record_attention(layer) as maps:
+        y = layer(x)
+    assert sorted(maps) == ["CBAM:channel", "CBAM:spatial"]
+    g, a = maps["CBAM:channel"], maps["CBAM:spatial"]
+    assert g.shape == (2, 16) and a.shape == (2, 1, 6, 7)
+    torch.testing.assert_close(y, x * g[:, :, None, None] * a)
+
+
+@pytest.mark.parametrize("order", ["spatial_first", "parallel"])
+def test_export_other_orders(order):
+    layer = convattn.create_attn("cbam", 16, order=order, norm_layer="bn").eval()
+    randomize(layer)
+    x = torch.randn(2, 16, 5, 6)
+    torch.testing.assert_close(torch.export.export(layer, (x,)).module()(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,bad",
+    [
+        ("cbam", dict(kernel_size=4)),
+        ("cbam_spatial", dict(kernel_size=0)),
+        ("cbam", dict(order="sideways")),
+        ("cbam", dict(rd_ratio=2.0)),
+        ("cbam_channel", dict(act_layer="rleu")),
+        ("cbam", dict(norm_layer="bnn")),
+    ],
+)
+def test_bad_arguments(name, bad):
+    with pytest.raises(ConfigError):
+        convattn.create_attn(name, 16, **bad)
