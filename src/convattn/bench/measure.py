@@ -6,7 +6,9 @@ What is counted, and what is not:
   counts matrix products and convolutions only (``mm``, ``bmm``, ``addmm``,
   ``convolution`` and their backward passes, and the attention kernels
   ``scaled_dot_product_*attention``, counted as the two matrix products
-  ``Q Kᵀ`` and ``A V``: ``4·B·heads·Nq·Nk·d`` forward). One multiply-add is two
+  ``Q Kᵀ`` and ``A V``: ``4·B·heads·Nq·Nk·d`` forward; torch's counter has no
+  formula for the CPU flash kernel and would count it as 0, so convattn adds the
+  same formula for it, forward and backward). One multiply-add is two
   FLOPs. Elementwise ops (gates, residual adds, activations), pooling, softmax,
   normalisation layers and ``grid_sample`` are **not** counted, so a purely
   elementwise layer (SimAM) reports 0 and a gate's FLOPs are those of its FCs/convs.
@@ -95,6 +97,29 @@ def output_loss(out: Any, target: torch.Tensor | None = None) -> torch.Tensor:
     return t.float().mean()
 
 
+def _cpu_sdpa_formulas() -> dict:
+    """FLOP formulas for the CPU flash-attention kernels, which ``FlopCounterMode`` does not know (it counts 0)."""
+    try:
+        from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+    except ImportError:  # private helpers moved: count these kernels as torch does
+        return {}
+    aten = torch.ops.aten
+    mapping = {}
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None:
+        def sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+        mapping[fwd] = sdpa_cpu
+    if bwd is not None:
+        def sdpa_cpu_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+        mapping[bwd] = sdpa_cpu_backward
+    return mapping
+
+
 def count_flops(module: nn.Module | Callable, inputs: Any, *, backward: bool = False) -> int:
     """FLOPs of one forward pass (or forward + backward) as counted by ``FlopCounterMode``.
 
@@ -108,7 +133,7 @@ def count_flops(module: nn.Module | Callable, inputs: Any, *, backward: bool = F
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_formulas())
     grad_ctx = torch.enable_grad() if backward else torch.no_grad()
     with grad_ctx, counter:
         out = module(*_as_tuple(inputs))
