@@ -120,14 +120,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        if "Unsupported global" in msg or "GLOBAL" in msg or "not an allowed global" in msg:
             first = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), "")
             raise CheckpointError(
                 f"checkpoint {str(p)!r} was refused: it carries pickled code or objects, not just "
                 f"tensors and plain data, and convattn only loads with weights_only=True"
                 + (f" ({first})" if first else "")
             ) from None
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt: {msg.splitlines()[0] if msg else exc!r}") from None
+        detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), "unreadable pickle")
+        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({detail})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first})") from None

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..exceptions import ConfigError
 
-__all__ = ["DistContext", "setup", "cleanup", "resolve_device", "all_reduce_sum", "broadcast_state"]
+__all__ = ["DistContext", "setup", "cleanup", "resolve_device", "all_reduce_sum", "broadcast_buffers"]
 
 
 @dataclass
@@ -86,10 +86,10 @@ def all_reduce_sum(ctx: DistContext, values: list[float], device: torch.device) 
     return t.tolist()
 
 
-def broadcast_state(ctx: DistContext, module: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers (BatchNorm statistics) to every rank."""
+def broadcast_buffers(ctx: DistContext, module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank; DDP keeps the parameters in sync."""
     if not ctx.enabled:
         return
     with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in module.buffers():
             dist.broadcast(t.data, src=0)

@@ -659,7 +659,7 @@ class _Trainer:
                     self._configure_stage(fresh=True)
                 stage_name = self.plan.current["name"]
                 tr = self._train_epoch()
-                D.broadcast_state(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
+                D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
                 val = self._evaluate(self.val_loader)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.plan.end_epoch(val["loss"])
