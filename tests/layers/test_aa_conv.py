@@ -108,3 +108,12 @@ def test_fractional_depths_follow_kappa_and_upsilon():
 def test_bad_arguments(bad):
     with pytest.raises(ConfigError, match="AttentionAugmentedConv2d"):
         convattn.create_attn("aa_conv", 16, **bad)
+
+
+@pytest.mark.parametrize("rel_pos", [False, True])
+def test_default_path_runs_on_the_fused_kernel(rel_pos):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    layer = convattn.create_attn("aa_conv", 16, out_channels=32, dk=8, dv=12, num_heads=4, rel_pos=rel_pos).eval()
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
+        layer(torch.randn(1, 16, 6, 5))

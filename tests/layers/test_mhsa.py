@@ -124,3 +124,13 @@ def test_widths():
 def test_bad_arguments(bad):
     with pytest.raises(ConfigError, match="MultiHeadSelfAttention2d"):
         convattn.create_attn("mhsa", 16, **bad)
+
+
+@pytest.mark.parametrize("rel_pos", [False, True])
+def test_default_path_runs_on_the_fused_kernel(rel_pos):
+    # With a strided head dimension SDPA silently falls back to its N×N math path.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = convattn.create_attn("mhsa", 16, rel_pos=rel_pos).eval()
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():
+        m(torch.randn(1, 16, 6, 5))  # raises "No available kernel" otherwise

@@ -138,11 +138,14 @@ def self_attention_2d(layer: RecordsAttention, qkv: torch.Tensor) -> torch.Tenso
     """
     b, _, h, w = qkv.shape
     n, nh = h * w, layer.num_heads
-    q, k, v = qkv.split([layer.dk, layer.dk, layer.dv], dim=1)
+    # (B, N, 2·dk + dv) with channels last: the fused kernels need unit stride on the
+    # head dimension (otherwise SDPA falls back to its math path and builds N×N).
+    tokens = qkv.flatten(2).transpose(1, 2).contiguous()
+    q, k, v = tokens.split([layer.dk, layer.dk, layer.dv], dim=-1)
     # (B, heads, N, d): position index n = y·W + x.
-    q = q.reshape(b, nh, layer.dk // nh, n).transpose(-1, -2)
-    k = k.reshape(b, nh, layer.dk // nh, n).transpose(-1, -2)
-    v = v.reshape(b, nh, layer.dv // nh, n).transpose(-1, -2)
+    q = q.unflatten(-1, (nh, layer.dk // nh)).transpose(1, 2)
+    k = k.unflatten(-1, (nh, layer.dk // nh)).transpose(1, 2)
+    v = v.unflatten(-1, (nh, layer.dv // nh)).transpose(1, 2)
     rel = layer.rel_pos
     if layer.recording:
         bias = rel.bias(q, h, w) * layer.scale if rel is not None else None
@@ -152,4 +155,4 @@ def self_attention_2d(layer: RecordsAttention, qkv: torch.Tensor) -> torch.Tenso
         if rel is not None:
             q, k = rel.augment(q, k, h, w)
         out, _ = attention(q, k, v, scale=layer.scale)
-    return out.transpose(-1, -2).reshape(b, layer.dv, h, w)
+    return out.transpose(1, 2).reshape(b, n, layer.dv).transpose(1, 2).reshape(b, layer.dv, h, w)
