@@ -1,0 +1,130 @@
+"""``convattn train | eval | predict`` through ``cli.main``."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+import standin  # noqa: E402
+
+from convattn import cli  # noqa: E402
+
+
+def _print_config(capsys, *argv):
+    assert cli.main(["train", *argv, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_yaml_then_explicit_flags_win(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("lr: 0.2\nbatch_size: 8\nattention: se\nattn_kwargs: {rd_ratio: 0.5}\nprogress: true\n")
+    out = _print_config(capsys, "--config", str(cfg), "--lr", "0.3", "--attn-kwargs", "rd_ratio=0.25", "act_layer=gelu",
+                        "--no-progress", "--stages", "[{name: a, epochs: 2, train: [attention]}]", "--amp", "bf16")
+    assert out["lr"] == 0.3 and out["batch_size"] == 8 and out["attention"] == "se"
+    assert out["attn_kwargs"] == {"rd_ratio": 0.25, "act_layer": "gelu"}
+    assert out["progress"] is False and out["amp"] == "bf16"
+    assert out["stages"] == [{"name": "a", "epochs": 2, "train": ["attention"]}]
+    assert _print_config(capsys, "--config", str(cfg))["lr"] == 0.2
+    assert _print_config(capsys, "--attention", "none")["attention"] is None
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--optimizer", "adam"], "optimizer must be one of sgd, adamw"),
+        (["--lr", "-1"], "lr must be a finite number > 0"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--config", "missing.yaml"], "does not exist"),
+        (["--stages", "[{epochs: 1, frozen: [x]}]"], "unknown key"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(argv, message, capsys):
+    assert cli.main(["train", *argv, "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_unknown_yaml_field(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("learning_rate: 0.1\n")
+    assert cli.main(["train", "--config", str(cfg)]) == 2
+    assert "unknown TrainConfig field(s) 'learning_rate'" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(capsys):
+    for command in ("train", "eval", "predict"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([command, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--device" in text
+    from convattn.engine import TrainConfig
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in TrainConfig.field_names():
+        assert "--" + name.replace("_", "-") in text
+
+
+def test_train_eval_predict_end_to_end(tmp_path, monkeypatch, capsys):
+    standin.install(monkeypatch)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "2", "--batch-size", "16", "--lr", "0.2", "--no-progress",
+                     "--save-every", "4", "--out", str(run)]) == 0
+    assert "test_acc" in capsys.readouterr().out
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt", "results.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["step"] == 12
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "images_per_s"}
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,stage,step,train_loss")
+    assert yaml.safe_load((run / "config.yaml").read_text())["save_every"] == 4
+
+    assert cli.main(["eval", str(run), "--split", "val", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and (tmp_path / "ev" / "confusion_val.png").stat().st_size > 1000
+    record = json.loads((tmp_path / "ev" / "eval_val.json").read_text())
+    assert record["count"] == 32 and sum(map(sum, record["confusion_matrix"])) == 32
+
+    from PIL import Image
+
+    Image.new("RGB", (20, 13), (200, 30, 30)).save(tmp_path / "a.png")
+    Image.new("L", (8, 8), 90).save(tmp_path / "b.jpg")
+    assert cli.main(["predict", str(run / "best.pt"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--topk", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("a.png") and lines[3].endswith("b.jpg") and len(lines) == 6
+    probs = [float(line.split("%")[0]) for line in lines[1:3]]
+    assert probs[0] >= probs[1] and 0 < sum(probs) <= 100.01
+
+    # user errors: one line, exit 2
+    assert cli.main(["predict", str(run), str(tmp_path / "missing.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "text.png").write_text("not an image")
+    assert cli.main(["predict", str(run), str(tmp_path / "text.png")]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    assert cli.main(["eval", str(tmp_path / "bad.pt")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_model_and_dataset(tmp_path, capsys):
+    """simple_cnn + SE on the embedded cluttered-digits data, a few batches."""
+    run = tmp_path / "real"
+    argv = ["train", "--model", "simple_cnn", "--attention", "se", "--dataset", "cluttered-digits",
+            "--train-size", "64", "--val-size", "32", "--test-size", "32", "--image-size", "28",
+            "--epochs", "1", "--batch-size", "32", "--no-progress", "--device", "cpu", "--out", str(run)]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--size", "16"]) == 0
+    assert "16 images" in capsys.readouterr().out
+    assert cli.main(["train", "--model", "no_such_net", "--print-config"]) == 0  # names resolve at train time
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "no_such_net", "--out", str(tmp_path / "x")]) == 2
+    assert "no_such_net" in capsys.readouterr().err
