@@ -508,13 +508,22 @@ class _Trainer:
         self.fwd = fwd
 
     # ------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's random states (a collective: call it on all ranks)."""
+        if not self.ctx.enabled:
+            return [get_rng_state()]
+        states: list[Any] = [None] * self.ctx.world_size
+        torch.distributed.all_gather_object(states, get_rng_state())
+        return states
+
+    def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": get_rng_state(),
+            "rng": rng[0],
+            "rng_ranks": rng,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
@@ -528,9 +537,10 @@ class _Trainer:
             "torch_version": str(torch.__version__),
         }
 
-    def _save(self, name: str, state: dict | None = None) -> None:
+    def _save(self, name: str) -> None:
+        rng = self._rng_states()
         if self.ctx.is_main:
-            save_checkpoint(state if state is not None else self._state(), self.run_dir / name)
+            save_checkpoint(self._state(rng), self.run_dir / name)
 
     def _restore(self) -> None:
         c = self.ckpt
@@ -551,7 +561,8 @@ class _Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot resume from this checkpoint: {str(exc).splitlines()[0]}") from None
         if c.get("world_size", 1) == self.ctx.world_size:
-            set_rng_state(c["rng"])
+            ranks = c.get("rng_ranks") or [c["rng"]]
+            set_rng_state(ranks[self.ctx.rank] if self.ctx.rank < len(ranks) else c["rng"])
 
     # ------------------------------------------------------------------ loop
     def _set_train_mode(self) -> None:
@@ -676,12 +687,13 @@ class _Trainer:
                 improved = val["accuracy"] > self.best_val_acc
                 if improved:
                     self.best_val_acc = val["accuracy"]
+                rng = self._rng_states()
                 if self.ctx.is_main:
                     metrics.write(row)
-                    state = self._state()
+                    state = self._state(rng)
                     if improved:
-                        self._save("best.pt", state)
-                    self._save("last.pt", state)
+                        save_checkpoint(state, self.run_dir / "best.pt")
+                    save_checkpoint(state, self.run_dir / "last.pt")
                     print(
                         f"epoch {self.epoch} [{stage_name}] train_loss {row['train_loss']:.4f} "
                         f"train_acc {row['train_acc']:.4f} val_loss {row['val_loss']:.4f} "
