@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
+from .inference import evaluate_run, plot_confusion, predict_images
 from .optim import WarmupSchedule, build_optimizer, param_groups_no_decay
 from .trainer import evaluate, load_run, logits_of, model_from_checkpoint, train
 
@@ -18,6 +19,9 @@ __all__ = [
     "TrainConfig",
     "train",
     "evaluate",
+    "evaluate_run",
+    "predict_images",
+    "plot_confusion",
     "load_run",
     "load_checkpoint",
     "save_checkpoint",

@@ -465,7 +465,7 @@ class _Trainer:
                 f"stage {stage['name']!r}: unknown parameter group(s) {unknown}; model {self.config.model!r} has {sorted(self.groups)}"
             )
 
-    def _configure_stage(self, fresh: bool) -> None:
+    def _configure_stage(self) -> None:
         stage = self.plan.current
         train = stage.get("train")
         if train is None:
@@ -553,7 +553,7 @@ class _Trainer:
             self.best_val_acc = float(c["best_val_acc"])
             self.plan.load_state_dict(c["plan"])
             if c["opt_run_id"] == self.plan.run_id and not self.plan.done:
-                self._configure_stage(fresh=False)
+                self._configure_stage()
                 self.optimizer.load_state_dict(c["optimizer"])
                 self.scheduler.load_state_dict(c["scheduler"])
                 if c.get("scaler") and self.scaler.is_enabled():
@@ -667,7 +667,7 @@ class _Trainer:
         try:
             while not self.plan.done:
                 if self.opt_run_id != self.plan.run_id:
-                    self._configure_stage(fresh=True)
+                    self._configure_stage()
                 stage_name = self.plan.current["name"]
                 tr = self._train_epoch()
                 D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
