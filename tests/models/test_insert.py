@@ -31,6 +31,18 @@ def _perturb_bn(model: nn.Module) -> None:
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
 
 
+def _vgg11(num_classes: int = 3) -> nn.Module:
+    """torchvision VGG-11 with a small classifier (building its 120 M-parameter head is slow)."""
+    with torch.device("meta"):
+        net = torchvision.models.vgg11(weights=None)
+        net.classifier = nn.Linear(512 * 7 * 7, num_classes)
+    net.to_empty(device="cpu")
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            m.reset_parameters()
+    return net
+
+
 # --------------------------------------------------------------------------- positions
 
 
@@ -52,7 +64,7 @@ def test_positions_torchvision_resnet50_skip_downsample():
 
 
 def test_positions_vgg11_conv_runs():
-    net = torchvision.models.vgg11(weights=None)
+    net = _vgg11()
     pos = attn_positions(net, "conv")
     relus_after_conv = [
         f"features.{i + 1}" for i, m in enumerate(net.features) if isinstance(m, nn.Conv2d)
@@ -211,7 +223,7 @@ def test_two_layers_at_once():
 
 
 def test_conv_where_on_vgg_and_user_sequential():
-    vgg = torchvision.models.vgg11(weights=None, num_classes=3).eval()
+    vgg = _vgg11(3).eval()
     original = _snapshot(vgg)
     insert_attn(vgg, "se", where="conv", rd_ratio=1 / 8)
     res = vgg.load_state_dict(original, strict=False)
