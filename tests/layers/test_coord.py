@@ -3,6 +3,7 @@
 import pytest
 import torch
 from timm.layers.coord_attn import CoordAttn as TimmCoordAttn
+from timm.layers.coord_attn import SimpleCoordAttn, StripAttn
 
 import convattn
 from convattn.exceptions import ConfigError
@@ -84,3 +85,65 @@ def test_matches_timm(train):
 def test_bad_arguments(bad):
     with pytest.raises(ConfigError, match="CoordAttention"):
         convattn.create_attn("coord", 16, **bad)
+
+
+def reference_scoord(x, layer, skip=False):
+    # f^h = δ(W_1 z^h + b_1) per row, f^w likewise; a^h = W_h f^h + b_h, a^w = W_w f^w + b_w;
+    # y = x · σ(a^h ⊕ a^w) (broadcast sum), plus x with the skip.
+    zh, zw = x.mean(3), x.mean(2)  # (B, C, H), (B, C, W)
+    silu = lambda t: t * torch.sigmoid(t)  # noqa: E731
+    fh = silu(torch.einsum("rc,bch->bhr", layer.fc1.weight, zh) + layer.fc1.bias)
+    fw = silu(torch.einsum("rc,bcw->bwr", layer.fc1.weight, zw) + layer.fc1.bias)
+    ah = torch.einsum("cr,bhr->bch", layer.fc_h.weight, fh) + layer.fc_h.bias[:, None]
+    aw = torch.einsum("cr,bwr->bcw", layer.fc_w.weight, fw) + layer.fc_w.bias[:, None]
+    y = x * torch.sigmoid(ah[:, :, :, None] + aw[:, :, None, :])
+    return y + x if skip else y
+
+
+def reference_strip(x, layer):
+    # y = x · σ(K_h ⋆ z^h ⊕ K_w ⋆ z^w), depthwise k-tap filters along H and along W, zero padded.
+    zh, zw = x.mean(3), x.mean(2)
+    def dw(z, k):  # z (B, C, L), k (C, K)
+        p = k.shape[1] // 2
+        zp = torch.nn.functional.pad(z, (p, p))
+        return sum(k[None, :, j, None] * zp[:, :, j:j + z.shape[2]] for j in range(k.shape[1]))
+    fh = dw(zh, layer.conv_h.weight[:, 0, :, 0])
+    fw = dw(zw, layer.conv_w.weight[:, 0, 0, :])
+    return x * torch.sigmoid(fh[:, :, :, None] + fw[:, :, None, :])
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_scoord_matches_transcription(skip):
+    layer = convattn.create_attn("scoord", 32, has_skip=skip)
+    randomise(layer)
+    x = torch.randn(2, 32, 5, 7)
+    torch.testing.assert_close(layer(x), reference_scoord(x, layer, skip))
+
+
+def test_strip_matches_transcription_and_parameter_free_form():
+    layer = convattn.create_attn("strip", 16, kernel_size=5)
+    randomise(layer)
+    x = torch.randn(2, 16, 6, 7)
+    torch.testing.assert_close(layer(x), reference_strip(x, layer))
+    free = convattn.create_attn("strip", 16, use_conv=False)
+    assert not list(free.parameters())
+    torch.testing.assert_close(free(x), x * torch.sigmoid(x.mean(3, keepdim=True) + x.mean(2, keepdim=True)))
+
+
+@pytest.mark.parametrize("c", [32, 64])
+def test_scoord_and_strip_match_timm(c):
+    x = torch.randn(2, c, 6, 5)
+    for ours, theirs in [(convattn.create_attn("scoord", c), SimpleCoordAttn(c)),
+                         (convattn.create_attn("strip", c), StripAttn(c))]:
+        randomise(theirs)
+        ours.load_state_dict(theirs.state_dict())
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("name, cls, bad", [("scoord", "SimpleCoordAttention", dict(rd_ratio=0)),
+                                            ("scoord", "SimpleCoordAttention", dict(act_layer="slu")),
+                                            ("strip", "StripAttention", dict(kernel_size=2)),
+                                            ("strip", "StripAttention", dict(gate_layer="sigmod"))])
+def test_variant_bad_arguments(name, cls, bad):
+    with pytest.raises(ConfigError, match=cls):
+        convattn.create_attn(name, 16, **bad)

@@ -7,10 +7,10 @@ from torch import nn
 
 from ..registry import register_attn
 from ._batchnorm import resolve_norm
-from ._helpers import check_channels, check_input, check_positive, get_layer, reduced_channels
+from ._helpers import check_channels, check_input, check_odd, check_positive, get_layer, reduced_channels
 from ._recording import RecordsAttention
 
-__all__ = ["CoordAttention"]
+__all__ = ["CoordAttention", "SimpleCoordAttention", "StripAttention"]
 
 
 @register_attn(
@@ -99,3 +99,153 @@ class CoordAttention(RecordsAttention):
             self.emit("height", g_h)
             self.emit("width", g_w)
         return x * g_h * g_w
+
+
+@register_attn(
+    "scoord",
+    kind="gate",
+    paper="Coordinate Attention for Efficient Mobile Network Design, Hou et al., CVPR 2021 "
+    "(timm's simplified variant 'scoord', not in the paper)",
+)
+class SimpleCoordAttention(RecordsAttention):
+    """timm's simplified coordinate attention (``scoord``): ``x · σ(a^h + a^w)``.
+
+    The strips ``z^h = mean_w x`` and ``z^w = mean_h x`` go through one shared linear
+    layer ``C -> rd`` and an activation (no norm), then separate linear layers
+    ``rd -> C`` give ``a^h`` ``(B, C, H, 1)`` and ``a^w`` ``(B, C, 1, W)``, which are
+    *added* before one gate (the paper multiplies two gates). Same as timm's
+    ``SimpleCoordAttn``; ``rd_ratio = 1/6`` is timm's ``0.25 · 2/3``.
+
+    Args:
+        channels: input channels C.
+        rd_ratio: shared width as a fraction of C.
+        rd_channels: shared width, overriding ``rd_ratio``.
+        rd_divisor: the shared width is rounded to a multiple of this (timm: 8).
+        bias: whether the linear layers have biases.
+        act_layer: activation after the shared layer (timm: SiLU).
+        gate_layer: the gate σ.
+        has_skip: add the input to the output (``x + x · σ(·)``).
+
+    Shape:
+        ``(B, C, H, W) -> (B, C, H, W)``. Records the gate ``(B, C, H, W)``.
+
+    Example:
+        >>> import torch
+        >>> sca = SimpleCoordAttention(64)
+        >>> sca(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float = 1 / 6,
+        rd_channels: int | None = None,
+        rd_divisor: int = 8,
+        bias: bool = True,
+        act_layer: str | type[nn.Module] = "silu",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+        has_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.channels = check_channels(name, channels)
+        rd = reduced_channels(name, channels, rd_ratio, rd_channels, rd_divisor)
+        self.fc1 = nn.Linear(channels, rd, bias=bias)
+        self.act = get_layer(act_layer, owner=name, arg="act_layer")()
+        self.fc_h = nn.Linear(rd, channels, bias=bias)
+        self.fc_w = nn.Linear(rd, channels, bias=bias)
+        self.gate = get_layer(gate_layer, owner=name, arg="gate_layer")()
+        self.has_skip = bool(has_skip)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for mod in (self.fc1, self.fc_h, self.fc_w):
+            mod.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(type(self).__name__, x, self.channels)
+        f_h = self.act(self.fc1(x.mean(3).transpose(1, 2)))  # (B, H, rd)
+        f_w = self.act(self.fc1(x.mean(2).transpose(1, 2)))  # (B, W, rd)
+        a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(3)  # (B, C, H, 1)
+        a_w = self.fc_w(f_w).transpose(1, 2).unsqueeze(2)  # (B, C, 1, W)
+        g = self.gate(a_h + a_w)
+        if self.recording:
+            self.emit("", g)
+        out = x * g
+        return out + x if self.has_skip else out
+
+
+@register_attn(
+    "strip",
+    kind="gate",
+    paper="Strip Pooling: Rethinking Spatial Pooling for Scene Parsing, Hou et al., CVPR 2020 "
+    "(timm's minimal strip attention 'strip')",
+)
+class StripAttention(RecordsAttention):
+    """timm's minimal strip attention (``strip``): ``x · σ(F_h(z^h) + F_w(z^w))``.
+
+    Strip pooling (Hou et al., CVPR 2020, https://arxiv.org/abs/2003.13328) reduced
+    to a gate: ``z^h = mean_w x`` ``(B, C, H, 1)`` and ``z^w = mean_h x``
+    ``(B, C, 1, W)``, each refined by a depthwise ``k×1`` / ``1×k`` convolution
+    (``use_conv``; identity otherwise, which makes the layer parameter-free), summed
+    with broadcasting and gated. Same as timm's ``StripAttn``.
+
+    Args:
+        channels: input channels C.
+        use_conv: refine the strips with depthwise convolutions.
+        kernel_size: their width k (odd).
+        bias: whether they have biases.
+        gate_layer: the gate σ.
+        has_skip: add the input to the output.
+
+    Shape:
+        ``(B, C, H, W) -> (B, C, H, W)``. Records the gate ``(B, C, H, W)``.
+
+    Example:
+        >>> import torch
+        >>> strip = StripAttention(64)
+        >>> strip(torch.randn(2, 64, 7, 9)).shape
+        torch.Size([2, 64, 7, 9])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        use_conv: bool = True,
+        kernel_size: int = 3,
+        bias: bool = False,
+        gate_layer: str | type[nn.Module] = "sigmoid",
+        has_skip: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.channels = check_channels(name, channels)
+        check_odd(name, "kernel_size", kernel_size)
+        p = kernel_size // 2
+        if use_conv:
+            self.conv_h: nn.Module = nn.Conv2d(channels, channels, (kernel_size, 1), padding=(p, 0),
+                                               groups=channels, bias=bias)
+            self.conv_w: nn.Module = nn.Conv2d(channels, channels, (1, kernel_size), padding=(0, p),
+                                               groups=channels, bias=bias)
+        else:
+            self.conv_h = nn.Identity()
+            self.conv_w = nn.Identity()
+        self.gate = get_layer(gate_layer, owner=name, arg="gate_layer")()
+        self.has_skip = bool(has_skip)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for mod in (self.conv_h, self.conv_w):
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(type(self).__name__, x, self.channels)
+        g = self.gate(self.conv_h(x.mean(3, keepdim=True)) + self.conv_w(x.mean(2, keepdim=True)))
+        if self.recording:
+            self.emit("", g)
+        out = x * g
+        return out + x if self.has_skip else out
