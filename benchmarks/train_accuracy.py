@@ -1,0 +1,171 @@
+"""Test accuracy of attention variants of one backbone, over several seeds.
+
+1. cluttered-digits (embedded, 60×60): ``simple_cnn`` plain, with CBAM after each
+   block, behind a spatial transformer (``stn_cnn``), and as the multi-branch
+   attention network (``aacn``, attention heads on every block) - the demo's recipe
+   (``convattn.cli.demo.RECIPE``), longer. Default: 3 seeds × 4 variants, about
+   30 minutes of a 2-core CPU.
+2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
+   when the files are under ``--data-dir`` (skipped with a message otherwise).
+
+Prints mean ± std test accuracy per variant (``--markdown`` for a Markdown table).
+Runs go to ``--out/<dataset>/<variant>-s<seed>``; finished runs with the same
+settings are reused, so an interrupted benchmark continues where it stopped.
+
+Examples::
+
+    python benchmarks/train_accuracy.py                        # the full benchmark
+    python benchmarks/train_accuracy.py --seeds 1 --epochs 3 --train-size 3000 --variants plain,stn
+    python benchmarks/train_accuracy.py --markdown --skip-fashion
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+from convattn.cli.demo import RECIPE, VARIANTS, make_config, train_or_reuse
+from convattn.exceptions import DatasetNotFoundError
+
+CLUTTERED_VARIANTS = {**VARIANTS, "aacn": {"model": "aacn", "attention": None}}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def _row(name: str, desc: str, accs: list[float], params: int, epoch_time: float) -> dict:
+    mean, std = _stats(accs)
+    return {"variant": name, "model": desc, "accs": accs, "mean": mean, "std": std, "params": params,
+            "epoch_time": epoch_time}
+
+
+def run_cluttered(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for v in args.variants:
+        accs, params, times = [], 0, []
+        for seed in args.seed_list:
+            cfg = make_config(
+                v, out=Path(args.out) / "cluttered-digits" / f"{v}-s{seed}",
+                epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
+                seed=seed, device=args.device, progress=not args.no_progress, tensorboard=False,
+            ) if v in VARIANTS else _aacn_config(args, seed)
+            t = time.perf_counter()
+            res, how = train_or_reuse(cfg, force=args.force)
+            print(f"[bench] cluttered-digits {v} seed {seed}: test acc {100 * res['test_acc']:.2f} % "
+                  f"({how}, {time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
+            accs.append(100 * res["test_acc"])
+            params = res["params"]
+            times.append(res["epoch_time"])
+        spec = CLUTTERED_VARIANTS[v]
+        desc = spec["model"] + (f" + {spec['attention']}" if spec["attention"] else "")
+        rows.append(_row(v, desc, accs, params, statistics.fmean(times)))
+    return rows
+
+
+def _aacn_config(args: argparse.Namespace, seed: int):
+    from convattn.engine import TrainConfig
+
+    return TrainConfig(
+        **{**RECIPE, **CLUTTERED_VARIANTS["aacn"]}, out=str(Path(args.out) / "cluttered-digits" / f"aacn-s{seed}"),
+        epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
+        seed=seed, device=args.device, progress=not args.no_progress, tensorboard=False,
+    )
+
+
+def run_fashion(args: argparse.Namespace) -> list[dict]:
+    from convattn.data import build_dataset
+    from convattn.engine import TrainConfig
+
+    try:
+        build_dataset("fashion-mnist", "test", data_dir=args.data_dir, test_size=1)
+    except DatasetNotFoundError as exc:
+        print(f"[bench] skipping Fashion-MNIST: {exc}", file=sys.stderr)
+        return []
+    rows = []
+    for name, attention in (("resnet18", None), ("resnet18 + cbam", "cbam")):
+        accs, params, times = [], 0, []
+        for seed in args.seed_list:
+            cfg = TrainConfig(
+                model="resnet18", attention=attention, model_kwargs={"small_input": True},
+                dataset="fashion-mnist", data_dir=args.data_dir, epochs=args.fashion_epochs,
+                batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
+                schedule="cosine", seed=seed, device=args.device, progress=not args.no_progress, tensorboard=False,
+                out=str(Path(args.out) / "fashion-mnist" / f"{name.replace(' + ', '-')}-s{seed}"),
+            )
+            res, how = train_or_reuse(cfg, force=args.force)
+            print(f"[bench] fashion-mnist {name} seed {seed}: test acc {100 * res['test_acc']:.2f} % ({how})",
+                  file=sys.stderr, flush=True)
+            accs.append(100 * res["test_acc"])
+            params = res["params"]
+            times.append(res["epoch_time"])
+        rows.append(_row(name, name, accs, params, statistics.fmean(times)))
+    return rows
+
+
+def print_table(title: str, rows: list[dict], markdown: bool) -> None:
+    if not rows:
+        return
+    base = rows[0]["mean"]
+    table = [
+        (r["variant"], r["model"], f"{r['mean']:.2f} ± {r['std']:.2f}", f"{r['mean'] - base:+.2f}",
+         " ".join(f"{a:.1f}" for a in r["accs"]), f"{r['params']:,}", f"{r['epoch_time']:.1f}")
+        for r in rows
+    ]
+    headers = ["variant", "model", "test acc % (mean ± std)", "vs plain", "per seed", "params", "s/epoch"]
+    print(f"\n{title}")
+    print(tabulate(table, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="3", help="number of seeds (3 -> 0,1,2) or a comma list (default: 3)")
+    p.add_argument("--epochs", type=int, default=10, help="cluttered-digits epochs per run (default: 10)")
+    p.add_argument("--variants", default=",".join(CLUTTERED_VARIANTS),
+                   help=f"comma-separated subset of {','.join(CLUTTERED_VARIANTS)}")
+    p.add_argument("--train-size", type=int, default=6000, help="cluttered-digits training images (default: 6000)")
+    p.add_argument("--val-size", type=int, default=1000, help="validation images (default: 1000)")
+    p.add_argument("--test-size", type=int, default=2000, help="test images (default: 2000)")
+    p.add_argument("--fashion-epochs", type=int, default=15, help="Fashion-MNIST epochs (default: 15)")
+    p.add_argument("--skip-fashion", action="store_true", help="skip the Fashion-MNIST comparison")
+    p.add_argument("--data-dir", default=None, help="where FashionMNIST/raw/ lives (default: $CONVATTN_DATA_DIR or ./data)")
+    p.add_argument("--out", default="runs/bench_accuracy", help="run directories (default: runs/bench_accuracy)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--markdown", action="store_true", help="print GitHub Markdown tables")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force", action="store_true", help="retrain runs that exist")
+    args = p.parse_args(argv)
+    args.seed_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    rows = run_cluttered(args)
+    print_table(
+        f"cluttered-digits 60x60, {args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
+        f"seeds {','.join(map(str, args.seed_list))}, AdamW lr {RECIPE['lr']:g} cosine, batch {RECIPE['batch_size']}",
+        rows, args.markdown,
+    )
+    if not args.skip_fashion:
+        fashion = run_fashion(args)
+        print_table(f"Fashion-MNIST, {args.fashion_epochs} epochs", fashion, args.markdown)
+    print(f"\ntotal {math.ceil(time.perf_counter() - start)} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""``convattn demo``: the same small CNN trained plain, with CBAM and behind a spatial
+transformer on the embedded cluttered-digits dataset (nothing to download), then a
+table of test accuracy, parameters and time per epoch, attention-map figures per run
+and an HTML report. ``make demo`` runs it.
+
+Re-running it reuses finished runs with the same settings and resumes unfinished ones;
+``--force`` retrains from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import ConfigError
+
+ORDER = 40
+
+#: The demo's variants: one backbone (``simple_cnn``), three ways of attending.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {"model": "simple_cnn", "attention": None},
+    "cbam": {"model": "simple_cnn", "attention": "cbam"},
+    "stn": {"model": "stn_cnn", "attention": None},
+}
+
+#: The recipe shared by every variant (and by benchmarks/train_accuracy.py).
+RECIPE: dict[str, Any] = {
+    "dataset": "cluttered-digits",
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "warmup_epochs": 0.2,
+    "schedule": "cosine",
+    "batch_size": 32,
+}
+
+DEMO_EPOCHS = 4
+DEMO_TRAIN_SIZE = 4000
+DEMO_VAL_SIZE = 1000
+DEMO_TEST_SIZE = 2000
+
+_EPILOG = """\
+examples:
+  convattn demo                      # about ten minutes on a 2-core CPU
+  convattn demo --epochs 2 --train-size 1000 --variants plain,stn
+  convattn demo --out runs/demo2 --force
+"""
+
+
+def make_config(variant: str, *, out: str | Path, **overrides: Any):
+    """The ``TrainConfig`` of one demo / benchmark variant (``RECIPE`` + the variant + ``overrides``)."""
+    from ..engine import TrainConfig
+
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown demo variant {variant!r}; choose from {', '.join(VARIANTS)}")
+    fields = {**RECIPE, **VARIANTS[variant], **overrides, "out": str(out)}
+    return TrainConfig(**fields)
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    ignore = {"out", "progress", "tensorboard", "workers", "device", "save_every"}
+    return {k: v for k, v in cfg.items() if k not in ignore}
+
+
+def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]:
+    """Train ``config`` into ``config.out``; reuse a finished identical run, resume an unfinished one.
+
+    Returns the result dict of :func:`convattn.engine.train` and what happened
+    (``"trained"``, ``"reused"``, ``"resumed"``).
+    """
+    import json
+
+    import yaml
+
+    from ..engine import train
+
+    run_dir = Path(config.out)
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        saved = run_dir / "config.yaml"
+        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        if not isinstance(old, dict) or _comparable(old) != _comparable(config.to_dict()):
+            raise ConfigError(
+                f"{run_dir} holds a run with other settings; pass --force to retrain it or --out to write elsewhere"
+            )
+        results = run_dir / "results.json"
+        if results.is_file():
+            res = json.loads(results.read_text())
+            res.setdefault("run_dir", str(run_dir))
+            return res, "reused"
+        if (run_dir / "last.pt").is_file():
+            return train(config, resume=run_dir), "resumed"
+        raise ConfigError(f"{run_dir} holds an unfinished run without last.pt; pass --force to retrain it")
+    return train(config), "trained"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train plain / CBAM / spatial-transformer CNNs on cluttered digits and compare",
+        description=__doc__,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", default="runs/demo", help="parent of the run directories (default: runs/demo)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per variant (default: {DEMO_EPOCHS})")
+    p.add_argument("--train-size", type=int, default=DEMO_TRAIN_SIZE,
+                   help=f"training images (default: {DEMO_TRAIN_SIZE})")
+    p.add_argument("--val-size", type=int, default=DEMO_VAL_SIZE, help=f"validation images (default: {DEMO_VAL_SIZE})")
+    p.add_argument("--test-size", type=int, default=DEMO_TEST_SIZE, help=f"test images (default: {DEMO_TEST_SIZE})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
+    p.set_defaults(func=run)
+
+
+def _figures(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], str | None]:
+    """Attention figures per run and the HTML report, when ``convattn.viz`` provides them."""
+    try:
+        from ..viz import visualize_run, write_report
+    except ImportError as exc:
+        return [f"figures skipped: convattn.viz is not available ({exc})"], None
+    notes = []
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        fig_dir = run_dir / "figures"
+        paths = visualize_run(run_dir, count=8, out_dir=fig_dir)
+        notes.append(f"{row['variant']}: {len(paths)} figures in {fig_dir}")
+    report = write_report([Path(r["run_dir"]) for r in rows], out / "report.html")
+    return notes, str(report)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the demo variants, print the comparison table, write figures and a report."""
+    from tabulate import tabulate
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}, got {args.variants!r}")
+    out = Path(args.out)
+    rows = []
+    start = time.perf_counter()
+    for v in variants:
+        cfg = make_config(
+            v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
+            test_size=args.test_size, seed=args.seed, device=args.device,
+            progress=not args.no_progress, tensorboard=False,
+        )
+        print(f"[demo] {v}: {cfg.model}" + (f" + {cfg.attention}" if cfg.attention else "")
+              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+        res, how = train_or_reuse(cfg, force=args.force)
+        rows.append({"variant": v, "run_dir": res.get("run_dir", cfg.out), "how": how, **res})
+    table = [
+        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]]["attention"] or "-",
+         f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
+        for r in rows
+    ]
+    print(tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
+                   disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left")))
+    print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
+          f"seed {args.seed}); total time {time.perf_counter() - start:.0f} s")
+    reused = [r["variant"] for r in rows if r["how"] == "reused"]
+    if reused:
+        print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
+    if not args.no_viz:
+        notes, report = _figures(rows, out)
+        for n in notes:
+            print(n)
+        if report:
+            print(f"report: {report}")
+    return 0

@@ -1,0 +1,77 @@
+"""``convattn demo``: configs, the comparison table, reuse / resume of runs (training is faked)."""
+
+import json
+
+import pytest
+import yaml
+
+from convattn.cli import demo, main
+from convattn.exceptions import ConfigError
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    calls = []
+
+    def train(config, *, resume=None):
+        calls.append((config, resume))
+        out = config.out
+        import pathlib
+
+        d = pathlib.Path(out)
+        d.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(d / "config.yaml")
+        acc = {"simple_cnn": 0.5, "stn_cnn": 0.7}[config.model] + (0.1 if config.attention else 0.0)
+        res = {"run_dir": str(d), "test_acc": acc, "params": 1234, "epoch_time": 1.5}
+        (d / "results.json").write_text(json.dumps(res))
+        return res
+
+    import convattn.engine
+
+    monkeypatch.setattr(convattn.engine, "train", train)
+    return calls
+
+
+def test_configs_share_the_recipe(tmp_path):
+    cfgs = {v: demo.make_config(v, out=tmp_path / v, epochs=2, train_size=100) for v in demo.VARIANTS}
+    assert {v: (c.model, c.attention) for v, c in cfgs.items()} == {
+        "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None)}
+    for c in cfgs.values():
+        assert c.dataset == "cluttered-digits" and c.epochs == 2 and c.train_size == 100
+        assert (c.optimizer, c.lr, c.batch_size) == (demo.RECIPE["optimizer"], demo.RECIPE["lr"], demo.RECIPE["batch_size"])
+    with pytest.raises(ConfigError, match="unknown demo variant"):
+        demo.make_config("se", out=tmp_path)
+
+
+def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-viz", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(fake_train) == 3
+    for v, acc in (("plain", "50.0"), ("cbam", "60.0"), ("stn", "70.0")):
+        line = next(l for l in out.splitlines() if l.startswith(v))
+        assert acc in line and str(tmp_path / v) in line and "1,234" in line
+    # a second run reuses the finished runs
+    assert main(argv) == 0
+    assert len(fake_train) == 3
+    assert "reused finished runs: plain, cbam, stn" in capsys.readouterr().out
+    # other settings in an existing run directory: an error, unless --force
+    assert main(argv[:-2] + ["--epochs", "2", "--no-viz", "--variants", "plain"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(argv + ["--epochs", "2", "--variants", "plain", "--force"]) == 0
+    assert len(fake_train) == 4 and fake_train[-1][0].epochs == 2
+
+
+def test_unfinished_run_is_resumed(tmp_path, fake_train):
+    cfg = demo.make_config("plain", out=tmp_path / "plain", epochs=1, train_size=10)
+    (tmp_path / "plain").mkdir()
+    cfg.to_yaml(tmp_path / "plain" / "config.yaml")
+    (tmp_path / "plain" / "last.pt").write_bytes(b"")
+    res, how = demo.train_or_reuse(cfg)
+    assert how == "resumed" and fake_train[-1][1] == tmp_path / "plain"
+    assert yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())["epochs"] == 1
+
+
+def test_bad_variants(capsys):
+    assert main(["demo", "--variants", "plain,foo", "--no-viz"]) == 2
+    assert "--variants" in capsys.readouterr().err
