@@ -1,0 +1,134 @@
+"""Speed targets, each a ratio of two timings taken in this one run on this machine.
+
+    python benchmarks/speed_targets.py [--quick] [--threads N]
+
+1. cbam forward (B=8, C=64, 56x56) vs timm's CbamModule, NCHW and channels_last   (target <= 0.5x)
+2. se forward (same input) vs timm's SEModule                                       (target <= 1.0x)
+3. resnet18 SGD training step, batch 32 at 224x224 and batch 64 at 64x64, with se and with cbam:
+   vs timm's same model (target <= 1.0x) and vs plain resnet18 (target <= 1.05x se, <= 1.10x cbam)
+4. simple_cnn + cbam on 1x28x28, batch 128, SGD step vs plain simple_cnn          (target < 1.20x)
+
+Timings alternate between the two sides of a ratio (A B A B ...) so that load from
+other processes hits both alike; the median of each side is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+from convattn import create_attn
+from convattn.models import create_model
+
+
+def _alternating(fa, fb, repeats: int, warmup: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); fa(); ta.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); fb(); tb.append(time.perf_counter() - t0)
+    return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+
+
+def _forward(module: nn.Module, x: torch.Tensor):
+    module.eval()
+
+    def f():
+        with torch.no_grad():
+            module(x)
+    return f
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def f():
+        opt.zero_grad(set_to_none=True)
+        out = model(x)
+        nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+    return f
+
+
+RESULTS: list[tuple[str, float, float, float, str]] = []
+
+
+def report(name: str, a_ms: float, b_ms: float, target: float, strict: bool = False) -> None:
+    ratio = a_ms / b_ms
+    ok = ratio < target if strict else ratio <= target
+    RESULTS.append((name, a_ms, b_ms, ratio, "ok" if ok else "MISSED"))
+    print(f"{name:<58} {a_ms:9.2f} ms {b_ms:9.2f} ms  {ratio:5.2f}x  (target {'<' if strict else '<='} {target:.2f}x) "
+          f"{'ok' if ok else 'MISSED'}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        import timm
+        from timm.layers.cbam import CbamModule
+        from timm.layers.squeeze_excite import SEModule
+    except ImportError:
+        print("speed_targets needs timm: pip install 'convattn[peers]'", file=sys.stderr)
+        return 2
+    layer_reps, model_reps = (5, 2) if args.quick else (20, 5)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} threads; medians of {layer_reps} (layers) / {model_reps} (models) alternating calls")
+    print(f"{'':<58} {'convattn':>12} {'reference':>12}")
+
+    x = torch.randn(8, 64, 56, 56)
+    for fmt in ("NCHW", "channels_last"):
+        xi = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+        ours, theirs = create_attn("cbam", 64), CbamModule(64, rd_ratio=1 / 16, rd_divisor=1)
+        if fmt == "channels_last":
+            ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+        a, b = _alternating(_forward(ours, xi), _forward(theirs, xi), layer_reps, 3)
+        report(f"cbam fwd B8 C64 56x56 {fmt} vs timm CbamModule", a, b, 0.5)
+    a, b = _alternating(_forward(create_attn("se", 64), x), _forward(SEModule(64, rd_ratio=1 / 16, rd_divisor=1), x),
+                        layer_reps, 3)
+    report("se fwd B8 C64 56x56 vs timm SEModule", a, b, 1.0)
+
+    for batch, size in ((32, 224), (64, 64)):
+        xb = torch.randn(batch, 3, size, size)
+        yb = torch.randint(0, 1000, (batch,))
+        torch.manual_seed(0)
+        plain = _train_step(create_model("resnet18", num_classes=1000), xb, yb)
+        for att, limit in (("se", 1.05), ("cbam", 1.10)):
+            from convattn.bench.peers import create_timm_model
+
+            torch.manual_seed(0)
+            ours = _train_step(create_model("resnet18", num_classes=1000, attention=att), xb, yb)
+            theirs = _train_step(create_timm_model("resnet18", att, num_classes=1000), xb, yb)
+            a, b = _alternating(ours, theirs, model_reps, 1)
+            report(f"resnet18+{att} SGD step B{batch} {size}x{size} vs timm", a, b, 1.0)
+            a, b = _alternating(ours, plain, model_reps, 1)
+            report(f"resnet18+{att} SGD step B{batch} {size}x{size} vs plain", a, b, limit)
+
+    x1 = torch.randn(128, 1, 28, 28)
+    y1 = torch.randint(0, 10, (128,))
+    torch.manual_seed(0)
+    ours = _train_step(create_model("simple_cnn", num_classes=10, in_chans=1, attention="cbam"), x1, y1)
+    plain = _train_step(create_model("simple_cnn", num_classes=10, in_chans=1), x1, y1)
+    a, b = _alternating(ours, plain, layer_reps, 2)
+    report("simple_cnn+cbam SGD step B128 1x28x28 vs plain", a, b, 1.20, strict=True)
+    missed = [r[0] for r in RESULTS if r[4] != "ok"]
+    print(f"{len(RESULTS) - len(missed)}/{len(RESULTS)} targets met" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
