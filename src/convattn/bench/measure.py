@@ -271,7 +271,7 @@ def measure_module(
         >>> import torch
         >>> r = measure_module(torch.nn.Conv2d(8, 8, 3, padding=1), torch.randn(2, 8, 6, 6), repeats=2, warmup=0)
         >>> r["flops"], r["latency_ms"] > 0
-        (10368, True)
+        (82944, True)
     """
     inputs = _as_tuple(inputs)
     device = _device_of(module, inputs)
