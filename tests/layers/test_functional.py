@@ -87,11 +87,6 @@ def test_explicit_path_is_softmax_of_scaled_logits():
     torch.testing.assert_close(out, attn)  # identity values return the weights
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attention() passes head dims with stride != 1 straight to SDPA, whose fused CPU kernel "
-    "then refuses them and the N×N math path runs; fix: make q/k/v unit-stride in the last dim",
-)
 def test_strided_head_dimension_still_uses_the_fused_kernel():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -59,7 +59,7 @@ def attention(
     Returns:
         ``(out (..., Nq, dv), attn (..., Nq, Nk) or None)``.
 
-    The CPU flash kernel wants equal query and value widths; when they differ the
+    The CPU flash kernel wants equal query and value widths and unit-stride rows; when they differ the
     narrower of ``q/k`` and ``v`` is zero-padded (zeros change neither ``q kᵀ`` nor
     the kept output columns) and the output is sliced back.
     """
@@ -75,6 +75,9 @@ def attention(
         v = F.pad(v, (0, d - dv))
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
+    # The fused CPU kernels need a unit-stride head dimension; otherwise SDPA silently
+    # falls back to the O(N²) math path. Permuted 1×1-conv outputs are often strided.
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=s)
     if dv < d:
         out = out[..., :dv]
