@@ -24,12 +24,16 @@ Choices (documented where the paper and its code differ):
   ``norm_layer="bn"`` gives that. Pooled maps are concatenated as
   ``[avg; max]`` as in Eq. 3 and timm (the official code stacks ``[max; avg]``).
 
-Speed: the forward pass computes the channel pools of ``x`` once, runs both
-pooled vectors through the MLP as one batch, gets the channel mean of
-``Mc ⊗ F`` as a batched matrix product, and runs the 2→1 k×k convolution as a
-depthwise convolution over the ``2B`` pooled maps (several times faster on CPU
-than oneDNN's one-output-channel path). Under ``torch.no_grad`` the gated tensor
-is refined in place, so one full-size tensor is allocated per call.
+Speed (the default channel-first order): the channel pools, the gating and the
+channel pools of the gated tensor are computed one cache-sized chunk of samples
+at a time, the channel mean of ``Mc ⊗ F`` as a matrix product ``gᵀx / C``, both
+pooled vectors go through the MLP as one batch, the 2→1 k×k convolution runs as
+a depthwise convolution over the ``2B`` pooled maps (several times faster on CPU
+than the one-output-channel path), and the output is written once. In training
+a custom autograd function does the full-size backward by hand (saving only
+``x``, the two gates and the arg-max indices) and lets autograd differentiate
+the small MLP / convolution graphs. Under ``torch.export`` / ``torch.compile``
+the same function is traced as plain tensor operations.
 """
 
 from __future__ import annotations
@@ -53,6 +57,132 @@ __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
 
 _PAPER = "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018"
 ORDERS = ("channel_first", "spatial_first", "parallel")
+
+
+_CHUNK_ELEMENTS = 1 << 18  # ~1 MB of float32: a chunk of samples stays in cache between the ops on it
+
+
+def _chunks(x: torch.Tensor):
+    """``(start, stop)`` ranges of whole samples of about ``_CHUNK_ELEMENTS`` elements."""
+    b = x.shape[0]
+    step = max(1, _CHUNK_ELEMENTS // max(1, x[0].numel()))
+    return [(i, min(b, i + step)) for i in range(0, b, step)]
+
+
+def _spatial_pools(x: torch.Tensor, need_indices: bool):
+    """``[avg_hw(x); max_hw(x)]`` as ``(2B, C)`` and, if asked, the arg-max over H×W ``(B, C)``.
+
+    Chunk by chunk, so that the second reduction reads the chunk from cache.
+    """
+    b, c = x.shape[:2]
+    pooled = x.new_empty(2, b, c)
+    idx = torch.empty(b, c, dtype=torch.long, device=x.device) if need_indices else None
+    for i, j in _chunks(x):
+        flat = x[i:j].flatten(2)
+        torch.mean(flat, -1, out=pooled[0, i:j])
+        if idx is None:
+            torch.amax(flat, -1, out=pooled[1, i:j])
+        else:
+            torch.max(flat, -1, out=(pooled[1, i:j], idx[i:j]))
+    return pooled.view(2 * b, c), idx
+
+
+def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor, need_indices: bool):
+    """``[mean_c(x·g); max_c(x·g)]`` as ``(B, 2, H, W)`` and, if asked, the arg-max over C ``(B, H, W)``.
+
+    ``x·g`` is formed one chunk at a time in a reused buffer; the mean is ``gᵀx / C``
+    per position (a matrix product on ``x``).
+    """
+    b, c, h, w = x.shape
+    mean = x.new_empty(b, 1, h * w)
+    peak = x.new_empty(b, h, w)
+    idx = torch.empty(b, h, w, dtype=torch.long, device=x.device) if need_indices else None
+    gs = (g / c).unsqueeze(1)
+    ranges = _chunks(x)
+    buf = torch.empty_like(x[: ranges[0][1]])
+    for i, j in ranges:
+        gated = torch.mul(x[i:j], g[i:j, :, None, None], out=buf[: j - i])
+        torch.bmm(gs[i:j], x[i:j].flatten(2), out=mean[i:j])
+        if idx is None:
+            torch.amax(gated, 1, out=peak[i:j])
+        else:
+            torch.max(gated, 1, out=(peak[i:j], idx[i:j]))
+    return torch.stack((mean.view(b, h, w), peak), 1), idx
+
+
+def _apply_gates(x: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x · g · a`` (channel gate ``(B, C)``, spatial gate ``(B, 1, H, W)``): one write of the output."""
+    out = torch.empty_like(x)
+    for i, j in _chunks(x):
+        torch.mul(x[i:j], g[i:j, :, None, None], out=out[i:j]).mul_(a[i:j])
+    return out
+
+
+class _ChannelFirstCBAM(torch.autograd.Function):
+    """Channel-first CBAM with a hand-written backward over the full-size tensors.
+
+    The small graphs (the channel MLP on the pooled ``(2B, C)`` vectors, the spatial
+    conv on the pooled ``(B, 2, H, W)`` maps) are built with autograd inside
+    ``forward`` and differentiated with ``torch.autograd.grad`` in ``backward``;
+    the full-size work (pools, gating, their gradients) is done directly, saving
+    only ``x``, the gates and the arg-max indices. The small graphs are kept until
+    the outer graph is freed, so ``backward`` can run more than once
+    (``retain_graph=True``). Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, *params):
+        pooled, idx_hw = _spatial_pools(x, need_indices=True)
+        pooled.requires_grad_()  # a leaf of the small graph
+        with torch.enable_grad():
+            g = layer.channel.gate_from_pooled(pooled)
+        stats, idx_c = _gated_channel_pools(x, g.detach(), need_indices=True)
+        stats.requires_grad_()
+        with torch.enable_grad():
+            a = layer.spatial.spatial_gate(stats)
+        out = _apply_gates(x, g.detach(), a.detach())
+        ctx.save_for_backward(x, idx_hw, idx_c)
+        ctx.graphs = (pooled, g, stats, a)
+        ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
+        g_out, a_out = g.detach(), a.detach()
+        ctx.mark_non_differentiable(g_out, a_out)
+        return out, g_out, a_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dg, _da):
+        x, idx_hw, idx_c = ctx.saved_tensors
+        pooled, g, stats, a = ctx.graphs
+        ch_params, sp_params = ctx.params
+        b, c, h, w = x.shape
+        gd, ad = g.detach(), a.detach()
+        # out = x · g · a
+        t = dout * x
+        da = torch.bmm(gd.unsqueeze(1), t.flatten(2)).view(b, 1, h, w)
+        dg = torch.bmm(t.flatten(2), ad.view(b, h * w, 1)).view(b, c)
+        sp_trainable = [p for p in sp_params if p.requires_grad]
+        grads = torch.autograd.grad(a, [stats, *sp_trainable], da, retain_graph=True)
+        d_stats, sp_grads = grads[0], grads[1:]
+        d_mean, d_max = d_stats[:, 0], d_stats[:, 1]  # (B, H, W)
+        # stats = [Σ_c g_c x_c / C ; max_c g_c x_c]
+        dg = dg + torch.bmm(x.flatten(2), d_mean.reshape(b, h * w, 1)).view(b, c) / c
+        flat_idx_c = idx_c.view(b, 1, h * w)
+        x_at = x.flatten(2).gather(1, flat_idx_c)  # (B, 1, HW)
+        dg.scatter_add_(1, flat_idx_c.view(b, -1), (x_at * d_max.reshape(b, 1, h * w)).view(b, -1))
+        ch_trainable = [p for p in ch_params if p.requires_grad]
+        grads = torch.autograd.grad(g, [pooled, *ch_trainable], dg, retain_graph=True)
+        d_pooled, ch_grads = grads[0], grads[1:]
+        # dx = g · (dout · a + d_mean / C) + d_pool_mean / HW, plus the arg-max terms
+        torch.addcmul((d_mean / c).unsqueeze(1), dout, ad, out=t)
+        torch.addcmul((d_pooled[:b] / (h * w))[:, :, None, None], t, gd[:, :, None, None], out=t)
+        g_at = gd.gather(1, flat_idx_c.view(b, -1)).view(b, 1, h * w)
+        t_flat = t.flatten(2)
+        t_flat.scatter_add_(1, flat_idx_c, g_at * d_max.reshape(b, 1, h * w))
+        t_flat.scatter_add_(2, idx_hw.unsqueeze(-1), d_pooled[b:].unsqueeze(-1))
+        ch_iter, sp_iter = iter(ch_grads), iter(sp_grads)
+        param_grads = [next(ch_iter) if p.requires_grad else None for p in ch_params]
+        param_grads += [next(sp_iter) if p.requires_grad else None for p in sp_params]
+        return (t, None, *param_grads)
 
 
 @register_attn("cbam_channel", kind="gate", paper=_PAPER)
@@ -108,8 +238,12 @@ class CbamChannel(RecordsAttention):
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """The channel attention ``Mc(x)`` as ``(B, C)``."""
-        b = x.shape[0]
-        pooled = torch.cat((x.mean((2, 3)), x.amax((2, 3))))  # (2B, C): both pools, one MLP batch
+        flat = x.flatten(2)
+        return self.gate_from_pooled(torch.cat((flat.mean(-1), flat.amax(-1))))
+
+    def gate_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``Mc`` from the stacked pools ``[avg; max]`` of shape ``(2B, C)``: both run through the MLP as one batch."""
+        b = pooled.shape[0] // 2
         hidden = self.act(self.fc1(pooled))
         # W₁ is linear: W₁h_avg + W₁h_max = W₁(h_avg + h_max) (+ the bias twice).
         logits = F.linear(hidden[:b] + hidden[b:], self.fc2.weight)
@@ -258,13 +392,17 @@ class CBAM(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
-            g = self.channel.weights(x)
-            refined = x * g[:, :, None, None]
-            b, c, h, w = x.shape
-            # mean_c(x · g) as one (1×C)·(C×HW) product per sample; max_c needs the gated tensor.
-            mean = torch.matmul((g / c).unsqueeze(1), x.flatten(2)).view(b, h, w)
-            a = self.spatial.spatial_gate(torch.stack((mean, refined.amax(1)), 1))
-            out = refined.mul_(a) if not torch.is_grad_enabled() else refined * a
+            if torch.compiler.is_compiling():  # traced by torch.export / torch.compile: plain ops
+                g = self.channel.weights(x)
+                refined = x * g[:, :, None, None]
+                a = self.spatial.weights(refined)
+                out = refined * a
+            elif torch.is_grad_enabled():
+                out, g, a = _ChannelFirstCBAM.apply(x, self, *self.channel.parameters(), *self.spatial.parameters())
+            else:
+                g = self.channel.gate_from_pooled(_spatial_pools(x, need_indices=False)[0])
+                a = self.spatial.spatial_gate(_gated_channel_pools(x, g, need_indices=False)[0])
+                out = _apply_gates(x, g, a)
         elif self.order == "spatial_first":
             a = self.spatial.weights(x)
             refined = x * a
