@@ -24,16 +24,16 @@ Choices (documented where the paper and its code differ):
   ``norm_layer="bn"`` gives that. Pooled maps are concatenated as
   ``[avg; max]`` as in Eq. 3 and timm (the official code stacks ``[max; avg]``).
 
-Speed (the default channel-first order): the channel pools, the gating and the
-channel pools of the gated tensor are computed one cache-sized chunk of samples
-at a time, the channel mean of ``Mc ⊗ F`` as a matrix product ``gᵀx / C``, both
-pooled vectors go through the MLP as one batch, the 2→1 k×k convolution runs as
-a depthwise convolution over the ``2B`` pooled maps (several times faster on CPU
-than the one-output-channel path), and the output is written once. In training
-a custom autograd function does the full-size backward by hand (saving only
-``x``, the two gates and the arg-max indices) and lets autograd differentiate
-the small MLP / convolution graphs. Under ``torch.export`` / ``torch.compile``
-the same function is traced as plain tensor operations.
+Speed (the default channel-first order): both channel pools go through the MLP
+as one batch, the channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``
+(``Mc ⊗ F`` itself is formed once, for its channel max, and then refined in place
+into the output), and the 2→1 k×k convolution runs as a depthwise convolution
+over the ``2B`` pooled maps (several times faster on CPU than the
+one-output-channel path). In training a custom autograd function does the
+full-size backward by hand (saving only ``x``, the two gates and the arg-max
+indices) and lets autograd differentiate the small MLP / convolution graphs.
+Under ``torch.export`` / ``torch.compile`` the layer is traced as plain tensor
+operations. ``benchmarks/cbam_vs_timm.py`` measures it against timm.
 """
 
 from __future__ import annotations
@@ -59,63 +59,20 @@ _PAPER = "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018"
 ORDERS = ("channel_first", "spatial_first", "parallel")
 
 
-_CHUNK_ELEMENTS = 1 << 18  # ~1 MB of float32: a chunk of samples stays in cache between the ops on it
-
-
-def _chunks(x: torch.Tensor):
-    """``(start, stop)`` ranges of whole samples of about ``_CHUNK_ELEMENTS`` elements."""
-    b = x.shape[0]
-    step = max(1, _CHUNK_ELEMENTS // max(1, x[0].numel()))
-    return [(i, min(b, i + step)) for i in range(0, b, step)]
-
-
-def _spatial_pools(x: torch.Tensor, need_indices: bool):
-    """``[avg_hw(x); max_hw(x)]`` as ``(2B, C)`` and, if asked, the arg-max over H×W ``(B, C)``.
-
-    Chunk by chunk, so that the second reduction reads the chunk from cache.
-    """
-    b, c = x.shape[:2]
-    pooled = x.new_empty(2, b, c)
-    idx = torch.empty(b, c, dtype=torch.long, device=x.device) if need_indices else None
-    for i, j in _chunks(x):
-        flat = x[i:j].flatten(2)
-        torch.mean(flat, -1, out=pooled[0, i:j])
-        if idx is None:
-            torch.amax(flat, -1, out=pooled[1, i:j])
-        else:
-            torch.max(flat, -1, out=(pooled[1, i:j], idx[i:j]))
-    return pooled.view(2 * b, c), idx
-
-
 def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor, need_indices: bool):
-    """``[mean_c(x·g); max_c(x·g)]`` as ``(B, 2, H, W)`` and, if asked, the arg-max over C ``(B, H, W)``.
+    """``out = x · g`` and ``[mean_c(out); max_c(out)]`` as ``(B, 2, H, W)``, plus the arg-max over C if asked.
 
-    ``x·g`` is formed one chunk at a time in a reused buffer; the mean is ``gᵀx / C``
-    per position (a matrix product on ``x``).
+    The mean is ``gᵀx / C`` per position, one batched matrix product on ``x``.
+    ``out`` is a new tensor in the memory format of ``x``; callers refine it in place.
     """
     b, c, h, w = x.shape
-    mean = x.new_empty(b, 1, h * w)
-    peak = x.new_empty(b, h, w)
-    idx = torch.empty(b, h, w, dtype=torch.long, device=x.device) if need_indices else None
-    gs = (g / c).unsqueeze(1)
-    ranges = _chunks(x)
-    buf = torch.empty_like(x[: ranges[0][1]])
-    for i, j in ranges:
-        gated = torch.mul(x[i:j], g[i:j, :, None, None], out=buf[: j - i])
-        torch.bmm(gs[i:j], x[i:j].flatten(2), out=mean[i:j])
-        if idx is None:
-            torch.amax(gated, 1, out=peak[i:j])
-        else:
-            torch.max(gated, 1, out=(peak[i:j], idx[i:j]))
-    return torch.stack((mean.view(b, h, w), peak), 1), idx
-
-
-def _apply_gates(x: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``x · g · a`` (channel gate ``(B, C)``, spatial gate ``(B, 1, H, W)``): one write of the output."""
-    out = torch.empty_like(x)
-    for i, j in _chunks(x):
-        torch.mul(x[i:j], g[i:j, :, None, None], out=out[i:j]).mul_(a[i:j])
-    return out
+    out = x * g[:, :, None, None]
+    mean = torch.bmm((g / c).unsqueeze(1), x.flatten(2)).view(b, h, w)
+    if need_indices:
+        peak, idx = out.max(1)
+    else:
+        peak, idx = out.amax(1), None
+    return out, torch.stack((mean, peak), 1), idx
 
 
 class _ChannelFirstCBAM(torch.autograd.Function):
@@ -132,15 +89,16 @@ class _ChannelFirstCBAM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layer, *params):
-        pooled, idx_hw = _spatial_pools(x, need_indices=True)
-        pooled.requires_grad_()  # a leaf of the small graph
+        flat = x.flatten(2)
+        peak, idx_hw = flat.max(-1)
+        pooled = torch.cat((flat.mean(-1), peak)).requires_grad_()  # a leaf of the small graph
         with torch.enable_grad():
             g = layer.channel.gate_from_pooled(pooled)
-        stats, idx_c = _gated_channel_pools(x, g.detach(), need_indices=True)
+        out, stats, idx_c = _gated_channel_pools(x, g.detach(), need_indices=True)
         stats.requires_grad_()
         with torch.enable_grad():
             a = layer.spatial.spatial_gate(stats)
-        out = _apply_gates(x, g.detach(), a.detach())
+        out.mul_(a.detach())
         ctx.save_for_backward(x, idx_hw, idx_c)
         ctx.graphs = (pooled, g, stats, a)
         ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
@@ -400,9 +358,10 @@ class CBAM(RecordsAttention):
             elif torch.is_grad_enabled():
                 out, g, a = _ChannelFirstCBAM.apply(x, self, *self.channel.parameters(), *self.spatial.parameters())
             else:
-                g = self.channel.gate_from_pooled(_spatial_pools(x, need_indices=False)[0])
-                a = self.spatial.spatial_gate(_gated_channel_pools(x, g, need_indices=False)[0])
-                out = _apply_gates(x, g, a)
+                g = self.channel.weights(x)
+                out, stats, _ = _gated_channel_pools(x, g, need_indices=False)
+                a = self.spatial.spatial_gate(stats)
+                out.mul_(a)  # `out` is this call's own tensor: refine it in place
         elif self.order == "spatial_first":
             a = self.spatial.weights(x)
             refined = x * a

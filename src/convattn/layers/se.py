@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
@@ -56,10 +57,14 @@ class SqueezeExcite(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
-        w = self.gate(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        # The 1×1 convolutions applied as matrix products on the (B, C) descriptor: same
+        # weights and result as the convolutions, less per-call overhead on CPU.
+        z = x.mean((2, 3))
+        z = self.act(F.linear(z, self.fc1.weight.flatten(1), self.fc1.bias))
+        w = self.gate(F.linear(z, self.fc2.weight.flatten(1), self.fc2.bias))
         if self.recording:
-            self.emit("", w.flatten(1))
-        return x * w
+            self.emit("", w)
+        return x * w[:, :, None, None]
 
 
 @register_attn(
