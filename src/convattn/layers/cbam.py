@@ -143,6 +143,51 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         return (t, None, *param_grads)
 
 
+def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The 2→1 k×k convolution (no bias) of ``stats (B, 2, H, W)`` with ``weight (1, 2, k, k)``.
+
+    Run as a depthwise convolution over the 2B maps followed by a sum over each
+    pair: several times faster on CPU than the one-output-channel convolution.
+    """
+    b, _, h, w = stats.shape
+    k = weight.shape[-1]
+    per_map = F.conv2d(
+        stats.reshape(1, 2 * b, h, w), weight.reshape(2, 1, k, k).repeat(b, 1, 1, 1), padding=k // 2, groups=2 * b
+    )
+    return per_map.view(b, 2, h, w).sum(1, keepdim=True)
+
+
+class _PairConv(torch.autograd.Function):
+    """``_pair_conv`` forward; backward by the 2→1 convolution's own gradient on channels-last
+    tensors (the depthwise form's weight gradient is slow on CPU)."""
+
+    @staticmethod
+    def forward(ctx, stats, weight):
+        ctx.save_for_backward(stats, weight)
+        return _pair_conv(stats, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        stats, weight = ctx.saved_tensors
+        p = weight.shape[-1] // 2
+        cl = torch.channels_last
+        d_stats, d_weight, _ = torch.ops.aten.convolution_backward(
+            grad.contiguous(memory_format=cl),
+            stats.contiguous(memory_format=cl),
+            weight,
+            None,
+            [1, 1],
+            [p, p],
+            [1, 1],
+            False,
+            [0, 0],
+            1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        return d_stats, d_weight
+
+
 @register_attn("cbam_channel", kind="gate", paper=_PAPER)
 class CbamChannel(RecordsAttention):
     """CBAM channel attention: ``x · σ(MLP(AvgPool(x)) + MLP(MaxPool(x)))`` (Eq. 2).
@@ -204,7 +249,7 @@ class CbamChannel(RecordsAttention):
         b = pooled.shape[0] // 2
         hidden = self.act(self.fc1(pooled))
         # W₁ is linear: W₁h_avg + W₁h_max = W₁(h_avg + h_max) (+ the bias twice).
-        logits = F.linear(hidden[:b] + hidden[b:], self.fc2.weight)
+        logits = F.linear(hidden.view(2, b, -1).sum(0), self.fc2.weight)
         if self.fc2.bias is not None:
             logits = logits + 2 * self.fc2.bias
         return self.gate(logits)
@@ -262,12 +307,10 @@ class CbamSpatial(RecordsAttention):
 
     def spatial_gate(self, stats: torch.Tensor) -> torch.Tensor:
         """``σ(norm(conv(stats)))`` for the pooled maps ``stats (B, 2, H, W)``; returns ``(B, 1, H, W)``."""
-        b, _, h, w = stats.shape
-        k = self.kernel_size
-        # The 2→1 conv as a depthwise conv over the 2B maps, then a sum over each pair.
-        weight = self.conv.weight.reshape(2, 1, k, k).repeat(b, 1, 1, 1)
-        per_map = F.conv2d(stats.reshape(1, 2 * b, h, w), weight, padding=k // 2, groups=2 * b)
-        logits = per_map.view(b, 2, h, w).sum(1, keepdim=True)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            logits = _PairConv.apply(stats, self.conv.weight)
+        else:
+            logits = _pair_conv(stats, self.conv.weight)
         if self.conv.bias is not None:
             logits = logits + self.conv.bias.view(1, 1, 1, 1)
         return self.gate(self.norm(logits))
