@@ -154,3 +154,35 @@ def test_export_other_orders(order):
 def test_bad_arguments(name, bad):
     with pytest.raises(ConfigError):
         convattn.create_attn(name, 16, **bad)
+
+
+def test_training_gradients_match_timm_with_batchnorm():
+    timm_cbam = pytest.importorskip("timm.layers.cbam")
+    theirs = timm_cbam.CbamModule(16, rd_ratio=1 / 4)
+    ours = convattn.create_attn("cbam", 16, rd_ratio=1 / 4, norm_layer="bn")
+    randomize(theirs)
+    with torch.no_grad():
+        ours.channel.fc1.weight.copy_(theirs.channel.fc1.weight.flatten(1))
+        ours.channel.fc2.weight.copy_(theirs.channel.fc2.weight.flatten(1))
+        ours.spatial.conv.weight.copy_(theirs.spatial.conv.conv.weight)
+        ours.spatial.norm.load_state_dict(theirs.spatial.conv.bn.state_dict())
+    x = torch.randn(3, 16, 6, 5, requires_grad=True)
+    g = torch.randn(3, 16, 6, 5)
+    ours_p = [ours.channel.fc1.weight, ours.channel.fc2.weight, ours.spatial.conv.weight,
+              ours.spatial.norm.weight, ours.spatial.norm.bias]
+    theirs_p = [theirs.channel.fc1.weight, theirs.channel.fc2.weight, theirs.spatial.conv.conv.weight,
+                theirs.spatial.conv.bn.weight, theirs.spatial.conv.bn.bias]
+    a = torch.autograd.grad((ours(x) * g).sum(), [x, *ours_p])
+    b = torch.autograd.grad((theirs(x) * g).sum(), [x, *theirs_p])
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v.reshape(u.shape), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.spatial.norm.running_var, theirs.spatial.conv.bn.running_var)
+
+
+def test_backward_twice_with_retained_graph():
+    layer = convattn.create_attn("cbam", 16)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    y = layer(x).sum()
+    (g1,) = torch.autograd.grad(y, x, retain_graph=True)
+    (g2,) = torch.autograd.grad(y, x)
+    torch.testing.assert_close(g1, g2)
