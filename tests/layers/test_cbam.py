@@ -186,3 +186,15 @@ def test_backward_twice_with_retained_graph():
     (g1,) = torch.autograd.grad(y, x, retain_graph=True)
     (g2,) = torch.autograd.grad(y, x)
     torch.testing.assert_close(g1, g2)
+
+
+def test_strided_input_and_gradient():
+    layer = convattn.create_attn("cbam", 16, bias=True)
+    randomize(layer)
+    base = torch.randn(2, 16, 7, 5, requires_grad=True)
+    x = base.transpose(2, 3)  # (2, 16, 5, 7), neither contiguous nor channels-last
+    g = torch.randn(2, 16, 7, 5).transpose(2, 3)
+    a = torch.autograd.grad((layer(x) * g).sum(), [base, *layer.parameters()])
+    b = torch.autograd.grad((ref_cbam(x, params_of(layer)) * g).sum(), [base, *layer.parameters()])
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)

@@ -115,7 +115,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         b, c, h, w = x.shape
         gd, ad = g.detach(), a.detach()
         # out = x · g · a
-        t = dout * x
+        t = torch.mul(dout, x, out=torch.empty_like(x))  # x's layout, in which (B, C, HW) is a view
         da = torch.bmm(gd.unsqueeze(1), t.flatten(2)).view(b, 1, h, w)
         dg = torch.bmm(t.flatten(2), ad.view(b, h * w, 1)).view(b, c)
         sp_trainable = [p for p in sp_params if p.requires_grad]
@@ -399,6 +399,8 @@ class CBAM(RecordsAttention):
                 a = self.spatial.weights(refined)
                 out = refined * a
             elif torch.is_grad_enabled():
+                if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+                    x = x.contiguous()  # the hand-written backward works on (B, C, HW) views
                 out, g, a = _ChannelFirstCBAM.apply(x, self, *self.channel.parameters(), *self.spatial.parameters())
             else:
                 g = self.channel.weights(x)
