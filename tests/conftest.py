@@ -5,6 +5,9 @@ import torch
 # oversubscription (which makes float64 gradchecks tens of times slower).
 torch.set_num_threads(1)
 
+# Scripts that tests start in subprocesses; importing them (doctest collection) would run them.
+collect_ignore = ["engine/run_standin.py"]
+
 
 @pytest.fixture(autouse=True)
 def _seed():
