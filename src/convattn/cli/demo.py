@@ -24,21 +24,22 @@ ORDER = 40
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "simple_cnn", "attention": None},
     "cbam": {"model": "simple_cnn", "attention": "cbam"},
-    "stn": {"model": "stn_cnn", "attention": None},
+    # the transformer samples a 30×30 view (at first the whole canvas, downsampled), the classifier reads it
+    "stn": {"model": "stn_cnn", "attention": None, "model_kwargs": {"out_size": [30, 30]}},
 }
 
 #: The recipe shared by every variant (and by benchmarks/train_accuracy.py).
 RECIPE: dict[str, Any] = {
     "dataset": "cluttered-digits",
     "optimizer": "adamw",
-    "lr": 2e-3,
+    "lr": 5e-3,
     "weight_decay": 1e-4,
     "warmup_epochs": 0.2,
     "schedule": "cosine",
     "batch_size": 32,
 }
 
-DEMO_EPOCHS = 4
+DEMO_EPOCHS = 5
 DEMO_TRAIN_SIZE = 4000
 DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
