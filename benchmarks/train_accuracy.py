@@ -5,7 +5,7 @@
    attention network (``aacn``, attention heads on every block) - the demo's recipe
    (``convattn.cli.demo.RECIPE``: AdamW, lr 5e-3, cosine, batch 32; the STN samples a
    30×30 view for the classifier) on 5,000 training images for 5 epochs.
-   Default: 3 seeds × 4 variants, about 30 minutes of a quiet 2-core CPU.
+   Default: 3 seeds × 4 variants (about 10 minutes of a quiet 2-core CPU).
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
    when the files are under ``--data-dir`` (skipped with a message otherwise).
 
