@@ -109,16 +109,17 @@ def run_fashion(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def print_table(title: str, rows: list[dict], markdown: bool) -> None:
+def print_table(title: str, rows: list[dict], markdown: bool, baseline: str) -> None:
     if not rows:
         return
-    base = rows[0]["mean"]
+    base = next((r["mean"] for r in rows if r["variant"] == baseline), None)
     table = [
-        (r["variant"], r["model"], f"{r['mean']:.2f} ± {r['std']:.2f}", f"{r['mean'] - base:+.2f}",
+        (r["variant"], r["model"], f"{r['mean']:.2f} ± {r['std']:.2f}",
+         "-" if base is None else f"{r['mean'] - base:+.2f}",
          " ".join(f"{a:.1f}" for a in r["accs"]), f"{r['params']:,}", f"{r['epoch_time']:.1f}")
         for r in rows
     ]
-    headers = ["variant", "model", "test acc % (mean ± std)", "vs plain", "per seed", "params", "s/epoch"]
+    headers = ["variant", "model", "test acc % (mean ± std)", f"vs {baseline}", "per seed", "params", "s/epoch"]
     print(f"\n{title}")
     print(tabulate(table, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True))
 
@@ -156,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(
         f"cluttered-digits 60x60, {args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
         f"seeds {','.join(map(str, args.seed_list))}, AdamW lr {RECIPE['lr']:g} cosine, batch {RECIPE['batch_size']}",
-        rows, args.markdown,
+        rows, args.markdown, "plain",
     )
     if not args.skip_fashion:
         fashion = run_fashion(args)
-        print_table(f"Fashion-MNIST, {args.fashion_epochs} epochs", fashion, args.markdown)
+        print_table(f"Fashion-MNIST, {args.fashion_epochs} epochs", fashion, args.markdown, "resnet18")
     print(f"\ntotal {math.ceil(time.perf_counter() - start)} s")
     return 0
 
