@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -11,8 +12,8 @@ import torch
 from torch import nn
 
 from ..exceptions import ConfigError, DatasetNotFoundError
+from .._io import atomic_write_bytes, atomic_write_text
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .config import atomic_write_text
 from .data import make_eval_loader
 from .distributed import resolve_device
 from .trainer import _eval_sums, _summary, logits_of, model_from_checkpoint
@@ -46,13 +47,10 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def evaluate_run(

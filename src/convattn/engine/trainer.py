@@ -33,7 +33,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..exceptions import CheckpointError, ConfigError
 from . import distributed as D
 from .checkpoint import get_rng_state, load_checkpoint, resolve_checkpoint, save_checkpoint, set_rng_state
-from .config import TrainConfig, atomic_write_text
+from .._io import atomic_write_text
+from .config import TrainConfig
 from .data import (
     build_datasets,
     epoch_seed,

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .._io import atomic_write_bytes
 from ..exceptions import ConfigError, DatasetNotFoundError
 
 __all__ = ["new_figure", "to_display", "upsample", "heat_overlay", "save_figure", "figure_png", "load_images"]
@@ -82,15 +83,7 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a figure as PNG atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(figure_png(fig, dpi))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def load_images(

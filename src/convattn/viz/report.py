@@ -155,7 +155,7 @@ def write_report(
     Returns:
         the path written.
     """
-    from ..bench.tables import atomic_write_text
+    from .._io import atomic_write_text
 
     if not run_dirs:
         raise ConfigError("report: give at least one run directory")

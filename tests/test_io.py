@@ -1,0 +1,25 @@
+import pytest
+
+from convattn._io import atomic_open, atomic_write_bytes, atomic_write_text
+
+
+def test_writes_and_creates_folders(tmp_path):
+    p = atomic_write_text(tmp_path / "a" / "b.txt", "héllo\n")
+    assert p.read_text(encoding="utf-8") == "héllo\n"
+    assert atomic_write_bytes(tmp_path / "c.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+
+
+def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    p = atomic_write_text(tmp_path / "keep.txt", "good")
+    with pytest.raises(RuntimeError):
+        with atomic_open(p, "w") as fh:
+            fh.write("half")
+            raise RuntimeError("crash mid-write")
+    assert p.read_text() == "good"
+    assert [f.name for f in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_rejects_other_modes(tmp_path):
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_open(tmp_path / "x", "a"):
+            pass
