@@ -198,3 +198,87 @@ def test_strided_input_and_gradient():
     b = torch.autograd.grad((ref_cbam(x, params_of(layer)) * g).sum(), [base, *layer.parameters()])
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
+# --- the hand-written training backward: ties in the max pools --------------------------
+def ref_cbam_amax(x, params):
+    """Eq. 1–3 with the channel max over C taken by ``amax`` (autograd splits its gradient evenly
+    between tied channels) and the spatial max over H×W by ``max(dim)`` (gradient to its arg-max):
+    the tie rules documented for the layer's training path."""
+    w0, b0, w1, b1, cw, cb = params
+    f_avg, f_max = x.mean(dim=(2, 3)), x.flatten(2).max(dim=2).values
+
+    def mlp(v):
+        h = torch.relu(v @ w0.T + (0 if b0 is None else b0))
+        return h @ w1.T + (0 if b1 is None else b1)
+
+    f1 = torch.sigmoid(mlp(f_avg) + mlp(f_max))[:, :, None, None] * x
+    pooled = torch.cat([f1.mean(dim=1, keepdim=True), f1.amax(dim=1, keepdim=True)], 1)
+    k = cw.shape[-1]
+    return torch.sigmoid(F.conv2d(pooled, cw, cb, padding=k // 2)) * f1
+
+
+def _tied_input(channels_last):
+    torch.manual_seed(3)
+    x = torch.relu(torch.randn(2, 16, 6, 7))
+    x[:, :, 1:3, 2:5] = 0.0  # every channel 0 there: 16-way ties in the channel max
+    x[:, 3:6, 4, 1] = 5.0  # equal non-zero maxima across channels (uniform gate below)
+    x[0, 7, 0, 0] = x[0, 7, 5, 6] = 9.0  # a tie in one channel's spatial max
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("uniform_gate", [False, True])
+def test_training_gradients_with_ties(channels_last, uniform_gate):
+    layer = convattn.create_attn("cbam", 16, rd_channels=4, bias=True)
+    randomize(layer)
+    if uniform_gate:  # W1 = 0: the same gate for every channel, so equal x tie in g·x
+        with torch.no_grad():
+            layer.channel.fc2.weight.zero_()
+    x = _tied_input(channels_last).requires_grad_()
+    g = torch.randn(x.shape)
+    ours = torch.autograd.grad((layer(x) * g).sum(), [x, *layer.parameters()])
+    ref = torch.autograd.grad((ref_cbam_amax(x, params_of(layer)) * g).sum(), [x, *layer.parameters()])
+    for u, v in zip(ours, ref):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    # the tie rule matters: giving the whole channel-max gradient to one channel is another answer
+    wrong = torch.autograd.grad((ref_cbam(x, params_of(layer)) * g).sum(), x)[0]
+    assert not torch.allclose(ours[0], wrong, rtol=1e-4, atol=1e-5)
+
+
+def test_training_gradients_with_zero_gate():
+    # tanh gates of exactly 0 (zero logits) with slope 1 there: the backward's path for g = 0
+    layer = convattn.create_attn("cbam", 16, rd_channels=4, bias=True, gate_layer="tanh")
+    randomize(layer)
+    with torch.no_grad():
+        layer.channel.fc2.weight[:5] = 0.0
+        layer.channel.fc2.bias[:5] = 0.0
+    x = _tied_input(False).requires_grad_()
+    g = torch.randn(x.shape)
+
+    def ref(x):
+        w0, b0, w1, b1, cw, cb = params_of(layer)
+        mlp = lambda v: torch.relu(v @ w0.T + b0) @ w1.T + b1  # noqa: E731
+        f1 = torch.tanh(mlp(x.mean(dim=(2, 3))) + mlp(x.flatten(2).max(dim=2).values))[:, :, None, None] * x
+        pooled = torch.cat([f1.mean(dim=1, keepdim=True), f1.amax(dim=1, keepdim=True)], 1)
+        return torch.tanh(F.conv2d(pooled, cw, cb, padding=3)) * f1
+
+    assert (layer.channel.weights(x) == 0).any()
+    ours = torch.autograd.grad((layer(x) * g).sum(), [x, *layer.parameters()])
+    theirs = torch.autograd.grad((ref(x) * g).sum(), [x, *layer.parameters()])
+    for u, v in zip(ours, theirs):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck_float64_through_layer(channels_last):
+    layer = convattn.create_attn("cbam", 16, rd_channels=4, bias=True).double()
+    randomize(layer)
+    x = torch.randn(2, 16, 3, 4, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    params = list(layer.parameters())
+    torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params), eps=1e-6, atol=1e-5)

@@ -30,10 +30,17 @@ as one batch, the channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``
 into the output), and the 2→1 k×k convolution runs as a depthwise convolution
 over the ``2B`` pooled maps (several times faster on CPU than the
 one-output-channel path). In training a custom autograd function does the
-full-size backward by hand (saving only ``x``, the two gates and the arg-max
-indices) and lets autograd differentiate the small MLP / convolution graphs.
-Under ``torch.export`` / ``torch.compile`` the layer is traced as plain tensor
-operations. ``benchmarks/cbam_vs_timm.py`` measures it against timm.
+full-size backward by hand (saving only ``x``, the channel max and the spatial
+arg-max; one full-size buffer, the input gradient) and lets autograd
+differentiate the small MLP / convolution graphs. Under ``torch.export`` /
+``torch.compile`` the layer is traced as plain tensor operations.
+``benchmarks/cbam_vs_timm.py`` measures it against timm.
+
+Max-pool gradients in training (``channel_first``): the channel max over C is
+taken with ``amax`` and its gradient is split evenly between tied channels (as
+autograd does for ``amax``, and so for timm's module); the spatial max over H×W
+sends its gradient to the one position ``torch.max`` returns. Ties are common
+after a ReLU (positions where every channel is 0).
 """
 
 from __future__ import annotations
@@ -59,8 +66,8 @@ _PAPER = "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018"
 ORDERS = ("channel_first", "spatial_first", "parallel")
 
 
-def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor, need_indices: bool):
-    """``out = x · g`` and ``[mean_c(out); max_c(out)]`` as ``(B, 2, H, W)``, plus the arg-max over C if asked.
+def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out = x · g`` and ``[mean_c(out); max_c(out)]`` as ``(B, 2, H, W)``.
 
     The mean is ``gᵀx / C`` per position, one batched matrix product on ``x``.
     ``out`` is a new tensor in the memory format of ``x``; callers refine it in place.
@@ -68,11 +75,26 @@ def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor, need_indices: bool):
     b, c, h, w = x.shape
     out = x * g[:, :, None, None]
     mean = torch.bmm((g / c).unsqueeze(1), x.flatten(2)).view(b, h, w)
-    if need_indices:
-        peak, idx = out.max(1)
-    else:
-        peak, idx = out.amax(1), None
-    return out, torch.stack((mean, peak), 1), idx
+    return out, torch.stack((mean, out.amax(1)), 1)
+
+
+def _hw_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over H×W per channel with the flat arg-max: ``(B, C)`` values and ``(B, C, 1)`` int64 indices.
+
+    Channels-last tensors go through the global max pool (vectorised over C there);
+    others through ``max`` over the flattened positions.
+    """
+    b, c = x.shape[:2]
+    if _is_channels_last(x):
+        peak, idx = F.adaptive_max_pool2d(x, 1, return_indices=True)
+        return peak.view(b, c), idx.view(b, c, 1)
+    peak, idx = x.flatten(2).max(-1)
+    return peak, idx.unsqueeze(-1)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Stored channels-last (and not also plain contiguous, as when C == 1 or H·W == 1)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class _ChannelFirstCBAM(torch.autograd.Function):
@@ -82,65 +104,89 @@ class _ChannelFirstCBAM(torch.autograd.Function):
     conv on the pooled ``(B, 2, H, W)`` maps) are built with autograd inside
     ``forward`` and differentiated with ``torch.autograd.grad`` in ``backward``;
     the full-size work (pools, gating, their gradients) is done directly, saving
-    only ``x``, the gates and the arg-max indices. The small graphs are kept until
-    the outer graph is freed, so ``backward`` can run more than once
+    only ``x``, the gates, the channel max and the spatial arg-max. The small graphs
+    are kept until the outer graph is freed, so ``backward`` can run more than once
     (``retain_graph=True``). Not twice differentiable.
+
+    Max-pool gradients: the channel max (over C at each position) is taken with
+    ``amax`` and its gradient is split evenly between tied channels, as autograd
+    does for ``amax``; the spatial max (over H×W per channel) keeps its arg-max and
+    its gradient goes to that one position, as autograd does for ``max(dim)``.
     """
 
     @staticmethod
     def forward(ctx, x, layer, *params):
-        flat = x.flatten(2)
-        peak, idx_hw = flat.max(-1)
-        pooled = torch.cat((flat.mean(-1), peak)).requires_grad_()  # a leaf of the small graph
+        b, c, h, w = x.shape
+        flat = x.flatten(2)  # a view for contiguous and channels-last storage
+        peak_hw, idx_hw = _hw_max(x)
+        pooled = torch.cat((flat.mean(-1), peak_hw)).requires_grad_()  # a leaf of the small graph
         with torch.enable_grad():
             g = layer.channel.gate_from_pooled(pooled)
-        out, stats, idx_c = _gated_channel_pools(x, g.detach(), need_indices=True)
-        stats.requires_grad_()
+        gd = g.detach()
+        out = x * gd[:, :, None, None]
+        mean_c = torch.bmm((gd / c).unsqueeze(1), flat).view(b, h, w)
+        peak_c = out.amax(1)
+        stats = torch.stack((mean_c, peak_c), 1).requires_grad_()
         with torch.enable_grad():
             a = layer.spatial.spatial_gate(stats)
         out.mul_(a.detach())
-        ctx.save_for_backward(x, idx_hw, idx_c)
+        ctx.save_for_backward(x, idx_hw)
+        ctx.peak_c = peak_c  # not an input or output: kept out of the saved-tensor checks
         ctx.graphs = (pooled, g, stats, a)
         ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
-        g_out, a_out = g.detach(), a.detach()
+        g_out, a_out = gd, a.detach()
         ctx.mark_non_differentiable(g_out, a_out)
         return out, g_out, a_out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dg, _da):
-        x, idx_hw, idx_c = ctx.saved_tensors
+        x, idx_hw = ctx.saved_tensors
+        peak_c = ctx.peak_c
         pooled, g, stats, a = ctx.graphs
         ch_params, sp_params = ctx.params
         b, c, h, w = x.shape
+        p = h * w
         gd, ad = g.detach(), a.detach()
-        # out = x · g · a
-        t = torch.mul(dout, x, out=torch.empty_like(x))  # x's layout, in which (B, C, HW) is a view
-        da = torch.bmm(gd.unsqueeze(1), t.flatten(2)).view(b, 1, h, w)
-        dg = torch.bmm(t.flatten(2), ad.view(b, h * w, 1)).view(b, c)
-        sp_trainable = [p for p in sp_params if p.requires_grad]
+        g4 = gd[:, :, None, None]
+        dx = torch.empty_like(x)  # x's layout, in which (B, C, HW) is a view; the one full-size buffer
+        dx3, x3 = dx.flatten(2), x.flatten(2)
+        cl = _is_channels_last(x)
+        # out = x · g · a: da = Σ_c g·x·dout, and Σ_p x·dout·a goes into dg
+        torch.mul(dout, x, out=dx)
+        da = torch.bmm(gd.unsqueeze(1), dx3).view(b, 1, h, w)
+        dg = torch.bmm(ad.view(b, 1, p), dx3.transpose(1, 2)).view(b, c)
+        sp_trainable = [q for q in sp_params if q.requires_grad]
         grads = torch.autograd.grad(a, [stats, *sp_trainable], da, retain_graph=True)
         d_stats, sp_grads = grads[0], grads[1:]
-        d_mean, d_max = d_stats[:, 0], d_stats[:, 1]  # (B, H, W)
-        # stats = [Σ_c g_c x_c / C ; max_c g_c x_c]
-        dg = dg + torch.bmm(x.flatten(2), d_mean.reshape(b, h * w, 1)).view(b, c) / c
-        flat_idx_c = idx_c.view(b, 1, h * w)
-        x_at = x.flatten(2).gather(1, flat_idx_c)  # (B, 1, HW)
-        dg.scatter_add_(1, flat_idx_c.view(b, -1), (x_at * d_max.reshape(b, 1, h * w)).view(b, -1))
-        ch_trainable = [p for p in ch_params if p.requires_grad]
+        d_mean = d_stats[:, :1] / c  # (B, 1, H, W): stats[:, 0] = Σ_c g·x / C
+        # stats[:, 1] = max_c g·x: the tied channels share the gradient, dmax / count
+        torch.mul(x, g4, out=dx).eq_(peak_c.unsqueeze(1))
+        share = d_stats[:, 1:] / dx.sum(1, keepdim=True)  # (B, 1, H, W)
+        dg += torch.bmm(d_mean.reshape(b, 1, p), x3.transpose(1, 2)).view(b, c)
+        if bool((gd != 0).all()):  # at a tied channel x = peak / g
+            dg += torch.bmm((peak_c.view(b, 1, p) * share.view(b, 1, p)), dx3.transpose(1, 2)).view(b, c) / gd
+        else:
+            dg += torch.bmm(share.view(b, 1, p), (dx * x).flatten(2).transpose(1, 2)).view(b, c)
+        # dx = g · (dout·a + d_mean + mask·share) + d_pool_mean / HW, plus the spatial arg-max term
+        if cl:
+            dx.mul_(share).add_(d_mean)
+        else:
+            torch.addcmul(d_mean, dx, share, out=dx)
+        dx.addcmul_(dout, ad)
+        ch_trainable = [q for q in ch_params if q.requires_grad]
         grads = torch.autograd.grad(g, [pooled, *ch_trainable], dg, retain_graph=True)
         d_pooled, ch_grads = grads[0], grads[1:]
-        # dx = g · (dout · a + d_mean / C) + d_pool_mean / HW, plus the arg-max terms
-        torch.addcmul((d_mean / c).unsqueeze(1), dout, ad, out=t)
-        torch.addcmul((d_pooled[:b] / (h * w))[:, :, None, None], t, gd[:, :, None, None], out=t)
-        g_at = gd.gather(1, flat_idx_c.view(b, -1)).view(b, 1, h * w)
-        t_flat = t.flatten(2)
-        t_flat.scatter_add_(1, flat_idx_c, g_at * d_max.reshape(b, 1, h * w))
-        t_flat.scatter_add_(2, idx_hw.unsqueeze(-1), d_pooled[b:].unsqueeze(-1))
+        d_avg = (d_pooled[:b] / p)[:, :, None, None]
+        if cl:
+            torch.addcmul(d_avg, dx, g4, out=dx)
+        else:
+            dx.mul_(g4).add_(d_avg)
+        dx3.scatter_add_(2, idx_hw, d_pooled[b:].unsqueeze(-1))
         ch_iter, sp_iter = iter(ch_grads), iter(sp_grads)
-        param_grads = [next(ch_iter) if p.requires_grad else None for p in ch_params]
-        param_grads += [next(sp_iter) if p.requires_grad else None for p in sp_params]
-        return (t, None, *param_grads)
+        param_grads = [next(ch_iter) if q.requires_grad else None for q in ch_params]
+        param_grads += [next(sp_iter) if q.requires_grad else None for q in sp_params]
+        return (dx, None, *param_grads)
 
 
 def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -158,8 +204,9 @@ def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class _PairConv(torch.autograd.Function):
-    """``_pair_conv`` forward; backward by the 2→1 convolution's own gradient on channels-last
-    tensors (the depthwise form's weight gradient is slow on CPU)."""
+    """``_pair_conv`` forward; backward without the depthwise form (whose weight gradient is slow
+    on CPU): the input gradient as a 1→2 convolution of the output gradient with the flipped
+    kernel, the weight gradient from the 2→1 convolution's own backward."""
 
     @staticmethod
     def forward(ctx, stats, weight):
@@ -171,20 +218,14 @@ class _PairConv(torch.autograd.Function):
     def backward(ctx, grad):
         stats, weight = ctx.saved_tensors
         p = weight.shape[-1] // 2
-        cl = torch.channels_last
-        d_stats, d_weight, _ = torch.ops.aten.convolution_backward(
-            grad.contiguous(memory_format=cl),
-            stats.contiguous(memory_format=cl),
-            weight,
-            None,
-            [1, 1],
-            [p, p],
-            [1, 1],
-            False,
-            [0, 0],
-            1,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
-        )
+        grad = grad.contiguous()
+        d_stats = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_stats = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=p)
+        if ctx.needs_input_grad[1]:
+            d_weight = torch.ops.aten.convolution_backward(
+                grad, stats.contiguous(), weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [False, True, False]
+            )[1]
         return d_stats, d_weight
 
 
@@ -404,7 +445,7 @@ class CBAM(RecordsAttention):
                 out, g, a = _ChannelFirstCBAM.apply(x, self, *self.channel.parameters(), *self.spatial.parameters())
             else:
                 g = self.channel.weights(x)
-                out, stats, _ = _gated_channel_pools(x, g, need_indices=False)
+                out, stats = _gated_channel_pools(x, g)
                 a = self.spatial.spatial_gate(stats)
                 out.mul_(a)  # `out` is this call's own tensor: refine it in place
         elif self.order == "spatial_first":
