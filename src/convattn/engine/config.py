@@ -72,6 +72,7 @@ class TrainConfig:
     epochs: int = _f(10, "number of epochs (the maximum in alternate stage mode)")
     batch_size: int = _f(64, "images per step on each process")
     lr: float = _f(0.05, "peak learning rate")
+    lr_mult: dict = _f({}, "learning-rate multiplier per parameter group of models with param_groups(), e.g. localization=0.1")
     optimizer: str = _f("sgd", "sgd or adamw")
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1")
     nesterov: bool = _f(True, "Nesterov momentum (SGD)")
@@ -164,7 +165,7 @@ class TrainConfig:
             self.attention = None
         if self.attention is not None and not isinstance(self.attention, str):
             raise bad("attention", "a layer name or None")
-        for name in ("attn_kwargs", "model_kwargs"):
+        for name in ("attn_kwargs", "model_kwargs", "lr_mult"):
             value = getattr(self, name)
             if value is None:
                 setattr(self, name, {})
@@ -190,6 +191,8 @@ class TrainConfig:
                 raise bad(name, "an integer >= 0")
         if not _number(self.lr) or not self.lr > 0:
             raise bad("lr", "a finite number > 0")
+        if not all(isinstance(k, str) and _number(v) and v > 0 for k, v in self.lr_mult.items()):
+            raise bad("lr_mult", "a mapping of parameter-group names to finite numbers > 0")
         for name in ("weight_decay", "min_lr", "warmup_epochs", "alpha"):
             if not _number(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "a finite number >= 0")

@@ -8,7 +8,7 @@ group with ``weight_decay=0`` (as timm and the ResNet training recipes do).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -55,17 +55,52 @@ def build_optimizer(
     momentum: float = 0.9,
     nesterov: bool = True,
     weight_decay: float = 0.0,
+    lr_mult: Mapping[str, float] | None = None,
+    groups: Mapping[str, Iterable[nn.Parameter]] | None = None,
 ) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov) or AdamW over ``named_params`` with the no-decay split."""
-    groups = param_groups_no_decay(named_params, weight_decay)
-    if not any(g["params"] for g in groups):
+    """SGD (momentum, Nesterov) or AdamW over ``named_params`` with the no-decay split.
+
+    ``lr_mult`` scales the learning rate of named parameter ``groups`` (a model's
+    ``param_groups()``, e.g. ``{"localization": 0.1}`` for a spatial transformer's
+    localisation network, as in the STN paper); parameters outside them use ``lr``.
+    Each optimiser group records its ``"lr_mult"``; the first groups are the ones at
+    multiplier 1 (when there are any), so ``param_groups[0]["lr"]`` is the base lr.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> opt = build_optimizer(net.named_parameters(), name="adamw", lr=0.01,
+        ...                       lr_mult={"head": 0.1}, groups={"head": net[1].parameters()})
+        >>> [(g["lr"], len(g["params"])) for g in opt.param_groups]
+        [(0.01, 1), (0.01, 1), (0.001, 1), (0.001, 1)]
+    """
+    named_params = list(named_params)
+    lr_mult = dict(lr_mult or {})
+    groups = {k: list(v) for k, v in (groups or {}).items()}
+    unknown = sorted(set(lr_mult) - set(groups))
+    if unknown:
+        raise ConfigError(
+            f"build_optimizer: lr_mult names unknown parameter group(s) {unknown}; the model has {sorted(groups) or 'none'}"
+        )
+    mult_of: dict[int, float] = {}
+    for gname, mult in lr_mult.items():
+        for p in groups[gname]:
+            if id(p) in mult_of and mult_of[id(p)] != mult:
+                raise ConfigError(f"build_optimizer: a parameter of group {gname!r} has two lr multipliers")
+            mult_of[id(p)] = float(mult)
+    mults = sorted({mult_of.get(id(p), 1.0) for _, p in named_params}, key=lambda m: (m != 1.0, m))
+    out = []
+    for m in mults:
+        subset = [(n, p) for n, p in named_params if mult_of.get(id(p), 1.0) == m]
+        for g in param_groups_no_decay(subset, weight_decay):
+            if g["params"]:
+                out.append({**g, "lr": lr * m, "lr_mult": m})
+    if not out:
         raise ConfigError("build_optimizer: no trainable parameters (every parameter is frozen)")
-    groups = [g for g in groups if g["params"]]
     name = name.lower()
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+        return torch.optim.SGD(out, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+        return torch.optim.AdamW(out, lr=lr, betas=(momentum, 0.999))
     raise ConfigError(f"build_optimizer: optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 

@@ -436,6 +436,12 @@ class _Trainer:
         )
         for s in self.plan.stages:
             self._check_groups(s)
+        unknown = sorted(set(config.lr_mult) - set(self.groups))
+        if unknown:
+            raise ConfigError(
+                f"lr_mult names parameter group(s) {unknown}, but model {config.model!r} has "
+                + (f"{sorted(self.groups)}" if self.groups else "no param_groups()")
+            )
         self.epoch = 0
         self.step = 0
         self.batch_in_epoch = 0
@@ -486,6 +492,7 @@ class _Trainer:
         self.optimizer = build_optimizer(
             named, name=self.config.optimizer, lr=lr, momentum=self.config.momentum,
             nesterov=self.config.nesterov, weight_decay=self.config.weight_decay,
+            lr_mult=self.config.lr_mult, groups=self.groups,
         )
         warmup = round(self.config.warmup_epochs * self.steps_per_epoch) if self.plan.run_id == 0 else 0
         self.scheduler = WarmupSchedule(

@@ -47,6 +47,15 @@ class STCNN(nn.Module):
         self.stn = stn
         self.classifier = classifier
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"localization"``: the transformer's parameters (localisation network and
+        regressor); ``"classifier"``: everything else. Used by staged training and by
+        ``TrainConfig.lr_mult`` (the STN paper trains the localisation network at a
+        lower learning rate)."""
+        loc = list(self.stn.parameters())
+        ids = {id(p) for p in loc}
+        return {"localization": loc, "classifier": [p for p in self.parameters() if id(p) not in ids]}
+
     def transformed(self, x: torch.Tensor) -> torch.Tensor:
         """The transformer's output, the image the classifier reads."""
         return self.stn(x)
