@@ -49,22 +49,47 @@ def _row(name: str, desc: str, accs: list[float], params: int, epoch_time: float
             "epoch_time": epoch_time}
 
 
+def _train_one(cfg_dict: dict, force: bool, threads: int | None) -> tuple[dict, str, float]:
+    """One run (in this process or a worker process): ``(results, how, seconds)``."""
+    import torch
+
+    from convattn.engine import TrainConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
+    return res, how, time.perf_counter() - t
+
+
 def run_cluttered(args: argparse.Namespace) -> list[dict]:
+    jobs = [(v, seed) for seed in args.seed_list for v in args.variants]  # seed by seed: partial results cover every variant
+    configs = {job: _config(args, *job).to_dict() for job in jobs}
+    done: dict[tuple[str, int], dict] = {}
+
+    def report(job, res, how, secs):
+        done[job] = res
+        print(f"[bench] cluttered-digits {job[0]} seed {job[1]}: test acc {100 * res['test_acc']:.2f} % "
+              f"({how}, {secs:.0f} s)", file=sys.stderr, flush=True)
+
+    if args.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_one, configs[job], args.force, args.threads): job for job in jobs}
+            for fut in as_completed(futures):
+                report(futures[fut], *fut.result())
+    else:
+        for job in jobs:
+            report(job, *_train_one(configs[job], args.force, args.threads))
     rows = []
     for v in args.variants:
-        accs, params, times = [], 0, []
-        for seed in args.seed_list:
-            cfg = _config(args, v, seed)
-            t = time.perf_counter()
-            res, how = train_or_reuse(cfg, force=args.force)
-            print(f"[bench] cluttered-digits {v} seed {seed}: test acc {100 * res['test_acc']:.2f} % "
-                  f"({how}, {time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
-            accs.append(100 * res["test_acc"])
-            params = res["params"]
-            times.append(res["epoch_time"])
+        results = [done[(v, seed)] for seed in args.seed_list]
         spec = CLUTTERED_VARIANTS[v]
         desc = spec["model"] + (f" + {spec['attention']}" if spec["attention"] else "")
-        rows.append(_row(v, desc, accs, params, statistics.fmean(times)))
+        rows.append(_row(v, desc, [100 * r["test_acc"] for r in results], results[0]["params"],
+                         statistics.fmean(r["epoch_time"] for r in results)))
     return rows
 
 
@@ -75,7 +100,7 @@ def _config(args: argparse.Namespace, variant: str, seed: int):
         **{**RECIPE, **CLUTTERED_VARIANTS[variant]},
         out=str(Path(args.out) / "cluttered-digits" / f"{variant}-s{seed}"),
         epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
-        seed=seed, device=args.device, progress=not args.no_progress, tensorboard=False,
+        seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
     )
 
 
@@ -127,10 +152,10 @@ def print_table(title: str, rows: list[dict], markdown: bool, baseline: str) -> 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="3", help="number of seeds (3 -> 0,1,2) or a comma list (default: 3)")
-    p.add_argument("--epochs", type=int, default=5, help="cluttered-digits epochs per run (default: 5)")
+    p.add_argument("--epochs", type=int, default=6, help="cluttered-digits epochs per run (default: 6)")
     p.add_argument("--variants", default=",".join(CLUTTERED_VARIANTS),
                    help=f"comma-separated subset of {','.join(CLUTTERED_VARIANTS)}")
-    p.add_argument("--train-size", type=int, default=5000, help="cluttered-digits training images (default: 5000)")
+    p.add_argument("--train-size", type=int, default=6000, help="cluttered-digits training images (default: 6000)")
     p.add_argument("--val-size", type=int, default=1000, help="validation images (default: 1000)")
     p.add_argument("--test-size", type=int, default=2000, help="test images (default: 2000)")
     p.add_argument("--fashion-epochs", type=int, default=15, help="Fashion-MNIST epochs (default: 15)")
@@ -138,12 +163,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="where FashionMNIST/raw/ lives (default: $CONVATTN_DATA_DIR or ./data)")
     p.add_argument("--out", default="runs/bench_accuracy", help="run directories (default: runs/bench_accuracy)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cluttered-digits runs trained at once, in worker processes (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: torch's choice; with --jobs N use cores / N)")
     p.add_argument("--markdown", action="store_true", help="print GitHub Markdown tables")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
     args = p.parse_args(argv)
     args.seed_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--jobs and --threads take integers >= 1")
     unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")

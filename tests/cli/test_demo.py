@@ -43,6 +43,26 @@ def test_configs_share_the_recipe(tmp_path):
         demo.make_config("se", out=tmp_path)
 
 
+def test_variant_models_build_with_their_options(tmp_path):
+    """CBAM starts as the identity; the STN's localisation group exists for its lr multiplier."""
+    import torch
+
+    from convattn.models import create_model
+
+    cbam = demo.make_config("cbam", out=tmp_path / "c")
+    net = create_model(cbam.model, num_classes=10, in_chans=1, attention=cbam.attention, **cbam.model_kwargs)
+    plain = create_model("simple_cnn", num_classes=10, in_chans=1)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if ".attn." not in k})
+    x = torch.randn(2, 1, 20, 18)
+    net.eval(), plain.eval()
+    torch.testing.assert_close(net(x), plain(x))
+
+    stn = demo.make_config("stn", out=tmp_path / "s")
+    net = create_model(stn.model, num_classes=10, in_chans=1, **stn.model_kwargs)
+    assert set(stn.lr_mult) <= set(net.param_groups())
+    assert net.transformed(torch.randn(1, 1, 60, 60)).shape[-2:] == tuple(stn.model_kwargs["out_size"])
+
+
 def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
     argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-viz", "--no-progress"]
     assert main(argv) == 0
