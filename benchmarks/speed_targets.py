@@ -1,6 +1,10 @@
 """Speed targets, each a ratio of two timings taken in this one run on this machine.
 
-    python benchmarks/speed_targets.py [--quick] [--threads N]
+    python benchmarks/speed_targets.py [--quick] [--threads N] [--clock wall|process]
+
+``--quick`` takes fewer 224x224 training steps (about 2-3 minutes on one thread);
+``--clock process`` (the default with ``--threads 1``) counts this process's CPU
+time, which holds up better than wall time on a machine shared with other jobs.
 
 1. cbam forward (B=8, C=64, 56x56) vs timm's CbamModule, NCHW and channels_last   (target <= 0.5x)
 2. se forward (same input) vs timm's SEModule                                       (target <= 1.0x)
@@ -27,14 +31,17 @@ from convattn import create_attn
 from convattn.models import create_model
 
 
+CLOCK = time.perf_counter
+
+
 def _alternating(fa, fb, repeats: int, warmup: int) -> tuple[float, float]:
     for _ in range(warmup):
         fa()
         fb()
     ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter(); fa(); ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); fb(); tb.append(time.perf_counter() - t0)
+        t0 = CLOCK(); fa(); ta.append(CLOCK() - t0)
+        t0 = CLOCK(); fb(); tb.append(CLOCK() - t0)
     return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
 
 
@@ -74,9 +81,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
+    ap.add_argument("--clock", choices=["wall", "process"], help="default: process with --threads 1, else wall")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    clock = args.clock or ("process" if args.threads == 1 else "wall")
+    CLOCK = time.process_time if clock == "process" else time.perf_counter
     try:
         import timm
         from timm.layers.cbam import CbamModule
@@ -84,10 +95,12 @@ def main() -> int:
     except ImportError:
         print("speed_targets needs timm: pip install 'convattn[peers]'", file=sys.stderr)
         return 2
-    layer_reps, model_reps = (5, 2) if args.quick else (20, 5)
+    # --quick (~2-3 min on one thread): fewer steps of the slow 224x224 models, layers and small models kept robust
+    layer_reps, small_reps, big_reps = (15, 5, 3) if args.quick else (20, 7, 5)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads; medians of {layer_reps} (layers) / {model_reps} (models) alternating calls")
+          f"{torch.get_num_threads()} threads, {clock} clock; medians of {layer_reps} (layers) / {small_reps} (64x64 models) / "
+          f"{big_reps} (224x224 models) alternating calls")
     print(f"{'':<58} {'convattn':>12} {'reference':>12}")
 
     x = torch.randn(8, 64, 56, 56)
@@ -102,7 +115,7 @@ def main() -> int:
                         layer_reps, 3)
     report("se fwd B8 C64 56x56 vs timm SEModule", a, b, 1.0)
 
-    for batch, size in ((32, 224), (64, 64)):
+    for batch, size, model_reps in ((32, 224, big_reps), (64, 64, small_reps)):
         xb = torch.randn(batch, 3, size, size)
         yb = torch.randint(0, 1000, (batch,))
         torch.manual_seed(0)
