@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,16 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m convattn demo
 
+# The measured tables quoted in README (each script prints its command's table).
 bench: $(STAMP)
-	$(PY) benchmarks/attention_memory.py
+	$(PY) benchmarks/layer_table.py
+	$(PY) benchmarks/attention_memory.py --markdown
+	$(PY) benchmarks/speed_targets.py --quick --threads 1
+	$(PY) benchmarks/cbam_vs_timm.py --resnet
+
+# Several seeds of every demo variant: about half an hour on a 2-core CPU.
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/train_accuracy.py --markdown
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
