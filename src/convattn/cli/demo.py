@@ -50,7 +50,7 @@ DEMO_TEST_SIZE = 2000
 
 _EPILOG = """\
 examples:
-  convattn demo                      # a few minutes on a 2-core CPU
+  convattn demo                      # about 10 minutes on a 2-core CPU
   convattn demo --epochs 2 --train-size 1000 --variants plain,stn
   convattn demo --out runs/demo2 --force
 """
