@@ -128,3 +128,8 @@ def test_real_model_and_dataset(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["train", "--model", "no_such_net", "--out", str(tmp_path / "x")]) == 2
     assert "no_such_net" in capsys.readouterr().err
+
+
+def test_mapping_fields_take_key_value_pairs(capsys):
+    cfg = _print_config(capsys, "--model", "stn_cnn", "--lr-mult", "localization=0.1")
+    assert cfg["lr_mult"] == {"localization": 0.1}

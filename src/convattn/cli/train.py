@@ -35,9 +35,9 @@ act_layer=gelu); --stages takes a YAML list, e.g.
 
 def _kind(field: dataclasses.Field) -> str:
     t = str(field.type).replace(" ", "")
-    if field.name in ("attn_kwargs", "model_kwargs"):
+    if t.startswith("dict"):
         return "dict"
-    if field.name == "stages":
+    if t.startswith("list"):
         return "list"
     for name in ("bool", "int", "float"):
         if t.split("|")[0] == name:
