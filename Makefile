@@ -29,7 +29,7 @@ bench: $(STAMP)
 
 # Several seeds of every demo variant: about half an hour on a 2-core CPU.
 bench-accuracy: $(STAMP)
-	$(PY) benchmarks/train_accuracy.py --markdown --skip-fashion --jobs 2 --threads 1
+	$(PY) benchmarks/train_accuracy.py --markdown --jobs 2 --threads 1
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
