@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ..registry import register_attn
-from ._helpers import check_channels, check_input, reduced_channels
+from ._helpers import check_channels, check_input
 from ._recording import RecordsAttention
-from .functional import attention
+from .self_attn import SelfAttention
 
 __all__ = ["PositionAttention", "ChannelAttention", "DualAttention"]
 
@@ -34,10 +34,13 @@ _PAPER = "Dual Attention Network for Scene Segmentation, Fu et al., CVPR 2019"
 
 
 @register_attn("danet_pam", kind="gate", paper=_PAPER)
-class PositionAttention(RecordsAttention):
+class PositionAttention(SelfAttention):
     """DANet position attention module: ``x + α · Σ_i softmax(QᵢKⱼ) Vᵢ`` over H×W positions.
 
-    Fused scaled-dot-product attention (scale 1, memory O(HW)) unless recording.
+    The same computation as SAGAN's self-attention (C/8 query/key, C value, no
+    logit scaling, a zero-initialised residual weight), so it is that layer with
+    the value projection and biases fixed on; ``gamma`` plays the paper's α.
+    Fused scaled-dot-product attention (memory O(HW)) unless recording.
 
     Args:
         channels: input channels C.
@@ -64,36 +67,9 @@ class PositionAttention(RecordsAttention):
         rd_channels: int | None = None,
         rd_divisor: int = 1,
     ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        self.channels = check_channels(name, channels)
-        rd = reduced_channels(name, channels, rd_ratio, rd_channels, rd_divisor)
-        self.query = nn.Conv2d(channels, rd, 1)
-        self.key = nn.Conv2d(channels, rd, 1)
-        self.value = nn.Conv2d(channels, channels, 1)
-        self.gamma = nn.Parameter(torch.zeros(1))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for conv in (self.query, self.key, self.value):
-            conv.reset_parameters()
-        nn.init.zeros_(self.gamma)
-
-    def attend(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The attention output ``Σ_i s_ji D_i`` as ``(B, C, H, W)`` and, if ``need_weights``, ``s``."""
-        b, c, h, w = x.shape
-        q = self.query(x).flatten(2).transpose(1, 2)
-        k = self.key(x).flatten(2).transpose(1, 2)
-        v = self.value(x).flatten(2).transpose(1, 2)
-        out, attn = attention(q, k, v, scale=1.0, need_weights=need_weights)
-        return out.transpose(1, 2).reshape(b, c, h, w), attn
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(type(self).__name__, x, self.channels)
-        out, attn = self.attend(x, self.recording)
-        if attn is not None:
-            self.emit("", attn)
-        return x + self.gamma * out
+        super().__init__(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor, value_proj=True, bias=True
+        )
 
 
 @register_attn("danet_cam", kind="gate", paper=_PAPER)

@@ -82,13 +82,18 @@ class SelfAttention(RecordsAttention):
                 conv.reset_parameters()
         nn.init.zeros_(self.gamma)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(type(self).__name__, x, self.channels)
+    def attend(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention output (before γ) as ``(B, C, H, W)`` and, if ``need_weights``, the ``(B, N, N)`` map."""
         b, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # (B, N, d)
         k = self.key(x).flatten(2).transpose(1, 2)
         v = (self.value(x) if self.value is not None else x).flatten(2).transpose(1, 2)  # (B, N, C)
-        out, attn = attention(q, k, v, scale=1.0, need_weights=self.recording)
+        out, attn = attention(q, k, v, scale=1.0, need_weights=need_weights)
+        return out.transpose(1, 2).reshape(b, c, h, w), attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(type(self).__name__, x, self.channels)
+        out, attn = self.attend(x, self.recording)
         if attn is not None:
             self.emit("", attn)
-        return x + self.gamma * out.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.gamma * out
