@@ -1,4 +1,5 @@
-"""CBAM against a transcription of Woo et al. (ECCV 2018), Eq. 1–3, and against timm's CbamModule."""
+"""CBAM against a transcription of Woo et al. (ECCV 2018), Eq. 1–3, and against timm's CbamModule,
+on both of its CPU paths (the fused C++ kernels and the PyTorch-op formulation)."""
 
 import pytest
 import torch
@@ -6,6 +7,17 @@ import torch.nn.functional as F
 
 import convattn
 from convattn.exceptions import ConfigError
+from convattn.layers._ext import cbam_ops
+
+
+@pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
+def backend(request, monkeypatch):
+    """Every test runs on the C++ kernels (where they build) and on the PyTorch-op path."""
+    if request.param == "torch-ops":
+        monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    elif cbam_ops() is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    return request.param
 
 
 # --- the paper, written out -------------------------------------------------------------

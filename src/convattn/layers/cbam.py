@@ -58,6 +58,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
+from ._ext import cbam_ops
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -156,9 +157,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         torch.mul(dout, x, out=dx)
         da = torch.bmm(gd.unsqueeze(1), dx3).view(b, 1, h, w)
         dg = torch.bmm(ad.view(b, 1, p), dx3.transpose(1, 2)).view(b, c)
-        sp_trainable = [q for q in sp_params if q.requires_grad]
-        grads = torch.autograd.grad(a, [stats, *sp_trainable], da, retain_graph=True)
-        d_stats, sp_grads = grads[0], grads[1:]
+        d_stats, sp_grads = _small_grads(a, stats, sp_params, da)
         d_mean = d_stats[:, :1] / c  # (B, 1, H, W): stats[:, 0] = Σ_c g·x / C
         # stats[:, 1] = max_c g·x: the tied channels share the gradient, dmax / count
         torch.mul(x, g4, out=dx).eq_(peak_c.unsqueeze(1))
@@ -174,19 +173,77 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         else:
             torch.addcmul(d_mean, dx, share, out=dx)
         dx.addcmul_(dout, ad)
-        ch_trainable = [q for q in ch_params if q.requires_grad]
-        grads = torch.autograd.grad(g, [pooled, *ch_trainable], dg, retain_graph=True)
-        d_pooled, ch_grads = grads[0], grads[1:]
+        d_pooled, ch_grads = _small_grads(g, pooled, ch_params, dg)
         d_avg = (d_pooled[:b] / p)[:, :, None, None]
         if cl:
             torch.addcmul(d_avg, dx, g4, out=dx)
         else:
             dx.mul_(g4).add_(d_avg)
         dx3.scatter_add_(2, idx_hw, d_pooled[b:].unsqueeze(-1))
-        ch_iter, sp_iter = iter(ch_grads), iter(sp_grads)
-        param_grads = [next(ch_iter) if q.requires_grad else None for q in ch_params]
-        param_grads += [next(sp_iter) if q.requires_grad else None for q in sp_params]
-        return (dx, None, *param_grads)
+        return (dx, None, *ch_grads, *sp_grads)
+
+
+class _FusedChannelFirstCBAM(torch.autograd.Function):
+    """Channel-first CBAM with its full-size passes in the C++ kernels of ``csrc/cbam_cpu.cpp``.
+
+    The same quantities as :class:`_ChannelFirstCBAM`, with each pass reading the input
+    once: forward = H×W pools, channel pools of ``g·x``, the gating ``x·g·a``; backward =
+    the gate gradients (with the count of tied channel maxima), the channel-max term of
+    ``dg``, and the input gradient. Saves ``x``, the H×W arg-max and the channel max map.
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, ops, *params):
+        b, c, h, w = x.shape
+        avg, peak_hw, idx_hw = ops.hw_pool(x, True)
+        pooled = torch.cat((avg, peak_hw)).requires_grad_()
+        with torch.enable_grad():
+            g = layer.channel.gate_from_pooled(pooled)
+        gd = g.detach()
+        stats = ops.channel_pool(x, gd).requires_grad_()
+        with torch.enable_grad():
+            a = layer.spatial.spatial_gate(stats)
+        ad = a.detach()
+        out = ops.apply(x, gd, ad)
+        ctx.save_for_backward(x, idx_hw)
+        ctx.ops = ops
+        ctx.graphs = (pooled, g, stats, a)
+        ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
+        ctx.mark_non_differentiable(gd, ad)
+        return out, gd, ad
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dg, _da):
+        x, idx_hw = ctx.saved_tensors
+        ops = ctx.ops
+        pooled, g, stats, a = ctx.graphs
+        b, c, h, w = x.shape
+        gd, ad, peak = g.detach(), a.detach(), stats.detach()[:, 1]
+        da, dg, count = ops.backward_gates(x, dout, gd, ad, peak)
+        d_stats, sp_grads = _small_grads(a, stats, ctx.params[1], da.view(b, 1, h, w))
+        d_mean, share = d_stats[:, 0] / c, d_stats[:, 1] / count.view(b, h, w)
+        dg = dg + ops.backward_mask(x, gd, peak, d_mean, share)
+        d_pooled, ch_grads = _small_grads(g, pooled, ctx.params[0], dg)
+        dx = ops.backward_input(x, dout, gd, ad, peak, d_mean, share, d_pooled[:b] / (h * w), d_pooled[b:], idx_hw)
+        return (dx, None, None, *ch_grads, *sp_grads)
+
+
+def _small_grads(out, leaf, params, grad):
+    """Gradients of one of the small graphs built in a forward: w.r.t. its ``leaf`` and each of ``params`` (``None`` if frozen)."""
+    trainable = [q for q in params if q.requires_grad]
+    grads = torch.autograd.grad(out, [leaf, *trainable], grad, retain_graph=True)
+    it = iter(grads[1:])
+    return grads[0], [next(it) if q.requires_grad else None for q in params]
+
+
+def _fused_ops(x: torch.Tensor):
+    """The C++ kernels when they apply to ``x`` (CPU, float32/64, contiguous or channels-last), else ``None``."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    return cbam_ops()
 
 
 def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -204,9 +261,10 @@ def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class _PairConv(torch.autograd.Function):
-    """``_pair_conv`` forward; backward without the depthwise form (whose weight gradient is slow
-    on CPU): the input gradient as a 1→2 convolution of the output gradient with the flipped
-    kernel, the weight gradient from the 2→1 convolution's own backward."""
+    """``_pair_conv`` with a backward in the same depthwise form (the generic 2→1 convolution
+    backward is several times slower on CPU): the input gradient is the output gradient,
+    copied to both maps, convolved with the flipped kernel; the weight gradient is each padded
+    pooled map convolved with its sample's output gradient, summed over the batch."""
 
     @staticmethod
     def forward(ctx, stats, weight):
@@ -217,15 +275,17 @@ class _PairConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         stats, weight = ctx.saved_tensors
-        p = weight.shape[-1] // 2
-        grad = grad.contiguous()
+        b, _, h, w = stats.shape
+        k = weight.shape[-1]
+        p = k // 2
+        per_map = grad.expand(b, 2, h, w).reshape(1, 2 * b, h, w)
         d_stats = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_stats = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=p)
+            flipped = weight.flip(-1, -2).reshape(2, 1, k, k).repeat(b, 1, 1, 1)
+            d_stats = F.conv2d(per_map, flipped, padding=p, groups=2 * b).view(b, 2, h, w)
         if ctx.needs_input_grad[1]:
-            d_weight = torch.ops.aten.convolution_backward(
-                grad, stats.contiguous(), weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], 1, [False, True, False]
-            )[1]
+            padded = F.pad(stats, (p, p, p, p)).reshape(1, 2 * b, h + 2 * p, w + 2 * p)
+            d_weight = F.conv2d(padded, per_map.view(2 * b, 1, h, w), groups=2 * b).view(b, 2, k, k).sum(0, keepdim=True)
         return d_stats, d_weight
 
 
@@ -439,6 +499,16 @@ class CBAM(RecordsAttention):
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
+            elif (ops := _fused_ops(x)) is not None:
+                if torch.is_grad_enabled():
+                    out, g, a = _FusedChannelFirstCBAM.apply(
+                        x, self, ops, *self.channel.parameters(), *self.spatial.parameters()
+                    )
+                else:
+                    avg, peak, _ = ops.hw_pool(x, False)
+                    g = self.channel.gate_from_pooled(torch.cat((avg, peak)))
+                    a = self.spatial.spatial_gate(ops.channel_pool(x, g))
+                    out = ops.apply(x, g, a)
             elif torch.is_grad_enabled():
                 if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
                     x = x.contiguous()  # the hand-written backward works on (B, C, HW) views

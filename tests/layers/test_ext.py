@@ -1,0 +1,111 @@
+"""Building and loading the C++ kernels, and falling back to PyTorch ops where they cannot be built."""
+
+import pytest
+import torch
+
+import convattn
+from convattn.layers import _ext, cbam
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    assert not _ext.extensions_enabled()
+    assert _ext.cbam_ops() is None
+
+
+def test_build_failure_warns_and_falls_back(monkeypatch):
+    import torch.utils.cpp_extension as cpp
+
+    def broken(**kwargs):
+        raise RuntimeError("no compiler found\nmore detail")
+
+    monkeypatch.setattr(cpp, "load", broken)
+    monkeypatch.setattr(_ext, "_LOADED", {})
+    with pytest.warns(RuntimeWarning, match="could not build its C\\+\\+ kernels .*no compiler found"):
+        assert _ext.cbam_ops() is None
+    layer = convattn.create_attn("cbam", 8)
+    x = torch.randn(2, 8, 5, 6)
+    g = layer.channel.weights(x)
+    ref = (x * g[:, :, None, None]) * layer.spatial.weights(x * g[:, :, None, None])
+    torch.testing.assert_close(layer(x), ref)  # the PyTorch-op path, with no further warning
+
+
+def test_cpu_tag_is_stable_and_short():
+    assert _ext._cpu_tag() == _ext._cpu_tag()
+    assert len(_ext._cpu_tag()) == 8
+
+
+def test_cbam_takes_the_fused_path_where_it_applies(monkeypatch):
+    ops = _ext.cbam_ops()
+    if ops is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ops, name)
+
+    monkeypatch.setattr(cbam, "cbam_ops", lambda: Spy())
+    layer = convattn.create_attn("cbam", 8)
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert calls == ["hw_pool", "channel_pool", "apply", "backward_gates", "backward_mask", "backward_input"]
+    calls.clear()
+    with torch.no_grad():
+        layer(x.detach().contiguous(memory_format=torch.channels_last))
+    assert calls == ["hw_pool", "channel_pool", "apply"]
+    calls.clear()
+    layer(x.detach().bfloat16().float()[:, :, ::2])  # strided: the PyTorch-op path
+    layer.bfloat16()(x.detach().bfloat16())  # bfloat16: the PyTorch-op path
+    assert calls == []
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 5, 1, 17), (3, 40, 9, 11)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernels_match_pytorch_ops(shape, channels_last):
+    ops = _ext.cbam_ops()
+    if ops is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    torch.manual_seed(0)
+    b, c, h, w = shape
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g, a = torch.rand(b, c, dtype=torch.float64), torch.rand(b, 1, h, w, dtype=torch.float64)
+    avg, peak_hw, idx = ops.hw_pool(x, True)
+    torch.testing.assert_close(avg, x.mean((2, 3)))
+    torch.testing.assert_close(peak_hw, x.amax((2, 3)))
+    torch.testing.assert_close(idx, x.flatten(2).max(-1).indices)
+    gx = x * g[:, :, None, None]
+    stats = ops.channel_pool(x, g)
+    torch.testing.assert_close(stats, torch.stack((gx.mean(1), gx.amax(1)), 1))
+    out = ops.apply(x, g, a)
+    torch.testing.assert_close(out, gx * a)
+    assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
+    dout = torch.randn(shape, dtype=torch.float64)
+    peak = stats[:, 1]
+    da, dg, count = ops.backward_gates(x, dout, g, a, peak)
+    torch.testing.assert_close(da, (gx * dout).sum(1).flatten(1))
+    torch.testing.assert_close(dg, (x * dout * a).sum((2, 3)))
+    mask = (gx == peak[:, None]).double()
+    torch.testing.assert_close(count, mask.sum(1).flatten(1))
+    dmean, share = torch.randn(b, h, w, dtype=torch.float64), torch.randn(b, h, w, dtype=torch.float64)
+    torch.testing.assert_close(
+        ops.backward_mask(x, g, peak, dmean, share), (x * (dmean[:, None] + mask * share[:, None])).sum((2, 3))
+    )
+    davg, dpeak = torch.randn(b, c, dtype=torch.float64), torch.randn(b, c, dtype=torch.float64)
+    dx = ops.backward_input(x, dout, g, a, peak, dmean, share, davg, dpeak, idx)
+    ref = g[:, :, None, None] * (dout * a + dmean[:, None] + mask * share[:, None]) + davg[:, :, None, None]
+    ref.flatten(2).scatter_add_(2, idx.unsqueeze(-1), dpeak.unsqueeze(-1))
+    torch.testing.assert_close(dx, ref)
+
+
+def test_kernels_reject_bad_input():
+    ops = _ext.cbam_ops()
+    if ops is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    with pytest.raises(RuntimeError, match="expected a 4-D"):
+        ops.hw_pool(torch.randn(2, 3, 4), False)
+    with pytest.raises(RuntimeError, match="contiguous or channels-last"):
+        ops.apply(torch.randn(2, 3, 4, 5)[:, :, ::2], torch.rand(2, 3), torch.rand(2, 1, 2, 5))
