@@ -35,10 +35,15 @@ def test_cpu_tag_is_stable_and_short():
     assert len(_ext._cpu_tag()) == 8
 
 
-def test_cbam_takes_the_fused_path_where_it_applies(monkeypatch):
+def _require_ops():
     ops = _ext.cbam_ops()
     if ops is None:
         pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    return ops
+
+
+def test_cbam_takes_the_fused_paths_where_they_apply(monkeypatch):
+    ops = _require_ops()
     calls = []
 
     class Spy:
@@ -47,26 +52,70 @@ def test_cbam_takes_the_fused_path_where_it_applies(monkeypatch):
             return getattr(ops, name)
 
     monkeypatch.setattr(cbam, "cbam_ops", lambda: Spy())
-    layer = convattn.create_attn("cbam", 8)
     x = torch.randn(2, 8, 5, 6, requires_grad=True)
-    layer(x).sum().backward()
-    assert calls == ["hw_pool", "channel_pool", "apply", "backward_gates", "backward_mask", "backward_input"]
+    convattn.create_attn("cbam", 8)(x).sum().backward()  # the paper's configuration: whole-layer kernels
+    assert calls == ["forward", "backward"]
     calls.clear()
     with torch.no_grad():
-        layer(x.detach().contiguous(memory_format=torch.channels_last))
-    assert calls == ["hw_pool", "channel_pool", "apply"]
+        convattn.create_attn("cbam", 8)(x.detach().contiguous(memory_format=torch.channels_last))
+    assert calls == ["forward"]
     calls.clear()
-    layer(x.detach().bfloat16().float()[:, :, ::2])  # strided: the PyTorch-op path
+    convattn.create_attn("cbam", 8, norm_layer="bn")(x).sum().backward()  # other configurations: the split passes
+    assert calls == ["hw_pool", "channel_pool", "apply", "backward_gates", "backward_mask", "backward_input"]
+    calls.clear()
+    layer = convattn.create_attn("cbam", 8)
+    layer(x.detach()[:, :, ::2])  # strided: the PyTorch-op path
     layer.bfloat16()(x.detach().bfloat16())  # bfloat16: the PyTorch-op path
     assert calls == []
 
 
+def _plain_cbam(layer, x):
+    g = layer.channel.weights(x)
+    refined = x * g[:, :, None, None]
+    return refined * layer.spatial.weights(refined)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5, 7, 9])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (2, 6, 1, 13), (3, 20, 9, 11)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_whole_layer_kernels_match_autograd(kernel_size, bias, shape, channels_last):
+    _require_ops()
+    torch.manual_seed(0)
+    layer = convattn.create_attn("cbam", shape[1], rd_channels=3, bias=bias, kernel_size=kernel_size).double()
+    with torch.no_grad():
+        for q in layer.parameters():
+            q.copy_(torch.randn_like(q) * 0.5)
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dy = torch.randn(shape, dtype=torch.float64)
+    ours = layer(x)
+    ref = _plain_cbam(layer, x)
+    torch.testing.assert_close(ours, ref)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref)
+    params = list(layer.parameters())
+    for u, v in zip(torch.autograd.grad(ours, [x, *params], dy), torch.autograd.grad(ref, [x, *params], dy)):
+        torch.testing.assert_close(u, v)
+
+
+def test_whole_layer_kernels_with_frozen_parts():
+    _require_ops()
+    layer = convattn.create_attn("cbam", 12, rd_channels=3, bias=True)
+    layer.channel.fc1.requires_grad_(False)
+    x = torch.randn(2, 12, 6, 5)  # no input gradient wanted: the backward skips it
+    ours = torch.autograd.grad(layer(x).square().sum(), [q for q in layer.parameters() if q.requires_grad])
+    ref = torch.autograd.grad(_plain_cbam(layer, x).square().sum(), [q for q in layer.parameters() if q.requires_grad])
+    for u, v in zip(ours, ref):
+        torch.testing.assert_close(u, v)
+
+
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 5, 1, 17), (3, 40, 9, 11)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_kernels_match_pytorch_ops(shape, channels_last):
-    ops = _ext.cbam_ops()
-    if ops is None:
-        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+def test_split_kernels_match_pytorch_ops(shape, channels_last):
+    ops = _require_ops()
     torch.manual_seed(0)
     b, c, h, w = shape
     x = torch.randn(shape, dtype=torch.float64)
@@ -102,10 +151,14 @@ def test_kernels_match_pytorch_ops(shape, channels_last):
 
 
 def test_kernels_reject_bad_input():
-    ops = _ext.cbam_ops()
-    if ops is None:
-        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    ops = _require_ops()
     with pytest.raises(RuntimeError, match="expected a 4-D"):
         ops.hw_pool(torch.randn(2, 3, 4), False)
     with pytest.raises(RuntimeError, match="contiguous or channels-last"):
         ops.apply(torch.randn(2, 3, 4, 5)[:, :, ::2], torch.rand(2, 3), torch.rand(2, 1, 2, 5))
+    x = torch.randn(2, 8, 4, 4)
+    w1, w2, wc, bc = torch.randn(2, 8), torch.randn(8, 2), torch.randn(1, 2, 7, 7), torch.randn(1)
+    with pytest.raises(RuntimeError, match=r"fc1.weight of shape \(R, 8\)"):
+        ops.forward(x, torch.randn(2, 7), None, w2, None, wc, bc, False)
+    with pytest.raises(RuntimeError, match="odd k"):
+        ops.forward(x, w1, None, w2, None, torch.randn(1, 2, 4, 4), bc, False)

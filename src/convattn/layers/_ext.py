@@ -62,7 +62,8 @@ def _load(source: str, library: str) -> Any:
             load(
                 name=f"{library}_{_cpu_tag()}",
                 sources=[str(_SRC / source)],
-                extra_cflags=["-O3", "-march=native", "-fopenmp-simd"],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
                 is_python_module=False,
                 verbose=False,
             )

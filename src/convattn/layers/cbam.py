@@ -183,6 +183,33 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         return (dx, None, *ch_grads, *sp_grads)
 
 
+class _FusedPaperCBAM(torch.autograd.Function):
+    """The whole channel-first layer in the ``forward``/``backward`` kernels of ``csrc/cbam_cpu.cpp``,
+    for the paper's configuration (ReLU MLP, sigmoid gates, convolution with bias and no norm).
+
+    Each sample is pooled, gated and refined in one go, so its input is read from memory once per
+    direction and the later passes find it in cache; the MLP, the k×k convolution and all their
+    gradients are computed in the same loop. Saves ``x`` and the small per-sample results.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ops, w1, b1, w2, b2, wc, bc):
+        out, g, a, pooled, hidden, stats, idx = ops.forward(x, w1, b1, w2, b2, wc, bc, True)
+        ctx.save_for_backward(x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx)
+        ctx.ops = ops
+        ctx.mark_non_differentiable(g, a)
+        return out, g, a
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dg, _da):
+        x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grads = ctx.ops.backward(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx, need[0])
+        dx, dw1, db1, dw2, db2, dwc, dbc = (t if n else None for t, n in zip(grads, (need[0], *need[2:])))
+        return dx, None, dw1, db1, dw2, db2, dwc, dbc
+
+
 class _FusedChannelFirstCBAM(torch.autograd.Function):
     """Channel-first CBAM with its full-size passes in the C++ kernels of ``csrc/cbam_cpu.cpp``.
 
@@ -491,6 +518,19 @@ class CBAM(RecordsAttention):
         self.channel.reset_parameters()
         self.spatial.reset_parameters()
 
+    def _paper_configuration(self, x: torch.Tensor) -> bool:
+        """ReLU MLP, sigmoid gates, a biased convolution without norm, parameters in ``x``'s dtype:
+        what the whole-layer kernels compute."""
+        ch, sp = self.channel, self.spatial
+        return (
+            type(ch.act) is nn.ReLU
+            and type(ch.gate) is nn.Sigmoid
+            and type(sp.gate) is nn.Sigmoid
+            and type(sp.norm) is nn.Identity
+            and sp.conv.bias is not None
+            and all(q.dtype == x.dtype for q in self.parameters())
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
@@ -499,7 +539,14 @@ class CBAM(RecordsAttention):
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
-            elif (ops := _fused_ops(x)) is not None:
+            elif (ops := _fused_ops(x)) is not None and self._paper_configuration(x):
+                ch, sp = self.channel, self.spatial
+                w = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias)
+                if torch.is_grad_enabled():
+                    out, g, a = _FusedPaperCBAM.apply(x, ops, *w)
+                else:
+                    out, g, a = ops.forward(x, *w, False)[:3]
+            elif ops is not None:
                 if torch.is_grad_enabled():
                     out, g, a = _FusedChannelFirstCBAM.apply(
                         x, self, ops, *self.channel.parameters(), *self.spatial.parameters()

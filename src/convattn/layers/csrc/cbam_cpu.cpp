@@ -1,21 +1,25 @@
-// Fused CPU passes for CBAM (channel-first order): each full-size pass reads the
-// input once, where the op-by-op formulation reads it several times.
+// Fused CPU kernels for CBAM (channel-first order).
 //
 // Notation: x (B, C, P) with P = H*W, stored NCHW (x[b][c][p]) or channels-last
-// (x[b][p][c]); g (B, C) the channel gate; a (B, P) the spatial gate.
+// (x[b][p][c]); g (B, C) the channel gate; a (B, P) the spatial gate; peak (B, P)
+// the channel max of g x.
 //
-//   cbam_hw_pool(x, with_index)       -> avg_p x, max_p x (B, C) [, first arg-max (B, C)]
-//   cbam_channel_pool(x, g)           -> stats (B, 2, H, W): mean_c(g x), max_c(g x)
-//   cbam_apply(x, g, a)               -> out = x g a, in the memory format of x
-//   cbam_backward_gates(x, dout, g, a, peak)
-//                                     -> da (B, P) = sum_c g x dout,
-//                                        dg (B, C) = sum_p x dout a,
-//                                        count (B, P) = #{c : g x = peak}
-//   cbam_backward_mask(x, g, peak, dmean, share)
-//                                     -> (B, C) sum_p x (dmean + [g x = peak] share)
-//   cbam_backward_input(x, dout, g, a, peak, dmean, share, davg, dpeak, index)
-//                                     -> dx = g (dout a + dmean + [g x = peak] share)
-//                                             + davg, plus dpeak at the arg-max of each (b, c)
+// Per-sample passes (each reads one sample of x once):
+//   hw_pool       avg_p x, max_p x and the first arg-max over P, per channel
+//   channel_pool  mean_c(g x), max_c(g x), per position
+//   apply         out = x g a
+//   gates         da = sum_c g x dout, dg = sum_p x dout a, count = #{c : g x = peak}
+//   mask          dg2 = sum_p x (dmean + [g x = peak] share)
+//   input         dx = g (dout a + dmean + [g x = peak] share) + davg, plus dpeak at
+//                 each channel's arg-max
+//
+// The split ops (hw_pool, channel_pool, apply, backward_gates, backward_mask,
+// backward_input) run one pass over the batch each and leave the small graphs (the
+// channel MLP, the spatial convolution) to PyTorch, so any MLP activation, gate or
+// norm works. ``forward``/``backward`` run the whole layer per sample for the
+// paper's configuration (ReLU MLP, sigmoid gates, k x k convolution without norm):
+// the MLP and the convolution are computed here, so a sample is read from memory
+// once per direction and stays in cache for the passes that follow.
 //
 // Built with -fopenmp-simd: the ``omp simd`` loops (reductions included) are
 // vectorised without -ffast-math and without an OpenMP runtime.
@@ -25,10 +29,17 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 namespace {
+
+template <typename T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
 
 bool is_channels_last(const at::Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
@@ -41,59 +52,236 @@ void check_input(const at::Tensor& x, const char* name) {
               ": expected contiguous or channels-last storage");
 }
 
-// The (B, n) companion tensors, contiguous, in x's dtype.
+// A (B, n) companion tensor, contiguous, in x's dtype.
 at::Tensor flat(const at::Tensor& t, int64_t b, int64_t n, const at::Tensor& x) {
   TORCH_CHECK(t.numel() == b * n, "expected ", b * n, " elements, got ", t.numel());
   return t.reshape({b, n}).to(x.scalar_type()).contiguous();
 }
 
-// Sum and max of a contiguous run; with ``arg``, also the first position of the max
-// (as torch.max(dim) reports on CPU).
-template <typename T>
-void sum_max(const T* __restrict__ v, int64_t n, T& sum, T& mx, int64_t* arg) {
-  T s = 0, m = -std::numeric_limits<T>::infinity();
-  _Pragma("omp simd reduction(+ : s) reduction(max : m)")
-  for (int64_t i = 0; i < n; ++i) {
-    s += v[i];
-    m = v[i] > m ? v[i] : m;
-  }
-  sum = s;
-  mx = m;
-  if (arg) {  // the first block of 16 holding the max, then the position inside it
-    constexpr int64_t W = 16;
-    int64_t i = 0;
-    for (; i + W <= n; i += W) {
-      int hit = 0;
-      _Pragma("omp simd reduction(| : hit)")
-      for (int64_t j = 0; j < W; ++j) hit |= v[i + j] == m;
-      if (hit) break;
-    }
-    while (i < n - 1 && !(v[i] == m)) ++i;
-    *arg = i;
-  }
+// A full-size gradient in x's memory format and dtype.
+at::Tensor like_x(const at::Tensor& t, const at::Tensor& x, bool cl) {
+  TORCH_CHECK(t.sizes() == x.sizes(), "expected a gradient of shape ", x.sizes(), ", got ", t.sizes());
+  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
 }
 
-// sum_i g_i v_i and max_i g_i v_i over a contiguous run.
 template <typename T>
-void gated_sum_max(const T* __restrict__ v, const T* __restrict__ g, int64_t n, T& sum, T& mx) {
-  T s = 0, m = -std::numeric_limits<T>::infinity();
-  _Pragma("omp simd reduction(+ : s) reduction(max : m)")
-  for (int64_t i = 0; i < n; ++i) {
-    const T u = g[i] * v[i];
-    s += u;
-    m = u > m ? u : m;
-  }
-  sum = s;
-  mx = m;
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
 }
 
+// Dot product with 32 lanes (several independent vector chains, so the sum is not
+// limited by the latency of one accumulator).
 template <typename T>
 T dot(const T* __restrict__ u, const T* __restrict__ v, int64_t n) {
+  constexpr int V = 32;
+  T acc[V] = {};
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    _Pragma("omp simd") for (int l = 0; l < V; ++l) acc[l] += u[i + l] * v[i + l];
+  }
   T s = 0;
-  _Pragma("omp simd reduction(+ : s)")
-  for (int64_t i = 0; i < n; ++i) s += u[i] * v[i];
+  for (int l = 0; l < V; ++l) s += acc[l];
+  for (; i < n; ++i) s += u[i] * v[i];
   return s;
 }
+
+// ---------------------------------------------------------------------------------------
+// Per-sample passes. ``x``, ``dout``, ``out`` point at one sample; ``tmp`` holds max(C, P).
+
+template <typename T>
+void hw_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, T* __restrict__ avg,
+                    T* __restrict__ mx, int64_t* __restrict__ idx) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T* __restrict__ v = x + c * P;
+      T s = 0, m = neg_inf<T>();
+      _Pragma("omp simd reduction(+ : s) reduction(max : m)") for (int64_t i = 0; i < P; ++i) {
+        s += v[i];
+        m = v[i] > m ? v[i] : m;
+      }
+      avg[c] = s / P;
+      mx[c] = m;
+      if (idx) {  // the first position of the max (as torch.max(dim) reports): find its block of 16, then it
+        constexpr int64_t W = 16;
+        int64_t i = 0;
+        for (; i + W <= P; i += W) {
+          int hit = 0;
+          _Pragma("omp simd reduction(| : hit)") for (int64_t j = 0; j < W; ++j) hit |= v[i + j] == m;
+          if (hit) break;
+        }
+        while (i < P - 1 && !(v[i] == m)) ++i;
+        idx[c] = i;
+      }
+    }
+  } else {
+    std::fill(avg, avg + C, T(0));
+    std::fill(mx, mx + C, neg_inf<T>());
+    if (idx) std::fill(idx, idx + C, int64_t(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      if (idx) {
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+          const bool gt = row[c] > mx[c];
+          avg[c] += row[c];
+          idx[c] = gt ? p : idx[c];
+          mx[c] = gt ? row[c] : mx[c];
+        }
+      } else {
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+          avg[c] += row[c];
+          mx[c] = row[c] > mx[c] ? row[c] : mx[c];
+        }
+      }
+    }
+    _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) avg[c] /= P;
+  }
+}
+
+template <typename T>
+void channel_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
+                         T* __restrict__ mean, T* __restrict__ peak) {
+  if (!cl) {
+    std::fill(mean, mean + P, T(0));
+    std::fill(peak, peak + P, neg_inf<T>());
+    for (int64_t c = 0; c < C; ++c) {
+      const T* __restrict__ row = x + c * P;
+      const T gc = g[c];
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
+        const T u = gc * row[p];
+        mean[p] += u;
+        peak[p] = u > peak[p] ? u : peak[p];
+      }
+    }
+    _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) mean[p] /= C;
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      T s = 0, m = neg_inf<T>();
+      _Pragma("omp simd reduction(+ : s) reduction(max : m)") for (int64_t c = 0; c < C; ++c) {
+        const T u = g[c] * row[c];
+        s += u;
+        m = u > m ? u : m;
+      }
+      mean[p] = s / C;
+      peak[p] = m;
+    }
+  }
+}
+
+template <typename T>
+void apply_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
+                  const T* __restrict__ a, T* __restrict__ out) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c];
+      const T* __restrict__ row = x + c * P;
+      T* __restrict__ o = out + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = row[p] * gc * a[p];
+    }
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      const T ap = a[p];
+      const T* __restrict__ row = x + p * C;
+      T* __restrict__ o = out + p * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = row[c] * g[c] * ap;
+    }
+  }
+}
+
+template <typename T>
+void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
+                  const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak, T* __restrict__ da,
+                  T* __restrict__ dg, T* __restrict__ count, T* __restrict__ tmp) {
+  if (!cl) {
+    std::fill(da, da + P, T(0));
+    std::fill(count, count + P, T(0));
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c];
+      const T* __restrict__ row = x + c * P;
+      const T* __restrict__ drow = dout + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
+        const T xd = row[p] * drow[p];
+        tmp[p] = xd;
+        da[p] += gc * xd;
+        count[p] += (gc * row[p] == peak[p]) ? T(1) : T(0);
+      }
+      dg[c] = dot(tmp, a, P);
+    }
+  } else {
+    std::fill(dg, dg + C, T(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      const T* __restrict__ drow = dout + p * C;
+      const T ap = a[p], kp = peak[p];
+      T s = 0, n = 0;
+      _Pragma("omp simd reduction(+ : s, n)") for (int64_t c = 0; c < C; ++c) {
+        const T xd = row[c] * drow[c];
+        dg[c] += xd * ap;
+        s += g[c] * xd;
+        n += (g[c] * row[c] == kp) ? T(1) : T(0);
+      }
+      da[p] = s;
+      count[p] = n;
+    }
+  }
+}
+
+template <typename T>
+void mask_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
+                 const T* __restrict__ peak, const T* __restrict__ dmean, const T* __restrict__ share,
+                 T* __restrict__ dg, T* __restrict__ tmp) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c];
+      const T* __restrict__ row = x + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) tmp[p] =
+          dmean[p] + ((gc * row[p] == peak[p]) ? share[p] : T(0));
+      dg[c] = dot(row, tmp, P);
+    }
+  } else {
+    std::fill(dg, dg + C, T(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      const T m = dmean[p], s = share[p], k = peak[p];
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) dg[c] += row[c] * (m + ((g[c] * row[c] == k) ? s : T(0)));
+    }
+  }
+}
+
+template <typename T>
+void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
+                  const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
+                  const T* __restrict__ dmean, const T* __restrict__ share, const T* __restrict__ davg,
+                  const T* __restrict__ dpeak, const int64_t* __restrict__ idx, T* __restrict__ dx) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c], va = davg[c];
+      const T* __restrict__ row = x + c * P;
+      const T* __restrict__ drow = dout + c * P;
+      T* __restrict__ o = dx + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
+        const T t = drow[p] * a[p] + dmean[p] + ((gc * row[p] == peak[p]) ? share[p] : T(0));
+        o[p] = gc * t + va;
+      }
+      o[idx[c]] += dpeak[c];
+    }
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      const T* __restrict__ drow = dout + p * C;
+      T* __restrict__ o = dx + p * C;
+      const T ap = a[p], m = dmean[p], s = share[p], k = peak[p];
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+        const T t = drow[c] * ap + m + ((g[c] * row[c] == k) ? s : T(0));
+        o[c] = g[c] * t + davg[c];
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) dx[idx[c] * C + c] += dpeak[c];
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The split ops: one pass over the batch each.
 
 std::vector<at::Tensor> cbam_hw_pool(const at::Tensor& x, bool with_index) {
   check_input(x, "cbam_hw_pool");
@@ -103,49 +291,13 @@ std::vector<at::Tensor> cbam_hw_pool(const at::Tensor& x, bool with_index) {
   auto mx = at::empty({B, C}, x.options());
   auto idx = at::empty({with_index ? B : 0, C}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_hw_pool", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ ap = avg.data_ptr<scalar_t>();
-    scalar_t* __restrict__ mp = mx.data_ptr<scalar_t>();
-    int64_t* __restrict__ ip = with_index ? idx.data_ptr<int64_t>() : nullptr;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* ap = avg.data_ptr<scalar_t>();
+    scalar_t* mp = mx.data_ptr<scalar_t>();
+    int64_t* ip = with_index ? idx.data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        if (!cl) {
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* __restrict__ row = xp + (b * C + c) * P;
-            scalar_t s, m;
-            sum_max(row, P, s, m, ip ? ip + b * C + c : nullptr);
-            ap[b * C + c] = s / P;
-            mp[b * C + c] = m;
-          }
-        } else {
-          scalar_t* __restrict__ s = ap + b * C;
-          scalar_t* __restrict__ m = mp + b * C;
-          int64_t* __restrict__ k = ip ? ip + b * C : nullptr;
-          std::fill(s, s + C, scalar_t(0));
-          std::fill(m, m + C, -std::numeric_limits<scalar_t>::infinity());
-          if (k) std::fill(k, k + C, int64_t(0));
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            const scalar_t* __restrict__ row = xp + (b * P + p) * C;
-            _Pragma("omp simd")
-            for (int64_t c = 0; c < C; ++c) s[c] += row[c];
-            if (k) {
-              _Pragma("omp simd")
-              for (int64_t c = 0; c < C; ++c) {
-                bool gt = row[c] > m[c];
-                k[c] = gt ? p : k[c];
-                m[c] = gt ? row[c] : m[c];
-              }
-            } else {
-              _Pragma("omp simd")
-              for (int64_t c = 0; c < C; ++c) m[c] = row[c] > m[c] ? row[c] : m[c];
-            }
-          }
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) s[c] /= P;
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b)
+        hw_pool_sample(xp + b * C * P, C, P, cl, ap + b * C, mp + b * C, ip ? ip + b * C : nullptr);
     });
   });
   return {avg, mx, idx};
@@ -158,40 +310,12 @@ at::Tensor cbam_channel_pool(const at::Tensor& x, const at::Tensor& g_) {
   auto g = flat(g_, B, C, x);
   auto stats = at::empty({B, 2, H, W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_channel_pool", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ sp = stats.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    scalar_t* sp = stats.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* __restrict__ mean = sp + b * 2 * P;
-        scalar_t* __restrict__ peak = mean + P;
-        const scalar_t* __restrict__ gb = gp + b * C;
-        if (!cl) {
-          std::fill(mean, mean + P, scalar_t(0));
-          std::fill(peak, peak + P, -std::numeric_limits<scalar_t>::infinity());
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* __restrict__ row = xp + (b * C + c) * P;
-            const scalar_t gc = gb[c];
-            _Pragma("omp simd")
-            for (int64_t p = 0; p < P; ++p) {
-              scalar_t u = gc * row[p];
-              mean[p] += u;
-              peak[p] = u > peak[p] ? u : peak[p];
-            }
-          }
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) mean[p] /= C;
-        } else {
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            scalar_t s, m;
-            gated_sum_max(xp + (b * P + p) * C, gb, C, s, m);
-            mean[p] = s / C;
-            peak[p] = m;
-          }
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b)
+        channel_pool_sample(xp + b * C * P, C, P, cl, gp + b * C, sp + b * 2 * P, sp + b * 2 * P + P);
     });
   });
   return stats;
@@ -205,32 +329,12 @@ at::Tensor cbam_apply(const at::Tensor& x, const at::Tensor& g_, const at::Tenso
   auto a = flat(a_, B, P, x);
   auto out = at::empty_like(x);  // keeps x's memory format
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_apply", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ ap = a.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ op = out.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* __restrict__ gb = gp + b * C;
-        const scalar_t* __restrict__ ab = ap + b * P;
-        if (!cl) {
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t o = (b * C + c) * P;
-            const scalar_t gc = gb[c];
-            _Pragma("omp simd")
-            for (int64_t p = 0; p < P; ++p) op[o + p] = xp[o + p] * gc * ab[p];
-          }
-        } else {
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t o = (b * P + p) * C;
-            const scalar_t ap_ = ab[p];
-            _Pragma("omp simd")
-            for (int64_t c = 0; c < C; ++c) op[o + c] = xp[o + c] * gb[c] * ap_;
-          }
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b) apply_sample(xp + b * C * P, C, P, cl, gp + b * C, ap + b * P, op + b * C * P);
     });
   });
   return out;
@@ -241,7 +345,7 @@ std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tenso
   check_input(x, "cbam_backward_gates");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool cl = is_channels_last(x);
-  auto dout = dout_.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
+  auto dout = like_x(dout_, x, cl);
   auto g = flat(g_, B, C, x);
   auto a = flat(a_, B, P, x);
   auto peak = flat(peak_, B, P, x);
@@ -249,60 +353,19 @@ std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tenso
   auto dg = at::empty({B, C}, x.options());
   auto count = at::empty({B, P}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_gates", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ dp = dout.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ ap = a.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ kp = peak.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ dap = da.data_ptr<scalar_t>();
-    scalar_t* __restrict__ dgp = dg.data_ptr<scalar_t>();
-    scalar_t* __restrict__ cp = count.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dout.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
+    scalar_t* dap = da.data_ptr<scalar_t>();
+    scalar_t* dgp = dg.data_ptr<scalar_t>();
+    scalar_t* cp = count.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> tmp(std::max(P, C));
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* __restrict__ gb = gp + b * C;
-        const scalar_t* __restrict__ ab = ap + b * P;
-        const scalar_t* __restrict__ kb = kp + b * P;
-        scalar_t* __restrict__ dab = dap + b * P;
-        scalar_t* __restrict__ dgb = dgp + b * C;
-        scalar_t* __restrict__ cb = cp + b * P;
-        std::fill(dab, dab + P, scalar_t(0));
-        std::fill(cb, cb + P, scalar_t(0));
-        if (!cl) {
-          scalar_t* __restrict__ v = tmp.data();
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t o = (b * C + c) * P;
-            const scalar_t gc = gb[c];
-            _Pragma("omp simd")
-            for (int64_t p = 0; p < P; ++p) {
-              const scalar_t xd = xp[o + p] * dp[o + p];
-              v[p] = xd;
-              dab[p] += gc * xd;
-              cb[p] += (gc * xp[o + p] == kb[p]) ? scalar_t(1) : scalar_t(0);
-            }
-            dgb[c] = dot(v, ab, P);
-          }
-        } else {
-          std::fill(dgb, dgb + C, scalar_t(0));
-          scalar_t* __restrict__ v = tmp.data();
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t o = (b * P + p) * C;
-            const scalar_t ap_ = ab[p], kp_ = kb[p];
-            scalar_t cnt = 0;
-            _Pragma("omp simd")
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t xd = xp[o + c] * dp[o + c];
-              v[c] = xd;
-              dgb[c] += xd * ap_;
-              cnt += (gb[c] * xp[o + c] == kp_) ? scalar_t(1) : scalar_t(0);
-            }
-            dab[p] = dot(v, gb, C);
-            cb[p] = cnt;
-          }
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b)
+        gates_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, dap + b * P,
+                     dgp + b * C, cp + b * P, tmp.data());
     });
   });
   return {da, dg, count};
@@ -319,41 +382,16 @@ at::Tensor cbam_backward_mask(const at::Tensor& x, const at::Tensor& g_, const a
   auto share = flat(share_, B, P, x);
   auto dg = at::empty({B, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_mask", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ kp = peak.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ mp = dmean.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ sp = share.const_data_ptr<scalar_t>();
-    scalar_t* __restrict__ dgp = dg.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
+    const scalar_t* mp = dmean.const_data_ptr<scalar_t>();
+    const scalar_t* sp = share.const_data_ptr<scalar_t>();
+    scalar_t* dgp = dg.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> tmp(std::max(P, C));
-      scalar_t* __restrict__ w = tmp.data();
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* __restrict__ gb = gp + b * C;
-        const scalar_t* __restrict__ kb = kp + b * P;
-        const scalar_t* __restrict__ mb = mp + b * P;
-        const scalar_t* __restrict__ sb = sp + b * P;
-        scalar_t* __restrict__ dgb = dgp + b * C;
-        if (!cl) {
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* __restrict__ row = xp + (b * C + c) * P;
-            const scalar_t gc = gb[c];
-            _Pragma("omp simd")
-            for (int64_t p = 0; p < P; ++p) w[p] = mb[p] + ((gc * row[p] == kb[p]) ? sb[p] : scalar_t(0));
-            dgb[c] = dot(row, w, P);
-          }
-        } else {
-          std::fill(dgb, dgb + C, scalar_t(0));
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            const scalar_t* __restrict__ row = xp + (b * P + p) * C;
-            const scalar_t m = mb[p], s = sb[p], k = kb[p];
-            _Pragma("omp simd")
-            for (int64_t c = 0; c < C; ++c) dgb[c] += row[c] * (m + ((gb[c] * row[c] == k) ? s : scalar_t(0)));
-          }
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b)
+        mask_sample(xp + b * C * P, C, P, cl, gp + b * C, kp + b * P, mp + b * P, sp + b * P, dgp + b * C, tmp.data());
     });
   });
   return dg;
@@ -366,7 +404,7 @@ at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, con
   check_input(x, "cbam_backward_input");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool cl = is_channels_last(x);
-  auto dout = dout_.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
+  auto dout = like_x(dout_, x, cl);
   auto g = flat(g_, B, C, x);
   auto a = flat(a_, B, P, x);
   auto peak = flat(peak_, B, P, x);
@@ -377,57 +415,331 @@ at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, con
   auto index = index_.reshape({B, C}).to(at::kLong).contiguous();
   auto dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_input", [&] {
-    const scalar_t* __restrict__ xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ dp = dout.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ ap = a.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ kp = peak.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ mp = dmean.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ sp = share.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ vp = davg.const_data_ptr<scalar_t>();
-    const scalar_t* __restrict__ pp = dpeak.const_data_ptr<scalar_t>();
-    const int64_t* __restrict__ ip = index.const_data_ptr<int64_t>();
-    scalar_t* __restrict__ op = dx.data_ptr<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* dp = dout.const_data_ptr<scalar_t>();
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
+    const scalar_t* mp = dmean.const_data_ptr<scalar_t>();
+    const scalar_t* sp = share.const_data_ptr<scalar_t>();
+    const scalar_t* vp = davg.const_data_ptr<scalar_t>();
+    const scalar_t* pp = dpeak.const_data_ptr<scalar_t>();
+    const int64_t* ip = index.const_data_ptr<int64_t>();
+    scalar_t* op = dx.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* __restrict__ gb = gp + b * C;
-        const scalar_t* __restrict__ ab = ap + b * P;
-        const scalar_t* __restrict__ kb = kp + b * P;
-        const scalar_t* __restrict__ mb = mp + b * P;
-        const scalar_t* __restrict__ sb = sp + b * P;
-        const scalar_t* __restrict__ vb = vp + b * C;
-        if (!cl) {
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) {
-            const int64_t o = (b * C + c) * P;
-            const scalar_t gc = gb[c], va = vb[c];
-            _Pragma("omp simd")
-            for (int64_t p = 0; p < P; ++p) {
-              const scalar_t xv = xp[o + p];
-              const scalar_t t = dp[o + p] * ab[p] + mb[p] + ((gc * xv == kb[p]) ? sb[p] : scalar_t(0));
-              op[o + p] = gc * t + va;
-            }
-            op[o + ip[b * C + c]] += pp[b * C + c];
-          }
-        } else {
-          _Pragma("omp simd")
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t o = (b * P + p) * C;
-            const scalar_t ap_ = ab[p], m = mb[p], s = sb[p], k = kb[p];
-            _Pragma("omp simd")
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t xv = xp[o + c];
-              const scalar_t t = dp[o + c] * ap_ + m + ((gb[c] * xv == k) ? s : scalar_t(0));
-              op[o + c] = gb[c] * t + vb[c];
-            }
-          }
-          _Pragma("omp simd")
-          for (int64_t c = 0; c < C; ++c) op[(b * P + ip[b * C + c]) * C + c] += pp[b * C + c];
-        }
-      }
+      for (int64_t b = b0; b < b1; ++b)
+        input_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, mp + b * P,
+                     sp + b * P, vp + b * C, pp + b * C, ip + b * C, op + b * C * P);
     });
   });
   return dx;
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole layer per sample, for the paper's configuration.
+//
+// Channel MLP:  h_v = relu(W1 v + b1) for v in (avg, max);  g = sigmoid(W2 (h_avg + h_max) + 2 b2)
+// Spatial gate: a = sigmoid(conv_k([mean; peak]) + bc), zero padding k / 2
+
+// The k x k convolution over the two pooled maps, zero padding r = k / 2. The maps are
+// copied into zero-padded planes of width Wp = W + 2r, and outputs are computed in rows of
+// width Wp too (the extra columns are discarded), so each row of taps (ch, i) is one long
+// contiguous loop: out[q] += sum_j w[ch][i][j] * pad[ch][q + i Wp + j] for q < H Wp.
+struct PaddedShape {
+  int64_t H, W, k, r, Hp, Wp, Q;  // Q = H * Wp outputs per plane
+  PaddedShape(int64_t H_, int64_t W_, int64_t k_)
+      : H(H_), W(W_), k(k_), r(k_ / 2), Hp(H_ + 2 * (k_ / 2)), Wp(W_ + 2 * (k_ / 2)), Q(H_ * (W_ + 2 * (k_ / 2))) {}
+  int64_t plane() const { return Hp * Wp + k; }  // + k: the last taps read up to k - 1 past Hp * Wp
+};
+
+template <typename T>
+void pad_maps(const T* __restrict__ s, const PaddedShape& d, T* __restrict__ pad) {
+  std::fill(pad, pad + 2 * d.plane(), T(0));
+  for (int64_t ch = 0; ch < 2; ++ch)
+    for (int64_t y = 0; y < d.H; ++y)
+      std::copy(s + (ch * d.H + y) * d.W, s + (ch * d.H + y + 1) * d.W, pad + ch * d.plane() + (y + d.r) * d.Wp + d.r);
+}
+
+// wide[q] += sum_j w[j] src[q + j] for q < n: one row of taps of the convolution. With the
+// kernel size known at compile time the taps stay in registers and ``wide`` is loaded and
+// stored once per row of taps.
+template <typename T, int K>
+void taps_fixed(const T* __restrict__ w, const T* __restrict__ src, int64_t n, T* __restrict__ wide) {
+  T wk[K];
+  for (int j = 0; j < K; ++j) wk[j] = w[j];
+  _Pragma("omp simd") for (int64_t q = 0; q < n; ++q) {
+    T acc = 0;
+    for (int j = 0; j < K; ++j) acc += wk[j] * src[q + j];
+    wide[q] += acc;
+  }
+}
+
+template <typename T>
+void taps(const T* __restrict__ w, const T* __restrict__ src, int64_t n, int64_t k, T* __restrict__ wide) {
+  switch (k) {
+    case 3: return taps_fixed<T, 3>(w, src, n, wide);
+    case 5: return taps_fixed<T, 5>(w, src, n, wide);
+    case 7: return taps_fixed<T, 7>(w, src, n, wide);
+    default:
+      for (int64_t j = 0; j < k; ++j) {
+        const T wj = w[j];
+        _Pragma("omp simd") for (int64_t q = 0; q < n; ++q) wide[q] += wj * src[q + j];
+      }
+  }
+}
+
+// out[j] += sum_q u[q] v[q + j] for j < K: the K sums share one pass and run as K independent
+// accumulator chains.
+template <typename T, int K>
+void correlate_fixed(const T* __restrict__ u, const T* __restrict__ v, int64_t n, T* __restrict__ out) {
+  constexpr int V = 16;  // lanes per chain
+  T acc[K][V] = {};
+  int64_t q = 0;
+  for (; q + V <= n; q += V)
+    for (int j = 0; j < K; ++j) {
+      _Pragma("omp simd") for (int l = 0; l < V; ++l) acc[j][l] += u[q + l] * v[q + j + l];
+    }
+  for (int j = 0; j < K; ++j) {
+    T s = 0;
+    for (int l = 0; l < V; ++l) s += acc[j][l];
+    for (int64_t t = q; t < n; ++t) s += u[t] * v[t + j];
+    out[j] += s;
+  }
+}
+
+template <typename T>
+void correlate(const T* __restrict__ u, const T* __restrict__ v, int64_t n, int64_t k, T* __restrict__ out) {
+  switch (k) {
+    case 3: return correlate_fixed<T, 3>(u, v, n, out);
+    case 5: return correlate_fixed<T, 5>(u, v, n, out);
+    case 7: return correlate_fixed<T, 7>(u, v, n, out);
+    default:
+      for (int64_t j = 0; j < k; ++j) out[j] += dot(u, v + j, n);
+  }
+}
+
+// logits (H, W) = conv(s) for the stats s (2, H, W); ``pad`` and ``wide`` are scratch.
+template <typename T>
+void conv_forward(const T* __restrict__ s, const T* __restrict__ w, const PaddedShape& d, T* __restrict__ pad,
+                  T* __restrict__ wide, T* __restrict__ logits) {
+  pad_maps(s, d, pad);
+  std::fill(wide, wide + d.Q, T(0));
+  for (int64_t ch = 0; ch < 2; ++ch)
+    for (int64_t i = 0; i < d.k; ++i) taps(w + (ch * d.k + i) * d.k, pad + ch * d.plane() + i * d.Wp, d.Q, d.k, wide);
+  for (int64_t y = 0; y < d.H; ++y) std::copy(wide + y * d.Wp, wide + y * d.Wp + d.W, logits + y * d.W);
+}
+
+// Given the logits' gradient dl (H, W): ds (2, H, W) and dw (2, k, k) += ...; ``pad`` must hold the
+// padded stats; ``wide`` (Q + 2k) and ``dpad`` are scratch. The input gradient is the correlation of
+// dl with the flipped kernel: dpad[o + t] += sum_j w[k-1-j] wide'[t + j], wide' = dl shifted right by k - 1.
+template <typename T>
+void conv_backward(const T* __restrict__ dl, const T* __restrict__ w, const PaddedShape& d,
+                   const T* __restrict__ pad, T* __restrict__ wide, T* __restrict__ dpad, T* __restrict__ ds,
+                   T* __restrict__ dw) {
+  const int64_t k = d.k, lead = k - 1;
+  std::fill(wide, wide + d.Q + 2 * k, T(0));  // dl in rows of width Wp after k - 1 zeros
+  T* __restrict__ rows = wide + lead;
+  for (int64_t y = 0; y < d.H; ++y) std::copy(dl + y * d.W, dl + (y + 1) * d.W, rows + y * d.Wp);
+  std::fill(dpad, dpad + 2 * d.plane(), T(0));
+  std::vector<T> flipped(k);
+  for (int64_t ch = 0; ch < 2; ++ch)
+    for (int64_t i = 0; i < k; ++i) {
+      const T* wr = w + (ch * k + i) * k;
+      for (int64_t j = 0; j < k; ++j) flipped[j] = wr[k - 1 - j];
+      const int64_t o = ch * d.plane() + i * d.Wp;
+      taps(flipped.data(), wide, d.Q + lead, k, dpad + o);  // dpad[o + t], t < Q + k - 1
+      correlate(rows, pad + o, d.Q, k, dw + (ch * k + i) * k);
+    }
+  for (int64_t ch = 0; ch < 2; ++ch)
+    for (int64_t y = 0; y < d.H; ++y)
+      std::copy(dpad + ch * d.plane() + (y + d.r) * d.Wp + d.r, dpad + ch * d.plane() + (y + d.r) * d.Wp + d.r + d.W,
+                ds + (ch * d.H + y) * d.W);
+}
+
+struct Params {
+  at::Tensor w1, b1, w2, b2, wc, bc;  // b1, b2 may be undefined
+};
+
+Params params_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                 const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc) {
+  const int64_t C = x.size(1), R = w1.size(0);
+  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "cbam: expected fc1.weight of shape (R, ", C, "), got ", w1.sizes());
+  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == R, "cbam: expected fc2.weight of shape (", C, ", ",
+              R, "), got ", w2.sizes());
+  TORCH_CHECK(wc.dim() == 4 && wc.size(0) == 1 && wc.size(1) == 2 && wc.size(2) == wc.size(3) && wc.size(2) % 2 == 1,
+              "cbam: expected a (1, 2, k, k) convolution weight with odd k, got ", wc.sizes());
+  TORCH_CHECK(bc.numel() == 1, "cbam: expected a one-element convolution bias, got ", bc.sizes());
+  auto t = [&](const at::Tensor& p) { return p.defined() && p.numel() ? p.to(x.scalar_type()).contiguous() : at::Tensor(); };
+  Params q{t(w1), t(b1), t(w2), t(b2), t(wc), t(bc)};
+  TORCH_CHECK(!q.b1.defined() || q.b1.numel() == R, "cbam: expected fc1.bias of ", R, " elements");
+  TORCH_CHECK(!q.b2.defined() || q.b2.numel() == C, "cbam: expected fc2.bias of ", C, " elements");
+  return q;
+}
+
+// Returns out, g (B, C), a (B, 1, H, W), and for the backward: pooled (B, 2, C), hidden (B, 2, R),
+// stats (B, 2, H, W), the H x W arg-max (B, C).
+std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                     const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
+                                     const at::Tensor& bc, bool for_backward) {
+  check_input(x, "cbam_forward");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  const bool cl = is_channels_last(x);
+  const Params q = params_of(x, w1, b1, w2, b2, wc, bc);
+  const int64_t R = q.w1.size(0), k = q.wc.size(2);
+  auto opt = x.options();
+  auto out = at::empty_like(x);
+  auto g = at::empty({B, C}, opt);
+  auto a = at::empty({B, 1, H, W}, opt);
+  auto pooled = at::empty({B, 2, C}, opt);
+  auto hidden = at::empty({B, 2, R}, opt);
+  auto stats = at::empty({B, 2, H, W}, opt);
+  auto idx = at::empty({for_backward ? B : 0, C}, opt.dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_forward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* w1p = q.w1.const_data_ptr<T>();
+    const T* b1p = q.b1.defined() ? q.b1.const_data_ptr<T>() : nullptr;
+    const T* w2p = q.w2.const_data_ptr<T>();
+    const T* b2p = q.b2.defined() ? q.b2.const_data_ptr<T>() : nullptr;
+    const T* wcp = q.wc.const_data_ptr<T>();
+    const T bias_c = q.bc.const_data_ptr<T>()[0];
+    const PaddedShape d(H, W, k);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      std::vector<T> hsum(R), pad(2 * d.plane()), wide(d.Q);
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* xb = xp + b * C * P;
+        T* pb = pooled.data_ptr<T>() + b * 2 * C;
+        T* hb = hidden.data_ptr<T>() + b * 2 * R;
+        T* gb = g.data_ptr<T>() + b * C;
+        T* sb = stats.data_ptr<T>() + b * 2 * P;
+        T* ab = a.data_ptr<T>() + b * P;
+        hw_pool_sample(xb, C, P, cl, pb, pb + C, for_backward ? idx.data_ptr<int64_t>() + b * C : nullptr);
+        std::fill(hsum.begin(), hsum.end(), T(0));
+        for (int64_t v = 0; v < 2; ++v)
+          for (int64_t j = 0; j < R; ++j) {
+            const T z = dot(w1p + j * C, pb + v * C, C) + (b1p ? b1p[j] : T(0));
+            hb[v * R + j] = z > T(0) ? z : T(0);
+            hsum[j] += hb[v * R + j];
+          }
+        for (int64_t c = 0; c < C; ++c) gb[c] = sigmoid(dot(w2p + c * R, hsum.data(), R) + (b2p ? 2 * b2p[c] : T(0)));
+        channel_pool_sample(xb, C, P, cl, gb, sb, sb + P);
+        conv_forward(sb, wcp, d, pad.data(), wide.data(), ab);
+        for (int64_t p = 0; p < P; ++p) ab[p] = sigmoid(ab[p] + bias_c);
+        apply_sample(xb, C, P, cl, gb, ab, out.data_ptr<T>() + b * C * P);
+      }
+    });
+  });
+  return {out, g, a, pooled, hidden, stats, idx};
+}
+
+// Returns dx (unless need_dx is false), d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight,
+// d conv.bias; those not computed (no bias, no dx) are undefined here and empty in the op's result.
+std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1,
+                                      const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
+                                      const at::Tensor& wc, const at::Tensor& bc, const at::Tensor& g_,
+                                      const at::Tensor& a_, const at::Tensor& pooled_, const at::Tensor& hidden_,
+                                      const at::Tensor& stats_, const at::Tensor& index_, bool need_dx) {
+  check_input(x, "cbam_backward");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  const bool cl = is_channels_last(x);
+  const Params q = params_of(x, w1, b1, w2, b2, wc, bc);
+  const int64_t R = q.w1.size(0), k = q.wc.size(2);
+  auto dout = like_x(dout_, x, cl);
+  auto g = flat(g_, B, C, x);
+  auto a = flat(a_, B, P, x);
+  auto pooled = flat(pooled_, B, 2 * C, x);
+  auto hidden = flat(hidden_, B, 2 * R, x);
+  auto stats = flat(stats_, B, 2 * P, x);
+  auto index = index_.reshape({B, C}).to(at::kLong).contiguous();
+  auto opt = x.options();
+  auto dx = need_dx ? at::empty_like(x) : at::Tensor();
+  auto dw1 = at::zeros({R, C}, opt), dw2 = at::zeros({C, R}, opt), dwc = at::zeros({1, 2, k, k}, opt);
+  auto db1 = at::zeros({R}, opt), db2 = at::zeros({C}, opt), dbc = at::zeros({1}, opt);
+  std::mutex merge;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* dp = dout.const_data_ptr<T>();
+    const T* w1p = q.w1.const_data_ptr<T>();
+    const T* w2p = q.w2.const_data_ptr<T>();
+    const T* wcp = q.wc.const_data_ptr<T>();
+    const PaddedShape d(H, W, k);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      // this chunk's parameter gradients, merged into the totals at the end
+      std::vector<T> gw1(R * C, T(0)), gb1(R, T(0)), gw2(C * R, T(0)), gb2(C, T(0)), gwc(2 * k * k, T(0));
+      T gbc = 0;
+      std::vector<T> tmp(std::max(P, C)), da(P), dl(P), count(P), dstats(2 * P), dmean(P), share(P);
+      std::vector<T> dg(C), dg2(C), dlog(C), hsum(R), ds(R), dz(R), dpool(2 * C);
+      std::vector<T> pad(2 * d.plane()), wide(d.Q + 2 * k), dpad(2 * d.plane());
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* xb = xp + b * C * P;
+        const T* db = dp + b * C * P;
+        const T* gb = g.const_data_ptr<T>() + b * C;
+        const T* ab = a.const_data_ptr<T>() + b * P;
+        const T* pb = pooled.const_data_ptr<T>() + b * 2 * C;
+        const T* hb = hidden.const_data_ptr<T>() + b * 2 * R;
+        const T* sb = stats.const_data_ptr<T>() + b * 2 * P;
+        const T* peak = sb + P;
+        gates_sample(xb, db, C, P, cl, gb, ab, peak, da.data(), dg.data(), count.data(), tmp.data());
+        // spatial gate: through the sigmoid, the bias and the convolution
+        for (int64_t p = 0; p < P; ++p) {
+          dl[p] = da[p] * ab[p] * (T(1) - ab[p]);
+          gbc += dl[p];
+        }
+        pad_maps(sb, d, pad.data());
+        conv_backward(dl.data(), wcp, d, pad.data(), wide.data(), dpad.data(), dstats.data(), gwc.data());
+        for (int64_t p = 0; p < P; ++p) {
+          dmean[p] = dstats[p] / C;
+          share[p] = dstats[P + p] / count[p];
+        }
+        mask_sample(xb, C, P, cl, gb, peak, dmean.data(), share.data(), dg2.data(), tmp.data());
+        // channel gate: through the sigmoid and the shared MLP
+        for (int64_t c = 0; c < C; ++c) dlog[c] = (dg[c] + dg2[c]) * gb[c] * (T(1) - gb[c]);
+        for (int64_t j = 0; j < R; ++j) hsum[j] = hb[j] + hb[R + j];
+        std::fill(ds.begin(), ds.end(), T(0));
+        for (int64_t c = 0; c < C; ++c) {
+          gb2[c] += 2 * dlog[c];
+          for (int64_t j = 0; j < R; ++j) {
+            gw2[c * R + j] += dlog[c] * hsum[j];
+            ds[j] += w2p[c * R + j] * dlog[c];
+          }
+        }
+        std::fill(dpool.begin(), dpool.end(), T(0));
+        for (int64_t v = 0; v < 2; ++v) {
+          for (int64_t j = 0; j < R; ++j) {
+            dz[j] = hb[v * R + j] > T(0) ? ds[j] : T(0);
+            gb1[j] += dz[j];
+            if (dz[j] == T(0)) continue;
+            const T* wrow = w1p + j * C;
+            T* gw = gw1.data() + j * C;
+            T* dpv = dpool.data() + v * C;
+            _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+              gw[c] += dz[j] * pb[v * C + c];
+              dpv[c] += dz[j] * wrow[c];
+            }
+          }
+        }
+        if (need_dx) {
+          for (int64_t c = 0; c < C; ++c) dpool[c] /= P;  // avg over H x W
+          input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), dpool.data() + C,
+                       index.const_data_ptr<int64_t>() + b * C, dx.data_ptr<T>() + b * C * P);
+        }
+      }
+      std::lock_guard<std::mutex> lock(merge);
+      auto add = [](at::Tensor& total, const std::vector<T>& part) {
+        T* t = total.data_ptr<T>();
+        for (size_t i = 0; i < part.size(); ++i) t[i] += part[i];
+      };
+      add(dw1, gw1);
+      add(db1, gb1);
+      add(dw2, gw2);
+      add(db2, gb2);
+      add(dwc, gwc);
+      dbc.data_ptr<T>()[0] += gbc;
+    });
+  });
+  return {dx,  dw1, q.b1.defined() ? db1 : at::Tensor(), dw2, q.b2.defined() ? db2 : at::Tensor(), dwc,
+          dbc};
 }
 
 }  // namespace
@@ -442,4 +754,24 @@ TORCH_LIBRARY(convattn_cbam, m) {
       "backward_input(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak, Tensor dmean, Tensor share, "
       "Tensor davg, Tensor dpeak, Tensor index) -> Tensor",
       &cbam_backward_input);
+  m.def(
+      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, bool for_backward) "
+      "-> Tensor[]",
+      [](const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+         const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc, bool for_backward) {
+        return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, for_backward);
+      });
+  m.def(
+      "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, "
+      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, Tensor index, bool need_dx) -> Tensor[]",
+      [](const at::Tensor& x, const at::Tensor& dout, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+         const at::Tensor& w2, const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc,
+         const at::Tensor& g, const at::Tensor& a, const at::Tensor& pooled, const at::Tensor& hidden,
+         const at::Tensor& stats, const at::Tensor& index, bool need_dx) {
+        auto r = cbam_backward(x, dout, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, g, a,
+                               pooled, hidden, stats, index, need_dx);
+        for (auto& t : r)  // absent gradients as empty tensors
+          if (!t.defined()) t = at::empty({0}, x.options());
+        return r;
+      });
 }
