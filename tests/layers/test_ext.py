@@ -5,6 +5,7 @@ import torch
 
 import convattn
 from convattn.layers import _ext, cbam
+from convattn.layers import se as se_module
 
 
 def test_disabled_by_environment(monkeypatch):
@@ -30,9 +31,9 @@ def test_build_failure_warns_and_falls_back(monkeypatch):
     torch.testing.assert_close(layer(x), ref)  # the PyTorch-op path, with no further warning
 
 
-def test_cpu_tag_is_stable_and_short():
-    assert _ext._cpu_tag() == _ext._cpu_tag()
-    assert len(_ext._cpu_tag()) == 8
+def test_build_tag_is_stable_and_short():
+    assert _ext._build_tag() == _ext._build_tag()
+    assert len(_ext._build_tag()) == 8
 
 
 def _require_ops():
@@ -66,6 +67,26 @@ def test_cbam_takes_the_fused_paths_where_they_apply(monkeypatch):
     layer = convattn.create_attn("cbam", 8)
     layer(x.detach()[:, :, ::2])  # strided: the PyTorch-op path
     layer.bfloat16()(x.detach().bfloat16())  # bfloat16: the PyTorch-op path
+    assert calls == []
+
+
+def test_se_takes_the_fused_path_where_it_applies(monkeypatch):
+    ops = _ext.se_ops()
+    if ops is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(ops, name)
+
+    monkeypatch.setattr(se_module, "se_ops", lambda: Spy())
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    convattn.create_attn("se", 8)(x).sum().backward()
+    assert calls == ["forward", "backward"]
+    calls.clear()
+    convattn.create_attn("se", 8, gate_layer="hard_sigmoid")(x).sum().backward()  # not what the kernel computes
     assert calls == []
 
 
@@ -162,3 +183,19 @@ def test_kernels_reject_bad_input():
         ops.forward(x, torch.randn(2, 7), None, w2, None, wc, bc, False)
     with pytest.raises(RuntimeError, match="odd k"):
         ops.forward(x, w1, None, w2, None, torch.randn(1, 2, 4, 4), bc, False)
+
+
+@pytest.mark.parametrize("name", ["se", "cbam"])
+def test_flop_counter_sees_pytorch_ops(name, monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer, x = convattn.create_attn(name, 16), torch.randn(2, 16, 8, 8)
+
+    def flops():
+        with FlopCounterMode(display=False) as counter:
+            layer(x)
+        return counter.get_total_flops()
+
+    with_kernels = flops()
+    monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    assert with_kernels == flops() > 0

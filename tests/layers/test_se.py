@@ -1,10 +1,21 @@
-"""SE against a transcription of Hu et al. (CVPR 2018), Eq. 2–4."""
+"""SE against a transcription of Hu et al. (CVPR 2018), Eq. 2–4, on both CPU paths
+(the whole-layer C++ kernels and PyTorch ops)."""
 
 import pytest
 import torch
 
 import convattn
 from convattn.exceptions import ConfigError
+from convattn.layers._ext import se_ops
+
+
+@pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
+def backend(request, monkeypatch):
+    if request.param == "torch-ops":
+        monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    elif se_ops() is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    return request.param
 
 
 def reference_se(x, w1, b1, w2, b2):
@@ -42,3 +53,48 @@ def test_records_channel_weights():
     (w,) = maps.values()
     assert w.shape == (2, 16)
     torch.testing.assert_close(y, x * w[:, :, None, None])
+
+
+def _randomized(se):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for q in se.parameters():
+            q.copy_(torch.randn_like(q) * 0.5)
+    return se
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(1, 8, 1, 1), (2, 8, 1, 13), (3, 40, 9, 11)])
+def test_gradients_match_paper_equations(bias, channels_last, shape):
+    se = _randomized(convattn.create_attn("se", shape[1], rd_channels=3, bias=bias)).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    dy = torch.randn(shape, dtype=torch.float64)
+    w1, w2 = se.fc1.weight.flatten(1), se.fc2.weight.flatten(1)
+    b1, b2 = (se.fc1.bias, se.fc2.bias) if bias else (0, 0)
+    ours, ref = se(x), reference_se(x, w1, b1, w2, b2)
+    torch.testing.assert_close(ours, ref)
+    params = list(se.parameters())
+    for u, v in zip(torch.autograd.grad(ours, [x, *params], dy), torch.autograd.grad(ref, [x, *params], dy)):
+        torch.testing.assert_close(u, v)
+
+
+def test_frozen_parts_and_no_input_gradient():
+    se = _randomized(convattn.create_attn("se", 16, rd_channels=4))
+    se.fc2.requires_grad_(False)
+    x = torch.randn(2, 16, 5, 6)
+    trainable = [q for q in se.parameters() if q.requires_grad]
+    ours = torch.autograd.grad(se(x).square().sum(), trainable)
+    w1, b1, w2, b2 = se.fc1.weight.flatten(1), se.fc1.bias, se.fc2.weight.flatten(1), se.fc2.bias
+    ref = torch.autograd.grad(reference_se(x, w1, b1, w2, b2).square().sum(), trainable)
+    for u, v in zip(ours, ref):
+        torch.testing.assert_close(u, v)
+
+
+def test_gradcheck_float64():
+    se = _randomized(convattn.create_attn("se", 8, rd_channels=3)).double()
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda x, *p: se(x), (x, *se.parameters()), eps=1e-6, atol=1e-5)

@@ -3,8 +3,8 @@
 The sources live in ``layers/csrc``. Building needs a C++ compiler (and ninja, which
 PyTorch uses when present); it takes about half a minute once per machine, and the
 result is cached by PyTorch (``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``) under a name that includes this CPU's instruction
-sets, since the code is built with ``-march=native``. Where the build fails, or with
+``~/.cache/torch_extensions``) under a name that hashes the sources and this CPU's
+instruction sets, since the code is built with ``-march=native``. Where the build fails, or with
 ``CONVATTN_EXTENSIONS=0`` in the environment, the layers use their PyTorch-op paths,
 which compute the same result.
 """
@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["cbam_ops", "extensions_enabled"]
+__all__ = ["cbam_ops", "extensions_enabled", "fused_input", "se_ops"]
 
 _LOG = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("csrc")
@@ -33,9 +34,10 @@ def extensions_enabled() -> bool:
     return os.environ.get("CONVATTN_EXTENSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _cpu_tag() -> str:
-    """A short hash of this CPU's model and instruction-set flags (the build uses ``-march=native``)."""
-    text = platform.machine()
+def _build_tag() -> str:
+    """A short hash of the kernel sources and of this CPU's model and instruction-set flags
+    (the build uses ``-march=native``; PyTorch's own rebuild check does not look at headers)."""
+    text = platform.machine() + "".join(f.read_text() for f in sorted(_SRC.iterdir()) if f.suffix in (".cpp", ".h"))
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("model name", "flags", "Features")):
@@ -53,14 +55,17 @@ def _load(source: str, library: str) -> Any:
     if library in _LOADED:
         return _LOADED[library]
     ops = None
+    torch_log = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_log.level
     try:
+        torch_log.setLevel(logging.ERROR)  # its "no CUDA runtime found" notice on CPU-only machines
         from torch.utils.cpp_extension import load
 
         _LOG.info("building convattn's %s kernels (once per machine, about 30 s)", library)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "no CUDA runtime found" on CPU-only machines
+            warnings.simplefilter("ignore")
             load(
-                name=f"{library}_{_cpu_tag()}",
+                name=f"{library}_{_build_tag()}",
                 sources=[str(_SRC / source)],
                 extra_cflags=["-O3", "-march=native", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
@@ -75,6 +80,8 @@ def _load(source: str, library: str) -> Any:
             RuntimeWarning,
             stacklevel=3,
         )
+    finally:
+        torch_log.setLevel(level)
     _LOADED[library] = ops
     return ops
 
@@ -82,3 +89,22 @@ def _load(source: str, library: str) -> Any:
 def cbam_ops() -> Any:
     """The ``torch.ops.convattn_cbam`` namespace (fused CBAM passes), or ``None`` where unavailable."""
     return _load("cbam_cpu.cpp", "convattn_cbam")
+
+
+def se_ops() -> Any:
+    """The ``torch.ops.convattn_se`` namespace (whole-layer SE), or ``None`` where unavailable."""
+    return _load("se_cpu.cpp", "convattn_se")
+
+
+def fused_input(x: torch.Tensor, params) -> bool:
+    """Whether the CPU kernels take ``x``: a CPU float32/float64 tensor, contiguous or channels-last,
+    with the layer's parameters in the same dtype, outside ``torch.compile``/``torch.export`` tracing
+    and outside dispatch modes (``FlopCounterMode``, fake tensors, ...), which then see PyTorch ops."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+        and not torch.compiler.is_compiling()
+        and _get_current_dispatch_mode() is None
+        and all(q.dtype == x.dtype for q in params)
+    )

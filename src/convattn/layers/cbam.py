@@ -24,17 +24,26 @@ Choices (documented where the paper and its code differ):
   ``norm_layer="bn"`` gives that. Pooled maps are concatenated as
   ``[avg; max]`` as in Eq. 3 and timm (the official code stacks ``[max; avg]``).
 
-Speed (the default channel-first order): both channel pools go through the MLP
-as one batch, the channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``
-(``Mc ⊗ F`` itself is formed once, for its channel max, and then refined in place
-into the output), and the 2→1 k×k convolution runs as a depthwise convolution
-over the ``2B`` pooled maps (several times faster on CPU than the
-one-output-channel path). In training a custom autograd function does the
-full-size backward by hand (saving only ``x``, the channel max and the spatial
-arg-max; one full-size buffer, the input gradient) and lets autograd
-differentiate the small MLP / convolution graphs. Under ``torch.export`` /
-``torch.compile`` the layer is traced as plain tensor operations.
-``benchmarks/cbam_vs_timm.py`` measures it against timm.
+Speed (the default channel-first order, CPU, float32/float64). The layer is
+memory-bound: its cost is the number of times the full-size tensor is read or written.
+
+- The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm) runs
+  in whole-layer C++ kernels (``csrc/cbam_cpu.cpp``, built on first use; see
+  :mod:`convattn.layers._ext`): each sample is pooled, gated and refined, or
+  differentiated, in one go, so it is read from memory once per direction; the MLP,
+  the k×k convolution and their gradients are computed in the same loop, in parallel
+  over the batch.
+- Other configurations use split C++ passes (one read of the input each) and leave the
+  MLP / convolution / norm to PyTorch.
+- Without the kernels (no compiler, ``CONVATTN_EXTENSIONS=0``, other dtypes or devices)
+  the PyTorch-op path runs: both channel pools go through the MLP as one batch, the
+  channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``, the 2→1 k×k convolution
+  runs as a depthwise convolution over the ``2B`` pooled maps (forward and backward),
+  and in training a custom autograd function does the full-size backward by hand.
+- Under ``torch.export`` / ``torch.compile`` the layer is traced as plain tensor
+  operations.
+
+``benchmarks/speed_targets.py`` measures it against timm's CbamModule.
 
 Max-pool gradients in training (``channel_first``): the channel max over C is
 taken with ``amax`` and its gradient is split evenly between tied channels (as
@@ -58,7 +67,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import cbam_ops
+from ._ext import cbam_ops, fused_input
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -264,13 +273,9 @@ def _small_grads(out, leaf, params, grad):
     return grads[0], [next(it) if q.requires_grad else None for q in params]
 
 
-def _fused_ops(x: torch.Tensor):
-    """The C++ kernels when they apply to ``x`` (CPU, float32/64, contiguous or channels-last), else ``None``."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        return None
-    return cbam_ops()
+def _fused_ops(layer: nn.Module, x: torch.Tensor):
+    """The C++ kernels when they take ``x`` (see :func:`fused_input`), else ``None``."""
+    return cbam_ops() if fused_input(x, layer.parameters()) else None
 
 
 def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -518,9 +523,8 @@ class CBAM(RecordsAttention):
         self.channel.reset_parameters()
         self.spatial.reset_parameters()
 
-    def _paper_configuration(self, x: torch.Tensor) -> bool:
-        """ReLU MLP, sigmoid gates, a biased convolution without norm, parameters in ``x``'s dtype:
-        what the whole-layer kernels compute."""
+    def _paper_configuration(self) -> bool:
+        """ReLU MLP, sigmoid gates, a biased convolution without norm: what the whole-layer kernels compute."""
         ch, sp = self.channel, self.spatial
         return (
             type(ch.act) is nn.ReLU
@@ -528,7 +532,6 @@ class CBAM(RecordsAttention):
             and type(sp.gate) is nn.Sigmoid
             and type(sp.norm) is nn.Identity
             and sp.conv.bias is not None
-            and all(q.dtype == x.dtype for q in self.parameters())
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -539,7 +542,7 @@ class CBAM(RecordsAttention):
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
-            elif (ops := _fused_ops(x)) is not None and self._paper_configuration(x):
+            elif (ops := _fused_ops(self, x)) is not None and self._paper_configuration():
                 ch, sp = self.channel, self.spatial
                 w = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias)
                 if torch.is_grad_enabled():

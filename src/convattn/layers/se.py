@@ -7,10 +7,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
+from ._ext import fused_input, se_ops
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
 from ._recording import RecordsAttention
 
 __all__ = ["SqueezeExcite"]
+
+
+class _FusedSE(torch.autograd.Function):
+    """SE (ReLU MLP, sigmoid gate) in the whole-layer CPU kernels of ``csrc/se_cpu.cpp``: each sample
+    is pooled, gated and (backward) differentiated in one go, so it is read from memory once per
+    direction. Saves ``x`` and the per-sample pooled vector, hidden activations and gate."""
+
+    @staticmethod
+    def forward(ctx, x, ops, w1, b1, w2, b2):
+        out, g, z, hidden = ops.forward(x, w1, b1, w2, b2)
+        ctx.save_for_backward(x, w1, b1, w2, b2, g, z, hidden)
+        ctx.ops = ops
+        ctx.mark_non_differentiable(g)
+        return out, g
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dg):
+        x, w1, b1, w2, b2, g, z, hidden = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw1, db1, dw2, db2 = ctx.ops.backward(x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
+        return (
+            dx if need[0] else None,
+            None,
+            dw1.view_as(w1) if need[2] else None,
+            db1 if need[3] else None,
+            dw2.view_as(w2) if need[4] else None,
+            db2 if need[5] else None,
+        )
 
 
 @register_attn("se", kind="gate", paper="Squeeze-and-Excitation Networks, Hu et al., CVPR 2018")
@@ -57,6 +87,17 @@ class SqueezeExcite(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
+        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and fused_input(x, self.parameters()):
+            ops = se_ops()
+            if ops is not None:
+                w = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+                if torch.is_grad_enabled():
+                    out, g = _FusedSE.apply(x, ops, *w)
+                else:
+                    out, g = ops.forward(x, *w)[:2]
+                if self.recording:
+                    self.emit("", g)
+                return out
         # The 1×1 convolutions applied as matrix products on the (B, C) descriptor: same
         # weights and result as the convolutions, less per-call overhead on CPU.
         z = x.mean((2, 3))

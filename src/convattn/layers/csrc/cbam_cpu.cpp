@@ -24,66 +24,18 @@
 // Built with -fopenmp-simd: the ``omp simd`` loops (reductions included) are
 // vectorised without -ffast-math and without an OpenMP runtime.
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include "common.h"
+
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <mutex>
 #include <vector>
 
 namespace {
 
-template <typename T>
-constexpr T neg_inf() {
-  return -std::numeric_limits<T>::infinity();
-}
-
-bool is_channels_last(const at::Tensor& x) {
-  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
-}
-
-void check_input(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 4, name, ": expected a 4-D (B, C, H, W) tensor, got ", x.dim(), "-D");
-  TORCH_CHECK(x.device().is_cpu(), name, ": expected a CPU tensor, got ", x.device());
-  TORCH_CHECK(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast), name,
-              ": expected contiguous or channels-last storage");
-}
-
-// A (B, n) companion tensor, contiguous, in x's dtype.
-at::Tensor flat(const at::Tensor& t, int64_t b, int64_t n, const at::Tensor& x) {
-  TORCH_CHECK(t.numel() == b * n, "expected ", b * n, " elements, got ", t.numel());
-  return t.reshape({b, n}).to(x.scalar_type()).contiguous();
-}
-
-// A full-size gradient in x's memory format and dtype.
-at::Tensor like_x(const at::Tensor& t, const at::Tensor& x, bool cl) {
-  TORCH_CHECK(t.sizes() == x.sizes(), "expected a gradient of shape ", x.sizes(), ", got ", t.sizes());
-  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
-}
-
-template <typename T>
-T sigmoid(T v) {
-  return T(1) / (T(1) + std::exp(-v));
-}
-
-// Dot product with 32 lanes (several independent vector chains, so the sum is not
-// limited by the latency of one accumulator).
-template <typename T>
-T dot(const T* __restrict__ u, const T* __restrict__ v, int64_t n) {
-  constexpr int V = 32;
-  T acc[V] = {};
-  int64_t i = 0;
-  for (; i + V <= n; i += V) {
-    _Pragma("omp simd") for (int l = 0; l < V; ++l) acc[l] += u[i + l] * v[i + l];
-  }
-  T s = 0;
-  for (int l = 0; l < V; ++l) s += acc[l];
-  for (; i < n; ++i) s += u[i] * v[i];
-  return s;
-}
+using namespace convattn_kernels;
 
 // ---------------------------------------------------------------------------------------
 // Per-sample passes. ``x``, ``dout``, ``out`` point at one sample; ``tmp`` holds max(C, P).
@@ -614,14 +566,7 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, 
         T* sb = stats.data_ptr<T>() + b * 2 * P;
         T* ab = a.data_ptr<T>() + b * P;
         hw_pool_sample(xb, C, P, cl, pb, pb + C, for_backward ? idx.data_ptr<int64_t>() + b * C : nullptr);
-        std::fill(hsum.begin(), hsum.end(), T(0));
-        for (int64_t v = 0; v < 2; ++v)
-          for (int64_t j = 0; j < R; ++j) {
-            const T z = dot(w1p + j * C, pb + v * C, C) + (b1p ? b1p[j] : T(0));
-            hb[v * R + j] = z > T(0) ? z : T(0);
-            hsum[j] += hb[v * R + j];
-          }
-        for (int64_t c = 0; c < C; ++c) gb[c] = sigmoid(dot(w2p + c * R, hsum.data(), R) + (b2p ? 2 * b2p[c] : T(0)));
+        mlp_forward(w1p, b1p, w2p, b2p, C, R, pb, 2, hb, hsum.data(), gb);
         channel_pool_sample(xb, C, P, cl, gb, sb, sb + P);
         conv_forward(sb, wcp, d, pad.data(), wide.data(), ab);
         for (int64_t p = 0; p < P; ++p) ab[p] = sigmoid(ab[p] + bias_c);
@@ -669,7 +614,7 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
       std::vector<T> gw1(R * C, T(0)), gb1(R, T(0)), gw2(C * R, T(0)), gb2(C, T(0)), gwc(2 * k * k, T(0));
       T gbc = 0;
       std::vector<T> tmp(std::max(P, C)), da(P), dl(P), count(P), dstats(2 * P), dmean(P), share(P);
-      std::vector<T> dg(C), dg2(C), dlog(C), hsum(R), ds(R), dz(R), dpool(2 * C);
+      std::vector<T> dg(C), dg2(C), hsum(R), ds(R), dpool(2 * C);
       std::vector<T> pad(2 * d.plane()), wide(d.Q + 2 * k), dpad(2 * d.plane());
       for (int64_t b = b0; b < b1_; ++b) {
         const T* xb = xp + b * C * P;
@@ -694,31 +639,9 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
         }
         mask_sample(xb, C, P, cl, gb, peak, dmean.data(), share.data(), dg2.data(), tmp.data());
         // channel gate: through the sigmoid and the shared MLP
-        for (int64_t c = 0; c < C; ++c) dlog[c] = (dg[c] + dg2[c]) * gb[c] * (T(1) - gb[c]);
-        for (int64_t j = 0; j < R; ++j) hsum[j] = hb[j] + hb[R + j];
-        std::fill(ds.begin(), ds.end(), T(0));
-        for (int64_t c = 0; c < C; ++c) {
-          gb2[c] += 2 * dlog[c];
-          for (int64_t j = 0; j < R; ++j) {
-            gw2[c * R + j] += dlog[c] * hsum[j];
-            ds[j] += w2p[c * R + j] * dlog[c];
-          }
-        }
-        std::fill(dpool.begin(), dpool.end(), T(0));
-        for (int64_t v = 0; v < 2; ++v) {
-          for (int64_t j = 0; j < R; ++j) {
-            dz[j] = hb[v * R + j] > T(0) ? ds[j] : T(0);
-            gb1[j] += dz[j];
-            if (dz[j] == T(0)) continue;
-            const T* wrow = w1p + j * C;
-            T* gw = gw1.data() + j * C;
-            T* dpv = dpool.data() + v * C;
-            _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
-              gw[c] += dz[j] * pb[v * C + c];
-              dpv[c] += dz[j] * wrow[c];
-            }
-          }
-        }
+        for (int64_t c = 0; c < C; ++c) dg[c] += dg2[c];
+        mlp_backward(w1p, w2p, C, R, pb, 2, hb, gb, dg.data(), hsum.data(), ds.data(), gw1.data(), gb1.data(),
+                     gw2.data(), gb2.data(), dpool.data());
         if (need_dx) {
           for (int64_t c = 0; c < C; ++c) dpool[c] /= P;  // avg over H x W
           input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), dpool.data() + C,

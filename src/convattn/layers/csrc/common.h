@@ -1,0 +1,113 @@
+// Helpers shared by convattn's CPU kernels (header-only; each kernel file includes it).
+
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace convattn_kernels {
+
+template <typename T>
+constexpr T neg_inf() {
+  return -std::numeric_limits<T>::infinity();
+}
+
+inline bool is_channels_last(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous();
+}
+
+inline void check_input(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, name, ": expected a 4-D (B, C, H, W) tensor, got ", x.dim(), "-D");
+  TORCH_CHECK(x.device().is_cpu(), name, ": expected a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.is_contiguous() || x.is_contiguous(at::MemoryFormat::ChannelsLast), name,
+              ": expected contiguous or channels-last storage");
+}
+
+// A (B, n) companion tensor, contiguous, in x's dtype.
+inline at::Tensor flat(const at::Tensor& t, int64_t b, int64_t n, const at::Tensor& x) {
+  TORCH_CHECK(t.numel() == b * n, "expected ", b * n, " elements, got ", t.numel());
+  return t.reshape({b, n}).to(x.scalar_type()).contiguous();
+}
+
+// A full-size gradient in x's memory format and dtype.
+inline at::Tensor like_x(const at::Tensor& t, const at::Tensor& x, bool cl) {
+  TORCH_CHECK(t.sizes() == x.sizes(), "expected a gradient of shape ", x.sizes(), ", got ", t.sizes());
+  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
+}
+
+template <typename T>
+T sigmoid(T v) {
+  return T(1) / (T(1) + std::exp(-v));
+}
+
+// Dot product with 32 lanes (several independent vector chains, so the sum is not
+// limited by the latency of one accumulator).
+template <typename T>
+T dot(const T* __restrict__ u, const T* __restrict__ v, int64_t n) {
+  constexpr int V = 32;
+  T acc[V] = {};
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    _Pragma("omp simd") for (int l = 0; l < V; ++l) acc[l] += u[i + l] * v[i + l];
+  }
+  T s = 0;
+  for (int l = 0; l < V; ++l) s += acc[l];
+  for (; i < n; ++i) s += u[i] * v[i];
+  return s;
+}
+
+// The shared channel MLP of SE / CBAM on nv pooled vectors v (nv, C) of one sample:
+//   h_v = relu(W1 v + b1) (stored in hidden (nv, R)),  g = sigmoid(W2 sum_v h_v + nv b2).
+// b1, b2 may be null; ``hsum`` (R) is scratch.
+template <typename T>
+void mlp_forward(const T* w1, const T* b1, const T* w2, const T* b2, int64_t C, int64_t R, const T* pooled,
+                 int64_t nv, T* hidden, T* hsum, T* g) {
+  std::fill(hsum, hsum + R, T(0));
+  for (int64_t v = 0; v < nv; ++v)
+    for (int64_t j = 0; j < R; ++j) {
+      const T z = dot(w1 + j * C, pooled + v * C, C) + (b1 ? b1[j] : T(0));
+      hidden[v * R + j] = z > T(0) ? z : T(0);
+      hsum[j] += hidden[v * R + j];
+    }
+  for (int64_t c = 0; c < C; ++c) g[c] = sigmoid(dot(w2 + c * R, hsum, R) + (b2 ? nv * b2[c] : T(0)));
+}
+
+// Its backward from dg (C), the gradient of g: accumulates into gw1 (R, C), gb1 (R), gw2 (C, R), gb2 (C)
+// and writes d_pooled (nv, C). ``dg`` is overwritten (with the logits' gradient); hsum, ds (R) are scratch.
+template <typename T>
+void mlp_backward(const T* w1, const T* w2, int64_t C, int64_t R, const T* pooled, int64_t nv, const T* hidden,
+                  const T* g, T* dg, T* hsum, T* ds, T* gw1, T* gb1, T* gw2, T* gb2, T* d_pooled) {
+  for (int64_t c = 0; c < C; ++c) dg[c] *= g[c] * (T(1) - g[c]);
+  std::fill(hsum, hsum + R, T(0));
+  for (int64_t v = 0; v < nv; ++v)
+    for (int64_t j = 0; j < R; ++j) hsum[j] += hidden[v * R + j];
+  std::fill(ds, ds + R, T(0));
+  for (int64_t c = 0; c < C; ++c) {
+    gb2[c] += nv * dg[c];
+    for (int64_t j = 0; j < R; ++j) {
+      gw2[c * R + j] += dg[c] * hsum[j];
+      ds[j] += w2[c * R + j] * dg[c];
+    }
+  }
+  std::fill(d_pooled, d_pooled + nv * C, T(0));
+  for (int64_t v = 0; v < nv; ++v)
+    for (int64_t j = 0; j < R; ++j) {
+      if (!(hidden[v * R + j] > T(0))) continue;  // relu: no gradient where it was off
+      const T dz = ds[j];
+      gb1[j] += dz;
+      const T* __restrict__ wrow = w1 + j * C;
+      const T* __restrict__ pv = pooled + v * C;
+      T* __restrict__ gw = gw1 + j * C;
+      T* __restrict__ dp = d_pooled + v * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+        gw[c] += dz * pv[c];
+        dp[c] += dz * wrow[c];
+      }
+    }
+}
+
+}  // namespace convattn_kernels

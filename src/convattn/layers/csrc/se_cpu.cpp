@@ -1,0 +1,214 @@
+// Squeeze-and-Excitation on the CPU, the whole layer per sample (ReLU MLP, sigmoid gate):
+//
+//   z = mean_p x,  g = sigmoid(W2 relu(W1 z + b1) + b2),  out = x g
+//   backward: dg = sum_p x dout (through the MLP to dz), dx = dout g + dz / P
+//
+// x (B, C, P) is stored NCHW or channels-last. A sample is read from memory once per
+// direction (plus dout in the backward); the second pass over it finds it in cache.
+
+#include "common.h"
+
+#include <torch/library.h>
+
+#include <mutex>
+#include <vector>
+
+namespace {
+
+using namespace convattn_kernels;
+
+template <typename T>
+void mean_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, T* __restrict__ z, T* __restrict__ ones) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) z[c] = dot(x + c * P, ones, P) / P;
+  } else {
+    std::fill(z, z + C, T(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) z[c] += row[c];
+    }
+    _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) z[c] /= P;
+  }
+}
+
+template <typename T>
+void scale_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
+                  T* __restrict__ out) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c];
+      const T* __restrict__ row = x + c * P;
+      T* __restrict__ o = out + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = row[p] * gc;
+    }
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      T* __restrict__ o = out + p * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = row[c] * g[c];
+    }
+  }
+}
+
+// dg[c] = sum_p x dout
+template <typename T>
+void gate_grad_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
+                      T* __restrict__ dg) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) dg[c] = dot(x + c * P, dout + c * P, P);
+  } else {
+    std::fill(dg, dg + C, T(0));
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ row = x + p * C;
+      const T* __restrict__ drow = dout + p * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) dg[c] += row[c] * drow[c];
+    }
+  }
+}
+
+// dx = dout g + dmean (dmean = dz / P)
+template <typename T>
+void input_grad_sample(const T* __restrict__ dout, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
+                       const T* __restrict__ dmean, T* __restrict__ dx) {
+  if (!cl) {
+    for (int64_t c = 0; c < C; ++c) {
+      const T gc = g[c], m = dmean[c];
+      const T* __restrict__ drow = dout + c * P;
+      T* __restrict__ o = dx + c * P;
+      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = drow[p] * gc + m;
+    }
+  } else {
+    for (int64_t p = 0; p < P; ++p) {
+      const T* __restrict__ drow = dout + p * C;
+      T* __restrict__ o = dx + p * C;
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = drow[c] * g[c] + dmean[c];
+    }
+  }
+}
+
+struct Weights {
+  at::Tensor w1, b1, w2, b2;  // as (R, C), (R), (C, R), (C); biases may be undefined
+  int64_t R;
+};
+
+Weights weights_of(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                   const at::Tensor& w2, const std::optional<at::Tensor>& b2) {
+  const int64_t C = x.size(1);
+  TORCH_CHECK(w1.dim() >= 2 && w1.size(1) == C && w1.numel() == w1.size(0) * C,
+              "se: expected fc1.weight of shape (R, ", C, "[, 1, 1]), got ", w1.sizes());
+  const int64_t R = w1.size(0);
+  TORCH_CHECK(w2.numel() == C * R && w2.size(0) == C, "se: expected fc2.weight of shape (", C, ", ", R,
+              "[, 1, 1]), got ", w2.sizes());
+  auto t = [&](const at::Tensor& p, int64_t rows, int64_t cols) {
+    return p.reshape({rows, cols}).to(x.scalar_type()).contiguous();
+  };
+  Weights w{t(w1, R, C), at::Tensor(), t(w2, C, R), at::Tensor(), R};
+  if (b1 && b1->defined()) {
+    TORCH_CHECK(b1->numel() == R, "se: expected fc1.bias of ", R, " elements, got ", b1->numel());
+    w.b1 = b1->to(x.scalar_type()).contiguous();
+  }
+  if (b2 && b2->defined()) {
+    TORCH_CHECK(b2->numel() == C, "se: expected fc2.bias of ", C, " elements, got ", b2->numel());
+    w.b2 = b2->to(x.scalar_type()).contiguous();
+  }
+  return w;
+}
+
+// Returns out, g (B, C), and for the backward z (B, C) and the hidden activations (B, R).
+std::vector<at::Tensor> se_forward(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                                   const at::Tensor& w2, const std::optional<at::Tensor>& b2) {
+  check_input(x, "se_forward");
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const bool cl = is_channels_last(x);
+  const Weights w = weights_of(x, w1, b1, w2, b2);
+  const int64_t R = w.R;
+  auto out = at::empty_like(x);
+  auto g = at::empty({B, C}, x.options());
+  auto z = at::empty({B, C}, x.options());
+  auto hidden = at::empty({B, R}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "se_forward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* w1p = w.w1.const_data_ptr<T>();
+    const T* b1p = w.b1.defined() ? w.b1.const_data_ptr<T>() : nullptr;
+    const T* w2p = w.w2.const_data_ptr<T>();
+    const T* b2p = w.b2.defined() ? w.b2.const_data_ptr<T>() : nullptr;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      std::vector<T> hsum(R), ones(cl ? 0 : P, T(1));
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* xb = xp + b * C * P;
+        T* zb = z.data_ptr<T>() + b * C;
+        T* gb = g.data_ptr<T>() + b * C;
+        mean_sample(xb, C, P, cl, zb, ones.data());
+        mlp_forward(w1p, b1p, w2p, b2p, C, R, zb, 1, hidden.data_ptr<T>() + b * R, hsum.data(), gb);
+        scale_sample(xb, C, P, cl, gb, out.data_ptr<T>() + b * C * P);
+      }
+    });
+  });
+  return {out, g, z, hidden};
+}
+
+// Returns dx (empty unless need_dx), d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias (weights as
+// (R, C) / (C, R); bias gradients empty where there is no bias).
+std::vector<at::Tensor> se_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1,
+                                    const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                                    const std::optional<at::Tensor>& b2, const at::Tensor& g_, const at::Tensor& z_,
+                                    const at::Tensor& hidden_, bool need_dx) {
+  check_input(x, "se_backward");
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const bool cl = is_channels_last(x);
+  const Weights w = weights_of(x, w1, b1, w2, b2);
+  const int64_t R = w.R;
+  auto dout = like_x(dout_, x, cl);
+  auto g = flat(g_, B, C, x);
+  auto z = flat(z_, B, C, x);
+  auto hidden = flat(hidden_, B, R, x);
+  auto opt = x.options();
+  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
+  auto dw1 = at::zeros({R, C}, opt), db1 = at::zeros({R}, opt), dw2 = at::zeros({C, R}, opt), db2 = at::zeros({C}, opt);
+  std::mutex merge;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "se_backward", [&] {
+    using T = scalar_t;
+    const T* xp = x.const_data_ptr<T>();
+    const T* dp = dout.const_data_ptr<T>();
+    const T* w1p = w.w1.const_data_ptr<T>();
+    const T* w2p = w.w2.const_data_ptr<T>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      std::vector<T> gw1(R * C, T(0)), gb1(R, T(0)), gw2(C * R, T(0)), gb2(C, T(0));
+      std::vector<T> dg(C), dz(C), hsum(R), ds(R);
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* xb = xp + b * C * P;
+        const T* db = dp + b * C * P;
+        const T* gb = g.const_data_ptr<T>() + b * C;
+        gate_grad_sample(xb, db, C, P, cl, dg.data());
+        mlp_backward(w1p, w2p, C, R, z.const_data_ptr<T>() + b * C, 1, hidden.const_data_ptr<T>() + b * R, gb,
+                     dg.data(), hsum.data(), ds.data(), gw1.data(), gb1.data(), gw2.data(), gb2.data(), dz.data());
+        if (need_dx) {
+          for (int64_t c = 0; c < C; ++c) dz[c] /= P;
+          input_grad_sample(db, C, P, cl, gb, dz.data(), dx.data_ptr<T>() + b * C * P);
+        }
+      }
+      std::lock_guard<std::mutex> lock(merge);
+      auto add = [](at::Tensor& total, const std::vector<T>& part) {
+        T* t = total.data_ptr<T>();
+        for (size_t i = 0; i < part.size(); ++i) t[i] += part[i];
+      };
+      add(dw1, gw1);
+      add(db1, gb1);
+      add(dw2, gw2);
+      add(db2, gb2);
+    });
+  });
+  auto none = at::empty({0}, opt);
+  return {dx, dw1, w.b1.defined() ? db1 : none, dw2, w.b2.defined() ? db2 : none};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(convattn_se, m) {
+  m.def("forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2) -> Tensor[]", &se_forward);
+  m.def(
+      "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor g, Tensor z, "
+      "Tensor hidden, bool need_dx) -> Tensor[]",
+      &se_backward);
+}
