@@ -199,3 +199,20 @@ def test_flop_counter_sees_pytorch_ops(name, monkeypatch):
     with_kernels = flops()
     monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
     assert with_kernels == flops() > 0
+
+
+@pytest.mark.parametrize("name", ["se", "cbam"])
+def test_parameter_gradients_are_reproducible_with_threads(name):
+    if _ext.se_ops() is None or _ext.cbam_ops() is None:
+        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    layer, x = convattn.create_attn(name, 16, bias=True), torch.randn(9, 16, 6, 7)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # uneven chunks over the batch
+    try:
+        first = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+        for _ in range(5):
+            again = torch.autograd.grad(layer(x).square().sum(), list(layer.parameters()))
+            for u, v in zip(first, again):
+                assert torch.equal(u, v)
+    finally:
+        torch.set_num_threads(threads)

@@ -30,7 +30,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <mutex>
 #include <vector>
 
 namespace {
@@ -598,9 +597,8 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
   auto index = index_.reshape({B, C}).to(at::kLong).contiguous();
   auto opt = x.options();
   auto dx = need_dx ? at::empty_like(x) : at::Tensor();
-  auto dw1 = at::zeros({R, C}, opt), dw2 = at::zeros({C, R}, opt), dwc = at::zeros({1, 2, k, k}, opt);
-  auto db1 = at::zeros({R}, opt), db2 = at::zeros({C}, opt), dbc = at::zeros({1}, opt);
-  std::mutex merge;
+  auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
+  auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt), dbc = at::empty({1}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
@@ -609,9 +607,12 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
     const T* w2p = q.w2.const_data_ptr<T>();
     const T* wcp = q.wc.const_data_ptr<T>();
     const PaddedShape d(H, W, k);
+    // parameter gradients, flat: fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight, conv.bias
+    const int64_t o_b1 = R * C, o_w2 = o_b1 + R, o_b2 = o_w2 + C * R, o_wc = o_b2 + C, o_bc = o_wc + 2 * k * k;
+    ChunkSums<T> sums(o_bc + 1);
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
-      // this chunk's parameter gradients, merged into the totals at the end
-      std::vector<T> gw1(R * C, T(0)), gb1(R, T(0)), gw2(C * R, T(0)), gb2(C, T(0)), gwc(2 * k * k, T(0));
+      T* part = sums.open(b0);
+      T *gw1 = part, *gb1 = part + o_b1, *gw2 = part + o_w2, *gb2 = part + o_b2, *gwc = part + o_wc;
       T gbc = 0;
       std::vector<T> tmp(std::max(P, C)), da(P), dl(P), count(P), dstats(2 * P), dmean(P), share(P);
       std::vector<T> dg(C), dg2(C), hsum(R), ds(R), dpool(2 * C);
@@ -627,12 +628,12 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
         const T* peak = sb + P;
         gates_sample(xb, db, C, P, cl, gb, ab, peak, da.data(), dg.data(), count.data(), tmp.data());
         // spatial gate: through the sigmoid, the bias and the convolution
-        for (int64_t p = 0; p < P; ++p) {
+        _Pragma("omp simd reduction(+ : gbc)") for (int64_t p = 0; p < P; ++p) {
           dl[p] = da[p] * ab[p] * (T(1) - ab[p]);
           gbc += dl[p];
         }
         pad_maps(sb, d, pad.data());
-        conv_backward(dl.data(), wcp, d, pad.data(), wide.data(), dpad.data(), dstats.data(), gwc.data());
+        conv_backward(dl.data(), wcp, d, pad.data(), wide.data(), dpad.data(), dstats.data(), gwc);
         for (int64_t p = 0; p < P; ++p) {
           dmean[p] = dstats[p] / C;
           share[p] = dstats[P + p] / count[p];
@@ -640,26 +641,23 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
         mask_sample(xb, C, P, cl, gb, peak, dmean.data(), share.data(), dg2.data(), tmp.data());
         // channel gate: through the sigmoid and the shared MLP
         for (int64_t c = 0; c < C; ++c) dg[c] += dg2[c];
-        mlp_backward(w1p, w2p, C, R, pb, 2, hb, gb, dg.data(), hsum.data(), ds.data(), gw1.data(), gb1.data(),
-                     gw2.data(), gb2.data(), dpool.data());
+        mlp_backward(w1p, w2p, C, R, pb, 2, hb, gb, dg.data(), hsum.data(), ds.data(), gw1, gb1, gw2, gb2,
+                     dpool.data());
         if (need_dx) {
           for (int64_t c = 0; c < C; ++c) dpool[c] /= P;  // avg over H x W
           input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), dpool.data() + C,
                        index.const_data_ptr<int64_t>() + b * C, dx.data_ptr<T>() + b * C * P);
         }
       }
-      std::lock_guard<std::mutex> lock(merge);
-      auto add = [](at::Tensor& total, const std::vector<T>& part) {
-        T* t = total.data_ptr<T>();
-        for (size_t i = 0; i < part.size(); ++i) t[i] += part[i];
-      };
-      add(dw1, gw1);
-      add(db1, gb1);
-      add(dw2, gw2);
-      add(db2, gb2);
-      add(dwc, gwc);
-      dbc.data_ptr<T>()[0] += gbc;
+      part[o_bc] = gbc;
     });
+    const std::vector<T> total = sums.total();
+    copy_into(dw1, total.data(), R * C);
+    copy_into(db1, total.data() + o_b1, R);
+    copy_into(dw2, total.data() + o_w2, C * R);
+    copy_into(db2, total.data() + o_b2, C);
+    copy_into(dwc, total.data() + o_wc, 2 * k * k);
+    copy_into(dbc, total.data() + o_bc, 1);
   });
   return {dx,  dw1, q.b1.defined() ? db1 : at::Tensor(), dw2, q.b2.defined() ? db2 : at::Tensor(), dwc,
           dbc};

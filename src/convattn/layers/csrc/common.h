@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <vector>
 
 namespace convattn_kernels {
 
@@ -108,6 +111,42 @@ void mlp_backward(const T* w1, const T* w2, int64_t C, int64_t R, const T* poole
         dp[c] += dz * wrow[c];
       }
     }
+}
+
+// Parameter gradients summed over the batch in a fixed order: each chunk of samples of an
+// at::parallel_for accumulates its own partial sums (one flat buffer), and the chunks are added
+// in the order of their first sample, so the result does not depend on which thread finishes
+// first (it is reproducible for a given number of threads).
+template <typename T>
+class ChunkSums {
+ public:
+  explicit ChunkSums(int64_t size) : size_(size) {}
+
+  // The zeroed buffer of the chunk that starts at sample ``first``.
+  T* open(int64_t first) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<T>& part = parts_[first];
+    part.assign(size_, T(0));
+    return part.data();
+  }
+
+  std::vector<T> total() const {
+    std::vector<T> sum(size_, T(0));
+    for (const auto& entry : parts_)
+      for (int64_t i = 0; i < size_; ++i) sum[i] += entry.second[i];
+    return sum;
+  }
+
+ private:
+  int64_t size_;
+  std::mutex mutex_;
+  std::map<int64_t, std::vector<T>> parts_;  // node-based: buffers stay put while others are added
+};
+
+// Copies ``n`` values from ``src`` into the contiguous tensor ``dst``.
+template <typename T>
+void copy_into(const at::Tensor& dst, const T* src, int64_t n) {
+  std::copy(src, src + n, dst.data_ptr<T>());
 }
 
 }  // namespace convattn_kernels

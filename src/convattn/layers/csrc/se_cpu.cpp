@@ -10,7 +10,6 @@
 
 #include <torch/library.h>
 
-#include <mutex>
 #include <vector>
 
 namespace {
@@ -165,16 +164,18 @@ std::vector<at::Tensor> se_backward(const at::Tensor& x, const at::Tensor& dout_
   auto hidden = flat(hidden_, B, R, x);
   auto opt = x.options();
   auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
-  auto dw1 = at::zeros({R, C}, opt), db1 = at::zeros({R}, opt), dw2 = at::zeros({C, R}, opt), db2 = at::zeros({C}, opt);
-  std::mutex merge;
+  auto dw1 = at::empty({R, C}, opt), db1 = at::empty({R}, opt), dw2 = at::empty({C, R}, opt), db2 = at::empty({C}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "se_backward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
     const T* dp = dout.const_data_ptr<T>();
     const T* w1p = w.w1.const_data_ptr<T>();
     const T* w2p = w.w2.const_data_ptr<T>();
+    // parameter gradients, flat: fc1.weight, fc1.bias, fc2.weight, fc2.bias
+    const int64_t o_b1 = R * C, o_w2 = o_b1 + R, o_b2 = o_w2 + C * R;
+    ChunkSums<T> sums(o_b2 + C);
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
-      std::vector<T> gw1(R * C, T(0)), gb1(R, T(0)), gw2(C * R, T(0)), gb2(C, T(0));
+      T* part = sums.open(b0);
       std::vector<T> dg(C), dz(C), hsum(R), ds(R);
       for (int64_t b = b0; b < b1_; ++b) {
         const T* xb = xp + b * C * P;
@@ -182,22 +183,18 @@ std::vector<at::Tensor> se_backward(const at::Tensor& x, const at::Tensor& dout_
         const T* gb = g.const_data_ptr<T>() + b * C;
         gate_grad_sample(xb, db, C, P, cl, dg.data());
         mlp_backward(w1p, w2p, C, R, z.const_data_ptr<T>() + b * C, 1, hidden.const_data_ptr<T>() + b * R, gb,
-                     dg.data(), hsum.data(), ds.data(), gw1.data(), gb1.data(), gw2.data(), gb2.data(), dz.data());
+                     dg.data(), hsum.data(), ds.data(), part, part + o_b1, part + o_w2, part + o_b2, dz.data());
         if (need_dx) {
           for (int64_t c = 0; c < C; ++c) dz[c] /= P;
           input_grad_sample(db, C, P, cl, gb, dz.data(), dx.data_ptr<T>() + b * C * P);
         }
       }
-      std::lock_guard<std::mutex> lock(merge);
-      auto add = [](at::Tensor& total, const std::vector<T>& part) {
-        T* t = total.data_ptr<T>();
-        for (size_t i = 0; i < part.size(); ++i) t[i] += part[i];
-      };
-      add(dw1, gw1);
-      add(db1, gb1);
-      add(dw2, gw2);
-      add(db2, gb2);
     });
+    const std::vector<T> total = sums.total();
+    copy_into(dw1, total.data(), R * C);
+    copy_into(db1, total.data() + o_b1, R);
+    copy_into(dw2, total.data() + o_w2, C * R);
+    copy_into(db2, total.data() + o_b2, C);
   });
   auto none = at::empty({0}, opt);
   return {dx, dw1, w.b1.defined() ? db1 : none, dw2, w.b2.defined() ? db2 : none};
