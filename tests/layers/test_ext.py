@@ -64,6 +64,10 @@ def test_cbam_takes_the_fused_paths_where_they_apply(monkeypatch):
     convattn.create_attn("cbam", 8, norm_layer="bn")(x).sum().backward()  # other configurations: the split passes
     assert calls == ["hw_pool", "channel_pool", "apply", "backward_gates", "backward_mask", "backward_input"]
     calls.clear()
+    with torch.no_grad():  # eval-mode BatchNorm in inference: folded into the convolution
+        convattn.create_attn("cbam", 8, norm_layer="bn").eval()(x)
+    assert calls == ["forward"]
+    calls.clear()
     layer = convattn.create_attn("cbam", 8)
     layer(x.detach()[:, :, ::2])  # strided: the PyTorch-op path
     layer.bfloat16()(x.detach().bfloat16())  # bfloat16: the PyTorch-op path
@@ -216,3 +220,19 @@ def test_parameter_gradients_are_reproducible_with_threads(name):
                 assert torch.equal(u, v)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_eval_batchnorm_is_folded_exactly():
+    _require_ops()
+    torch.manual_seed(0)
+    layer = convattn.create_attn("cbam", 16, norm_layer="bn").double()
+    with torch.no_grad():
+        for q in layer.parameters():
+            q.copy_(torch.randn_like(q) * 0.5)
+        bn = layer.spatial.norm
+        bn.running_mean.fill_(0.3)
+        bn.running_var.fill_(2.0)
+    layer.eval()
+    x = torch.randn(3, 16, 7, 9, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _plain_cbam(layer, x))

@@ -27,7 +27,8 @@ Choices (documented where the paper and its code differ):
 Speed (the default channel-first order, CPU, float32/float64). The layer is
 memory-bound: its cost is the number of times the full-size tensor is read or written.
 
-- The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm) runs
+- The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm; in
+  inference also with an eval-mode BatchNorm, folded into the convolution) runs
   in whole-layer C++ kernels (``csrc/cbam_cpu.cpp``, built on first use; see
   :mod:`convattn.layers._ext`): each sample is pooled, gated and refined, or
   differentiated, in one go, so it is read from memory once per direction; the MLP,
@@ -523,16 +524,27 @@ class CBAM(RecordsAttention):
         self.channel.reset_parameters()
         self.spatial.reset_parameters()
 
-    def _paper_configuration(self) -> bool:
-        """ReLU MLP, sigmoid gates, a biased convolution without norm: what the whole-layer kernels compute."""
+    def _kernel_spatial(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The spatial convolution's weight and bias as the whole-layer kernels take them, or ``None``.
+
+        The kernels compute a ReLU MLP, sigmoid gates and a biased convolution without norm (the
+        paper's configuration). An eval-mode BatchNorm after the convolution (the official code's and
+        timm's configuration) is folded into its weight and bias when no gradients are recorded.
+        """
         ch, sp = self.channel, self.spatial
-        return (
-            type(ch.act) is nn.ReLU
-            and type(ch.gate) is nn.Sigmoid
-            and type(sp.gate) is nn.Sigmoid
-            and type(sp.norm) is nn.Identity
-            and sp.conv.bias is not None
-        )
+        if not (type(ch.act) is nn.ReLU and type(ch.gate) is nn.Sigmoid and type(sp.gate) is nn.Sigmoid):
+            return None
+        if type(sp.norm) is nn.Identity:
+            return (sp.conv.weight, sp.conv.bias) if sp.conv.bias is not None else None
+        bn = sp.norm
+        if type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None and not torch.is_grad_enabled():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            bias = -bn.running_mean if sp.conv.bias is None else sp.conv.bias - bn.running_mean
+            bias = bias * scale + (bn.bias if bn.bias is not None else 0)
+            return sp.conv.weight * scale, bias
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
@@ -542,9 +554,9 @@ class CBAM(RecordsAttention):
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
-            elif (ops := _fused_ops(self, x)) is not None and self._paper_configuration():
-                ch, sp = self.channel, self.spatial
-                w = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias)
+            elif (ops := _fused_ops(self, x)) is not None and (spatial := self._kernel_spatial()) is not None:
+                ch = self.channel
+                w = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, *spatial)
                 if torch.is_grad_enabled():
                     out, g, a = _FusedPaperCBAM.apply(x, ops, *w)
                 else:
