@@ -43,6 +43,7 @@ memory-bound: its cost is the number of times the full-size tensor is read or wr
   and in training a custom autograd function does the full-size backward by hand.
 - Under ``torch.export`` / ``torch.compile`` the layer is traced as plain tensor
   operations.
+- The hand-written training paths are differentiable once (no gradients of gradients).
 
 ``benchmarks/speed_targets.py`` measures it against timm's CbamModule.
 
