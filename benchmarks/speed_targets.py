@@ -1,6 +1,6 @@
 """Speed targets, each a ratio of two timings taken in this one run on this machine.
 
-    python benchmarks/speed_targets.py [--quick] [--threads N] [--clock wall|process]
+    python benchmarks/speed_targets.py [--quick] [--threads N] [--clock wall|process] [--malloc keep|default]
 
 ``--quick`` takes fewer 224x224 training steps (about 2-3 minutes on one thread);
 ``--clock process`` (the default with ``--threads 1``) counts this process's CPU
@@ -14,11 +14,20 @@ time, which holds up better than wall time on a machine shared with other jobs.
 
 Timings alternate between the two sides of a ratio (A B A B ...) so that load from
 other processes hits both alike; the median of each side is used.
+
+``--malloc keep`` (the default on glibc) asks malloc to keep freed memory in the heap
+(no trimming, no mmap for large blocks), as PyTorch's CPU performance guide suggests
+by way of jemalloc/tcmalloc. With glibc's defaults, whichever layer runs after the other
+one freed its tensors pays about 1,500-3,000 page faults per call (1-2 ms here) for
+re-touching memory returned to the system, so alternating single calls measure the
+allocator as much as the layers; ``--malloc default`` keeps glibc's behaviour.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import platform
 import statistics
 import sys
@@ -32,6 +41,17 @@ from convattn.models import create_model
 
 
 CLOCK = time.perf_counter
+
+
+def keep_heap() -> bool:
+    """glibc only: stop malloc from trimming the heap or serving large blocks with mmap. True if applied."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_max, 0))
 
 
 def _alternating(fa, fb, repeats: int, warmup: int) -> tuple[float, float]:
@@ -82,7 +102,10 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads")
     ap.add_argument("--clock", choices=["wall", "process"], help="default: process with --threads 1, else wall")
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                    help="keep: glibc keeps freed memory (no trim / mmap); default: glibc's settings")
     args = ap.parse_args()
+    malloc = "glibc heap kept" if args.malloc == "keep" and keep_heap() else "default malloc"
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
@@ -99,7 +122,7 @@ def main() -> int:
     layer_reps, small_reps, big_reps = (15, 5, 3) if args.quick else (20, 7, 5)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, {clock} clock; medians of {layer_reps} (layers) / {small_reps} (64x64 models) / "
+          f"{torch.get_num_threads()} threads, {clock} clock, {malloc}; medians of {layer_reps} (layers) / {small_reps} (64x64 models) / "
           f"{big_reps} (224x224 models) alternating calls")
     print(f"{'':<58} {'convattn':>12} {'reference':>12}")
 
