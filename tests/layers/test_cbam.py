@@ -214,11 +214,10 @@ def test_strided_input_and_gradient():
 
 # --- the hand-written training backward: ties in the max pools --------------------------
 def ref_cbam_amax(x, params):
-    """Eq. 1–3 with the channel max over C taken by ``amax`` (autograd splits its gradient evenly
-    between tied channels) and the spatial max over H×W by ``max(dim)`` (gradient to its arg-max):
-    the tie rules documented for the layer's training path."""
+    """Eq. 1–3 with both maxima taken by ``amax`` (autograd splits their gradient evenly between
+    tied elements): the tie rule documented for the layer's training paths."""
     w0, b0, w1, b1, cw, cb = params
-    f_avg, f_max = x.mean(dim=(2, 3)), x.flatten(2).max(dim=2).values
+    f_avg, f_max = x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
 
     def mlp(v):
         h = torch.relu(v @ w0.T + (0 if b0 is None else b0))
@@ -273,7 +272,7 @@ def test_training_gradients_with_zero_gate():
     def ref(x):
         w0, b0, w1, b1, cw, cb = params_of(layer)
         mlp = lambda v: torch.relu(v @ w0.T + b0) @ w1.T + b1  # noqa: E731
-        f1 = torch.tanh(mlp(x.mean(dim=(2, 3))) + mlp(x.flatten(2).max(dim=2).values))[:, :, None, None] * x
+        f1 = torch.tanh(mlp(x.mean(dim=(2, 3))) + mlp(x.amax(dim=(2, 3))))[:, :, None, None] * x
         pooled = torch.cat([f1.mean(dim=1, keepdim=True), f1.amax(dim=1, keepdim=True)], 1)
         return torch.tanh(F.conv2d(pooled, cw, cb, padding=3)) * f1
 

@@ -147,10 +147,9 @@ def test_split_kernels_match_pytorch_ops(shape, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     g, a = torch.rand(b, c, dtype=torch.float64), torch.rand(b, 1, h, w, dtype=torch.float64)
-    avg, peak_hw, idx = ops.hw_pool(x, True)
+    avg, top = ops.hw_pool(x)
     torch.testing.assert_close(avg, x.mean((2, 3)))
-    torch.testing.assert_close(peak_hw, x.amax((2, 3)))
-    torch.testing.assert_close(idx, x.flatten(2).max(-1).indices)
+    torch.testing.assert_close(top, x.amax((2, 3)))
     gx = x * g[:, :, None, None]
     stats = ops.channel_pool(x, g)
     torch.testing.assert_close(stats, torch.stack((gx.mean(1), gx.amax(1)), 1))
@@ -159,34 +158,35 @@ def test_split_kernels_match_pytorch_ops(shape, channels_last):
     assert out.is_contiguous(memory_format=torch.channels_last) == x.is_contiguous(memory_format=torch.channels_last)
     dout = torch.randn(shape, dtype=torch.float64)
     peak = stats[:, 1]
-    da, dg, count = ops.backward_gates(x, dout, g, a, peak)
+    da, dg, count, count_hw = ops.backward_gates(x, dout, g, a, peak, top)
     torch.testing.assert_close(da, (gx * dout).sum(1).flatten(1))
     torch.testing.assert_close(dg, (x * dout * a).sum((2, 3)))
     mask = (gx == peak[:, None]).double()
     torch.testing.assert_close(count, mask.sum(1).flatten(1))
+    top_mask = (x == top[:, :, None, None]).double()
+    torch.testing.assert_close(count_hw, top_mask.sum((2, 3)))
     dmean, share = torch.randn(b, h, w, dtype=torch.float64), torch.randn(b, h, w, dtype=torch.float64)
     torch.testing.assert_close(
         ops.backward_mask(x, g, peak, dmean, share), (x * (dmean[:, None] + mask * share[:, None])).sum((2, 3))
     )
-    davg, dpeak = torch.randn(b, c, dtype=torch.float64), torch.randn(b, c, dtype=torch.float64)
-    dx = ops.backward_input(x, dout, g, a, peak, dmean, share, davg, dpeak, idx)
+    davg, dtop = torch.randn(b, c, dtype=torch.float64), torch.randn(b, c, dtype=torch.float64)
+    dx = ops.backward_input(x, dout, g, a, peak, dmean, share, davg, top, dtop)
     ref = g[:, :, None, None] * (dout * a + dmean[:, None] + mask * share[:, None]) + davg[:, :, None, None]
-    ref.flatten(2).scatter_add_(2, idx.unsqueeze(-1), dpeak.unsqueeze(-1))
-    torch.testing.assert_close(dx, ref)
+    torch.testing.assert_close(dx, ref + top_mask * dtop[:, :, None, None])
 
 
 def test_kernels_reject_bad_input():
     ops = _require_ops()
     with pytest.raises(RuntimeError, match="expected a 4-D"):
-        ops.hw_pool(torch.randn(2, 3, 4), False)
+        ops.hw_pool(torch.randn(2, 3, 4))
     with pytest.raises(RuntimeError, match="contiguous or channels-last"):
         ops.apply(torch.randn(2, 3, 4, 5)[:, :, ::2], torch.rand(2, 3), torch.rand(2, 1, 2, 5))
     x = torch.randn(2, 8, 4, 4)
     w1, w2, wc, bc = torch.randn(2, 8), torch.randn(8, 2), torch.randn(1, 2, 7, 7), torch.randn(1)
     with pytest.raises(RuntimeError, match=r"fc1.weight of shape \(R, 8\)"):
-        ops.forward(x, torch.randn(2, 7), None, w2, None, wc, bc, False)
+        ops.forward(x, torch.randn(2, 7), None, w2, None, wc, bc)
     with pytest.raises(RuntimeError, match="odd k"):
-        ops.forward(x, w1, None, w2, None, torch.randn(1, 2, 4, 4), bc, False)
+        ops.forward(x, w1, None, w2, None, torch.randn(1, 2, 4, 4), bc)
 
 
 @pytest.mark.parametrize("name", ["se", "cbam"])

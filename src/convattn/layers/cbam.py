@@ -47,11 +47,10 @@ memory-bound: its cost is the number of times the full-size tensor is read or wr
 
 ``benchmarks/speed_targets.py`` measures it against timm's CbamModule.
 
-Max-pool gradients in training (``channel_first``): the channel max over C is
-taken with ``amax`` and its gradient is split evenly between tied channels (as
-autograd does for ``amax``, and so for timm's module); the spatial max over H×W
-sends its gradient to the one position ``torch.max`` returns. Ties are common
-after a ReLU (positions where every channel is 0).
+Max-pool gradients in training: both maxima (over C at each position, over H×W per
+channel) split their gradient evenly between tied elements, as autograd does for
+``amax`` and so for timm's module. Ties are common after a ReLU (positions where every
+channel is 0, channels that are 0 everywhere).
 """
 
 from __future__ import annotations
@@ -90,20 +89,6 @@ def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor
     return out, torch.stack((mean, out.amax(1)), 1)
 
 
-def _hw_max(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max over H×W per channel with the flat arg-max: ``(B, C)`` values and ``(B, C, 1)`` int64 indices.
-
-    Channels-last tensors go through the global max pool (vectorised over C there);
-    others through ``max`` over the flattened positions.
-    """
-    b, c = x.shape[:2]
-    if _is_channels_last(x):
-        peak, idx = F.adaptive_max_pool2d(x, 1, return_indices=True)
-        return peak.view(b, c), idx.view(b, c, 1)
-    peak, idx = x.flatten(2).max(-1)
-    return peak, idx.unsqueeze(-1)
-
-
 def _is_channels_last(x: torch.Tensor) -> bool:
     """Stored channels-last (and not also plain contiguous, as when C == 1 or H·W == 1)."""
     return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -116,21 +101,19 @@ class _ChannelFirstCBAM(torch.autograd.Function):
     conv on the pooled ``(B, 2, H, W)`` maps) are built with autograd inside
     ``forward`` and differentiated with ``torch.autograd.grad`` in ``backward``;
     the full-size work (pools, gating, their gradients) is done directly, saving
-    only ``x``, the gates, the channel max and the spatial arg-max. The small graphs
+    only ``x``, the gates and the two maxima. The small graphs
     are kept until the outer graph is freed, so ``backward`` can run more than once
     (``retain_graph=True``). Not twice differentiable.
 
-    Max-pool gradients: the channel max (over C at each position) is taken with
-    ``amax`` and its gradient is split evenly between tied channels, as autograd
-    does for ``amax``; the spatial max (over H×W per channel) keeps its arg-max and
-    its gradient goes to that one position, as autograd does for ``max(dim)``.
+    Max-pool gradients: both maxima (over C at each position, over H×W per channel)
+    split their gradient evenly between tied elements, as autograd does for ``amax``.
     """
 
     @staticmethod
     def forward(ctx, x, layer, *params):
         b, c, h, w = x.shape
         flat = x.flatten(2)  # a view for contiguous and channels-last storage
-        peak_hw, idx_hw = _hw_max(x)
+        peak_hw = flat.amax(-1)
         pooled = torch.cat((flat.mean(-1), peak_hw)).requires_grad_()  # a leaf of the small graph
         with torch.enable_grad():
             g = layer.channel.gate_from_pooled(pooled)
@@ -142,7 +125,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
         with torch.enable_grad():
             a = layer.spatial.spatial_gate(stats)
         out.mul_(a.detach())
-        ctx.save_for_backward(x, idx_hw)
+        ctx.save_for_backward(x, peak_hw)
         ctx.peak_c = peak_c  # not an input or output: kept out of the saved-tensor checks
         ctx.graphs = (pooled, g, stats, a)
         ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
@@ -153,7 +136,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dg, _da):
-        x, idx_hw = ctx.saved_tensors
+        x, peak_hw = ctx.saved_tensors
         peak_c = ctx.peak_c
         pooled, g, stats, a = ctx.graphs
         ch_params, sp_params = ctx.params
@@ -178,7 +161,7 @@ class _ChannelFirstCBAM(torch.autograd.Function):
             dg += torch.bmm((peak_c.view(b, 1, p) * share.view(b, 1, p)), dx3.transpose(1, 2)).view(b, c) / gd
         else:
             dg += torch.bmm(share.view(b, 1, p), (dx * x).flatten(2).transpose(1, 2)).view(b, c)
-        # dx = g · (dout·a + d_mean + mask·share) + d_pool_mean / HW, plus the spatial arg-max term
+        # dx = g · (dout·a + d_mean + mask·share) + d_pool_mean / HW + the H×W max's share at its ties
         if cl:
             dx.mul_(share).add_(d_mean)
         else:
@@ -190,7 +173,8 @@ class _ChannelFirstCBAM(torch.autograd.Function):
             torch.addcmul(d_avg, dx, g4, out=dx)
         else:
             dx.mul_(g4).add_(d_avg)
-        dx3.scatter_add_(2, idx_hw, d_pooled[b:].unsqueeze(-1))
+        top = x3 == peak_hw.unsqueeze(-1)  # (B, C, HW): the positions holding each channel's max
+        dx3.add_(top * (d_pooled[b:] / top.sum(-1)).unsqueeze(-1))
         return (dx, None, *ch_grads, *sp_grads)
 
 
@@ -205,8 +189,8 @@ class _FusedPaperCBAM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ops, w1, b1, w2, b2, wc, bc):
-        out, g, a, pooled, hidden, stats, idx = ops.forward(x, w1, b1, w2, b2, wc, bc, True)
-        ctx.save_for_backward(x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx)
+        out, g, a, pooled, hidden, stats = ops.forward(x, w1, b1, w2, b2, wc, bc)
+        ctx.save_for_backward(x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats)
         ctx.ops = ops
         ctx.mark_non_differentiable(g, a)
         return out, g, a
@@ -214,9 +198,9 @@ class _FusedPaperCBAM(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dg, _da):
-        x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx = ctx.saved_tensors
+        x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grads = ctx.ops.backward(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, idx, need[0])
+        grads = ctx.ops.backward(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need[0])
         dx, dw1, db1, dw2, db2, dwc, dbc = (t if n else None for t, n in zip(grads, (need[0], *need[2:])))
         return dx, None, dw1, db1, dw2, db2, dwc, dbc
 
@@ -227,13 +211,13 @@ class _FusedChannelFirstCBAM(torch.autograd.Function):
     The same quantities as :class:`_ChannelFirstCBAM`, with each pass reading the input
     once: forward = H×W pools, channel pools of ``g·x``, the gating ``x·g·a``; backward =
     the gate gradients (with the count of tied channel maxima), the channel-max term of
-    ``dg``, and the input gradient. Saves ``x``, the H×W arg-max and the channel max map.
+    ``dg``, and the input gradient. Saves ``x`` and the two max maps.
     """
 
     @staticmethod
     def forward(ctx, x, layer, ops, *params):
         b, c, h, w = x.shape
-        avg, peak_hw, idx_hw = ops.hw_pool(x, True)
+        avg, peak_hw = ops.hw_pool(x)
         pooled = torch.cat((avg, peak_hw)).requires_grad_()
         with torch.enable_grad():
             g = layer.channel.gate_from_pooled(pooled)
@@ -243,7 +227,7 @@ class _FusedChannelFirstCBAM(torch.autograd.Function):
             a = layer.spatial.spatial_gate(stats)
         ad = a.detach()
         out = ops.apply(x, gd, ad)
-        ctx.save_for_backward(x, idx_hw)
+        ctx.save_for_backward(x, peak_hw)
         ctx.ops = ops
         ctx.graphs = (pooled, g, stats, a)
         ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
@@ -253,17 +237,18 @@ class _FusedChannelFirstCBAM(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dg, _da):
-        x, idx_hw = ctx.saved_tensors
+        x, peak_hw = ctx.saved_tensors
         ops = ctx.ops
         pooled, g, stats, a = ctx.graphs
         b, c, h, w = x.shape
         gd, ad, peak = g.detach(), a.detach(), stats.detach()[:, 1]
-        da, dg, count = ops.backward_gates(x, dout, gd, ad, peak)
+        da, dg, count, count_hw = ops.backward_gates(x, dout, gd, ad, peak, peak_hw)
         d_stats, sp_grads = _small_grads(a, stats, ctx.params[1], da.view(b, 1, h, w))
         d_mean, share = d_stats[:, 0] / c, d_stats[:, 1] / count.view(b, h, w)
         dg = dg + ops.backward_mask(x, gd, peak, d_mean, share)
         d_pooled, ch_grads = _small_grads(g, pooled, ctx.params[0], dg)
-        dx = ops.backward_input(x, dout, gd, ad, peak, d_mean, share, d_pooled[:b] / (h * w), d_pooled[b:], idx_hw)
+        d_avg, d_top = d_pooled[:b] / (h * w), d_pooled[b:] / count_hw
+        dx = ops.backward_input(x, dout, gd, ad, peak, d_mean, share, d_avg, peak_hw, d_top)
         return (dx, None, None, *ch_grads, *sp_grads)
 
 
@@ -561,14 +546,14 @@ class CBAM(RecordsAttention):
                 if torch.is_grad_enabled():
                     out, g, a = _FusedPaperCBAM.apply(x, ops, *w)
                 else:
-                    out, g, a = ops.forward(x, *w, False)[:3]
+                    out, g, a = ops.forward(x, *w)[:3]
             elif ops is not None:
                 if torch.is_grad_enabled():
                     out, g, a = _FusedChannelFirstCBAM.apply(
                         x, self, ops, *self.channel.parameters(), *self.spatial.parameters()
                     )
                 else:
-                    avg, peak, _ = ops.hw_pool(x, False)
+                    avg, peak = ops.hw_pool(x)
                     g = self.channel.gate_from_pooled(torch.cat((avg, peak)))
                     a = self.spatial.spatial_gate(ops.channel_pool(x, g))
                     out = ops.apply(x, g, a)

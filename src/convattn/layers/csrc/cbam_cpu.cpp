@@ -5,13 +5,16 @@
 // the channel max of g x.
 //
 // Per-sample passes (each reads one sample of x once):
-//   hw_pool       avg_p x, max_p x and the first arg-max over P, per channel
+//   hw_pool       avg_p x and max_p x (= top), per channel
 //   channel_pool  mean_c(g x), max_c(g x), per position
 //   apply         out = x g a
-//   gates         da = sum_c g x dout, dg = sum_p x dout a, count = #{c : g x = peak}
+//   gates         da = sum_c g x dout, dg = sum_p x dout a, count = #{c : g x = peak},
+//                 count_hw = #{p : x = top}
 //   mask          dg2 = sum_p x (dmean + [g x = peak] share)
-//   input         dx = g (dout a + dmean + [g x = peak] share) + davg, plus dpeak at
-//                 each channel's arg-max
+//   input         dx = g (dout a + dmean + [g x = peak] share) + davg + [x = top] top_share
+//
+// Both max pools pass their gradient to every tied element in equal parts, as autograd
+// does for amax (share = dpeak / count, top_share = dtop / count_hw).
 //
 // The split ops (hw_pool, channel_pool, apply, backward_gates, backward_mask,
 // backward_input) run one pass over the batch each and leave the small graphs (the
@@ -41,7 +44,7 @@ using namespace convattn_kernels;
 
 template <typename T>
 void hw_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, T* __restrict__ avg,
-                    T* __restrict__ mx, int64_t* __restrict__ idx) {
+                    T* __restrict__ mx) {
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
       const T* __restrict__ v = x + c * P;
@@ -52,36 +55,15 @@ void hw_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, T* _
       }
       avg[c] = s / P;
       mx[c] = m;
-      if (idx) {  // the first position of the max (as torch.max(dim) reports): find its block of 16, then it
-        constexpr int64_t W = 16;
-        int64_t i = 0;
-        for (; i + W <= P; i += W) {
-          int hit = 0;
-          _Pragma("omp simd reduction(| : hit)") for (int64_t j = 0; j < W; ++j) hit |= v[i + j] == m;
-          if (hit) break;
-        }
-        while (i < P - 1 && !(v[i] == m)) ++i;
-        idx[c] = i;
-      }
     }
   } else {
     std::fill(avg, avg + C, T(0));
     std::fill(mx, mx + C, neg_inf<T>());
-    if (idx) std::fill(idx, idx + C, int64_t(0));
     for (int64_t p = 0; p < P; ++p) {
       const T* __restrict__ row = x + p * C;
-      if (idx) {
-        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
-          const bool gt = row[c] > mx[c];
-          avg[c] += row[c];
-          idx[c] = gt ? p : idx[c];
-          mx[c] = gt ? row[c] : mx[c];
-        }
-      } else {
-        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
-          avg[c] += row[c];
-          mx[c] = row[c] > mx[c] ? row[c] : mx[c];
-        }
+      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
+        avg[c] += row[c];
+        mx[c] = row[c] > mx[c] ? row[c] : mx[c];
       }
     }
     _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) avg[c] /= P;
@@ -141,25 +123,30 @@ void apply_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const 
 
 template <typename T>
 void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
-                  const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak, T* __restrict__ da,
-                  T* __restrict__ dg, T* __restrict__ count, T* __restrict__ tmp) {
+                  const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
+                  const T* __restrict__ top, T* __restrict__ da, T* __restrict__ dg, T* __restrict__ count,
+                  T* __restrict__ count_hw, T* __restrict__ tmp) {
   if (!cl) {
     std::fill(da, da + P, T(0));
     std::fill(count, count + P, T(0));
     for (int64_t c = 0; c < C; ++c) {
-      const T gc = g[c];
+      const T gc = g[c], tc = top[c];
       const T* __restrict__ row = x + c * P;
       const T* __restrict__ drow = dout + c * P;
-      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
+      T n = 0;
+      _Pragma("omp simd reduction(+ : n)") for (int64_t p = 0; p < P; ++p) {
         const T xd = row[p] * drow[p];
         tmp[p] = xd;
         da[p] += gc * xd;
         count[p] += (gc * row[p] == peak[p]) ? T(1) : T(0);
+        n += (row[p] == tc) ? T(1) : T(0);
       }
       dg[c] = dot(tmp, a, P);
+      count_hw[c] = n;
     }
   } else {
     std::fill(dg, dg + C, T(0));
+    std::fill(count_hw, count_hw + C, T(0));
     for (int64_t p = 0; p < P; ++p) {
       const T* __restrict__ row = x + p * C;
       const T* __restrict__ drow = dout + p * C;
@@ -168,6 +155,7 @@ void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       _Pragma("omp simd reduction(+ : s, n)") for (int64_t c = 0; c < C; ++c) {
         const T xd = row[c] * drow[c];
         dg[c] += xd * ap;
+        count_hw[c] += (row[c] == top[c]) ? T(1) : T(0);
         s += g[c] * xd;
         n += (g[c] * row[c] == kp) ? T(1) : T(0);
       }
@@ -203,18 +191,17 @@ template <typename T>
 void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
                   const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
                   const T* __restrict__ dmean, const T* __restrict__ share, const T* __restrict__ davg,
-                  const T* __restrict__ dpeak, const int64_t* __restrict__ idx, T* __restrict__ dx) {
+                  const T* __restrict__ top, const T* __restrict__ top_share, T* __restrict__ dx) {
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
-      const T gc = g[c], va = davg[c];
+      const T gc = g[c], va = davg[c], tc = top[c], ts = top_share[c];
       const T* __restrict__ row = x + c * P;
       const T* __restrict__ drow = dout + c * P;
       T* __restrict__ o = dx + c * P;
       _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
         const T t = drow[p] * a[p] + dmean[p] + ((gc * row[p] == peak[p]) ? share[p] : T(0));
-        o[p] = gc * t + va;
+        o[p] = gc * t + va + ((row[p] == tc) ? ts : T(0));
       }
-      o[idx[c]] += dpeak[c];
     }
   } else {
     for (int64_t p = 0; p < P; ++p) {
@@ -224,34 +211,30 @@ void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       const T ap = a[p], m = dmean[p], s = share[p], k = peak[p];
       _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
         const T t = drow[c] * ap + m + ((g[c] * row[c] == k) ? s : T(0));
-        o[c] = g[c] * t + davg[c];
+        o[c] = g[c] * t + davg[c] + ((row[c] == top[c]) ? top_share[c] : T(0));
       }
     }
-    for (int64_t c = 0; c < C; ++c) dx[idx[c] * C + c] += dpeak[c];
   }
 }
 
 // ---------------------------------------------------------------------------------------
 // The split ops: one pass over the batch each.
 
-std::vector<at::Tensor> cbam_hw_pool(const at::Tensor& x, bool with_index) {
+std::vector<at::Tensor> cbam_hw_pool(const at::Tensor& x) {
   check_input(x, "cbam_hw_pool");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool cl = is_channels_last(x);
   auto avg = at::empty({B, C}, x.options());
   auto mx = at::empty({B, C}, x.options());
-  auto idx = at::empty({with_index ? B : 0, C}, x.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_hw_pool", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* ap = avg.data_ptr<scalar_t>();
     scalar_t* mp = mx.data_ptr<scalar_t>();
-    int64_t* ip = with_index ? idx.data_ptr<int64_t>() : nullptr;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        hw_pool_sample(xp + b * C * P, C, P, cl, ap + b * C, mp + b * C, ip ? ip + b * C : nullptr);
+      for (int64_t b = b0; b < b1; ++b) hw_pool_sample(xp + b * C * P, C, P, cl, ap + b * C, mp + b * C);
     });
   });
-  return {avg, mx, idx};
+  return {avg, mx};
 }
 
 at::Tensor cbam_channel_pool(const at::Tensor& x, const at::Tensor& g_) {
@@ -292,7 +275,7 @@ at::Tensor cbam_apply(const at::Tensor& x, const at::Tensor& g_, const at::Tenso
 }
 
 std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& g_,
-                                            const at::Tensor& a_, const at::Tensor& peak_) {
+                                            const at::Tensor& a_, const at::Tensor& peak_, const at::Tensor& top_) {
   check_input(x, "cbam_backward_gates");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool cl = is_channels_last(x);
@@ -302,7 +285,9 @@ std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tenso
   auto peak = flat(peak_, B, P, x);
   auto da = at::empty({B, P}, x.options());
   auto dg = at::empty({B, C}, x.options());
+  auto top = flat(top_, B, C, x);
   auto count = at::empty({B, P}, x.options());
+  auto count_hw = at::empty({B, C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_gates", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dp = dout.const_data_ptr<scalar_t>();
@@ -311,15 +296,17 @@ std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tenso
     const scalar_t* kp = peak.const_data_ptr<scalar_t>();
     scalar_t* dap = da.data_ptr<scalar_t>();
     scalar_t* dgp = dg.data_ptr<scalar_t>();
+    const scalar_t* tp = top.const_data_ptr<scalar_t>();
     scalar_t* cp = count.data_ptr<scalar_t>();
+    scalar_t* hp = count_hw.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       std::vector<scalar_t> tmp(std::max(P, C));
       for (int64_t b = b0; b < b1; ++b)
-        gates_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, dap + b * P,
-                     dgp + b * C, cp + b * P, tmp.data());
+        gates_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, tp + b * C,
+                     dap + b * P, dgp + b * C, cp + b * P, hp + b * C, tmp.data());
     });
   });
-  return {da, dg, count};
+  return {da, dg, count, count_hw};
 }
 
 at::Tensor cbam_backward_mask(const at::Tensor& x, const at::Tensor& g_, const at::Tensor& peak_,
@@ -350,8 +337,8 @@ at::Tensor cbam_backward_mask(const at::Tensor& x, const at::Tensor& g_, const a
 
 at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& g_,
                                const at::Tensor& a_, const at::Tensor& peak_, const at::Tensor& dmean_,
-                               const at::Tensor& share_, const at::Tensor& davg_, const at::Tensor& dpeak_,
-                               const at::Tensor& index_) {
+                               const at::Tensor& share_, const at::Tensor& davg_, const at::Tensor& top_,
+                               const at::Tensor& top_share_) {
   check_input(x, "cbam_backward_input");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const bool cl = is_channels_last(x);
@@ -362,8 +349,8 @@ at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, con
   auto dmean = flat(dmean_, B, P, x);
   auto share = flat(share_, B, P, x);
   auto davg = flat(davg_, B, C, x);
-  auto dpeak = flat(dpeak_, B, C, x);
-  auto index = index_.reshape({B, C}).to(at::kLong).contiguous();
+  auto top = flat(top_, B, C, x);
+  auto top_share = flat(top_share_, B, C, x);
   auto dx = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_input", [&] {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -374,13 +361,13 @@ at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, con
     const scalar_t* mp = dmean.const_data_ptr<scalar_t>();
     const scalar_t* sp = share.const_data_ptr<scalar_t>();
     const scalar_t* vp = davg.const_data_ptr<scalar_t>();
-    const scalar_t* pp = dpeak.const_data_ptr<scalar_t>();
-    const int64_t* ip = index.const_data_ptr<int64_t>();
+    const scalar_t* tp = top.const_data_ptr<scalar_t>();
+    const scalar_t* up = top_share.const_data_ptr<scalar_t>();
     scalar_t* op = dx.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         input_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, mp + b * P,
-                     sp + b * P, vp + b * C, pp + b * C, ip + b * C, op + b * C * P);
+                     sp + b * P, vp + b * C, tp + b * C, up + b * C, op + b * C * P);
     });
   });
   return dx;
@@ -527,11 +514,11 @@ Params params_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1
   return q;
 }
 
-// Returns out, g (B, C), a (B, 1, H, W), and for the backward: pooled (B, 2, C), hidden (B, 2, R),
-// stats (B, 2, H, W), the H x W arg-max (B, C).
+// Returns out, g (B, C), a (B, 1, H, W), and for the backward: pooled (B, 2, C: avg, top), hidden (B, 2, R),
+// stats (B, 2, H, W: mean, peak).
 std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
                                      const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
-                                     const at::Tensor& bc, bool for_backward) {
+                                     const at::Tensor& bc) {
   check_input(x, "cbam_forward");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool cl = is_channels_last(x);
@@ -544,7 +531,6 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, 
   auto pooled = at::empty({B, 2, C}, opt);
   auto hidden = at::empty({B, 2, R}, opt);
   auto stats = at::empty({B, 2, H, W}, opt);
-  auto idx = at::empty({for_backward ? B : 0, C}, opt.dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_forward", [&] {
     using T = scalar_t;
     const T* xp = x.const_data_ptr<T>();
@@ -564,7 +550,7 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, 
         T* gb = g.data_ptr<T>() + b * C;
         T* sb = stats.data_ptr<T>() + b * 2 * P;
         T* ab = a.data_ptr<T>() + b * P;
-        hw_pool_sample(xb, C, P, cl, pb, pb + C, for_backward ? idx.data_ptr<int64_t>() + b * C : nullptr);
+        hw_pool_sample(xb, C, P, cl, pb, pb + C);
         mlp_forward(w1p, b1p, w2p, b2p, C, R, pb, 2, hb, hsum.data(), gb);
         channel_pool_sample(xb, C, P, cl, gb, sb, sb + P);
         conv_forward(sb, wcp, d, pad.data(), wide.data(), ab);
@@ -573,7 +559,7 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, 
       }
     });
   });
-  return {out, g, a, pooled, hidden, stats, idx};
+  return {out, g, a, pooled, hidden, stats};
 }
 
 // Returns dx (unless need_dx is false), d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight,
@@ -582,7 +568,7 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
                                       const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                                       const at::Tensor& wc, const at::Tensor& bc, const at::Tensor& g_,
                                       const at::Tensor& a_, const at::Tensor& pooled_, const at::Tensor& hidden_,
-                                      const at::Tensor& stats_, const at::Tensor& index_, bool need_dx) {
+                                      const at::Tensor& stats_, bool need_dx) {
   check_input(x, "cbam_backward");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool cl = is_channels_last(x);
@@ -594,7 +580,6 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
   auto pooled = flat(pooled_, B, 2 * C, x);
   auto hidden = flat(hidden_, B, 2 * R, x);
   auto stats = flat(stats_, B, 2 * P, x);
-  auto index = index_.reshape({B, C}).to(at::kLong).contiguous();
   auto opt = x.options();
   auto dx = need_dx ? at::empty_like(x) : at::Tensor();
   auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
@@ -615,7 +600,7 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
       T *gw1 = part, *gb1 = part + o_b1, *gw2 = part + o_w2, *gb2 = part + o_b2, *gwc = part + o_wc;
       T gbc = 0;
       std::vector<T> tmp(std::max(P, C)), da(P), dl(P), count(P), dstats(2 * P), dmean(P), share(P);
-      std::vector<T> dg(C), dg2(C), hsum(R), ds(R), dpool(2 * C);
+      std::vector<T> dg(C), dg2(C), hsum(R), ds(R), dpool(2 * C), count_hw(C);
       std::vector<T> pad(2 * d.plane()), wide(d.Q + 2 * k), dpad(2 * d.plane());
       for (int64_t b = b0; b < b1_; ++b) {
         const T* xb = xp + b * C * P;
@@ -626,7 +611,8 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
         const T* hb = hidden.const_data_ptr<T>() + b * 2 * R;
         const T* sb = stats.const_data_ptr<T>() + b * 2 * P;
         const T* peak = sb + P;
-        gates_sample(xb, db, C, P, cl, gb, ab, peak, da.data(), dg.data(), count.data(), tmp.data());
+        gates_sample(xb, db, C, P, cl, gb, ab, peak, pb + C, da.data(), dg.data(), count.data(), count_hw.data(),
+                     tmp.data());
         // spatial gate: through the sigmoid, the bias and the convolution
         _Pragma("omp simd reduction(+ : gbc)") for (int64_t p = 0; p < P; ++p) {
           dl[p] = da[p] * ab[p] * (T(1) - ab[p]);
@@ -644,9 +630,12 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
         mlp_backward(w1p, w2p, C, R, pb, 2, hb, gb, dg.data(), hsum.data(), ds.data(), gw1, gb1, gw2, gb2,
                      dpool.data());
         if (need_dx) {
-          for (int64_t c = 0; c < C; ++c) dpool[c] /= P;  // avg over H x W
-          input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), dpool.data() + C,
-                       index.const_data_ptr<int64_t>() + b * C, dx.data_ptr<T>() + b * C * P);
+          for (int64_t c = 0; c < C; ++c) {
+            dpool[c] /= P;                  // avg over H x W
+            dpool[C + c] /= count_hw[c];    // max over H x W: shared by the tied positions
+          }
+          input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), pb + C,
+                       dpool.data() + C, dx.data_ptr<T>() + b * C * P);
         }
       }
       part[o_bc] = gbc;
@@ -666,31 +655,31 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
 }  // namespace
 
 TORCH_LIBRARY(convattn_cbam, m) {
-  m.def("hw_pool(Tensor x, bool with_index) -> Tensor[]", &cbam_hw_pool);
+  m.def("hw_pool(Tensor x) -> Tensor[]", &cbam_hw_pool);
   m.def("channel_pool(Tensor x, Tensor g) -> Tensor", &cbam_channel_pool);
   m.def("apply(Tensor x, Tensor g, Tensor a) -> Tensor", &cbam_apply);
-  m.def("backward_gates(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak) -> Tensor[]", &cbam_backward_gates);
+  m.def("backward_gates(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak, Tensor top) -> Tensor[]",
+        &cbam_backward_gates);
   m.def("backward_mask(Tensor x, Tensor g, Tensor peak, Tensor dmean, Tensor share) -> Tensor", &cbam_backward_mask);
   m.def(
       "backward_input(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak, Tensor dmean, Tensor share, "
-      "Tensor davg, Tensor dpeak, Tensor index) -> Tensor",
+      "Tensor davg, Tensor top, Tensor top_share) -> Tensor",
       &cbam_backward_input);
   m.def(
-      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, bool for_backward) "
-      "-> Tensor[]",
+      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc) -> Tensor[]",
       [](const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-         const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc, bool for_backward) {
-        return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, for_backward);
+         const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc) {
+        return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc);
       });
   m.def(
       "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, "
-      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, Tensor index, bool need_dx) -> Tensor[]",
+      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, bool need_dx) -> Tensor[]",
       [](const at::Tensor& x, const at::Tensor& dout, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
          const at::Tensor& w2, const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc,
          const at::Tensor& g, const at::Tensor& a, const at::Tensor& pooled, const at::Tensor& hidden,
-         const at::Tensor& stats, const at::Tensor& index, bool need_dx) {
+         const at::Tensor& stats, bool need_dx) {
         auto r = cbam_backward(x, dout, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, g, a,
-                               pooled, hidden, stats, index, need_dx);
+                               pooled, hidden, stats, need_dx);
         for (auto& t : r)  // absent gradients as empty tensors
           if (!t.defined()) t = at::empty({0}, x.options());
         return r;
