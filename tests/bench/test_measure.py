@@ -161,3 +161,14 @@ def test_bench_models_vs_plain():
     assert se["vs_plain"] == pytest.approx(se["ms"] / plain["ms"])
     assert se["params"] > plain["params"]
     assert "not registered" in unknown["note"]
+
+
+def test_bench_layers_trains_the_hand_written_backwards():
+    # CBAM's and SE's training paths (C++ kernels or a hand-written backward) under the FLOP counter
+    # and the memory tracker: the layers run plain ops there, and every row is measured.
+    rows = bench_layers(["se", "cbam"], channels=16, size=8, batch=2, repeats=2, warmup=0)
+    for row in rows:
+        assert "failed" not in row.get("note", ""), row
+        assert row["fwdbwd_ms"] > 0 and row["train_mem"] > 0
+    cbam = next(r for r in rows if r["layer"] == "cbam")
+    assert cbam["flops"] > 0

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["cbam_ops", "extensions_enabled", "fused_input", "se_ops"]
+__all__ = ["cbam_ops", "extensions_enabled", "fused_input", "se_ops", "tracing"]
 
 _LOG = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("csrc")
@@ -96,6 +96,12 @@ def se_ops() -> Any:
     return _load("se_cpu.cpp", "convattn_se")
 
 
+def tracing() -> bool:
+    """Inside ``torch.compile``/``torch.export`` tracing or a dispatch mode (``FlopCounterMode``, fake
+    tensors, memory trackers): layers then run plain PyTorch ops, so such tools see what is computed."""
+    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
+
+
 def fused_input(x: torch.Tensor, params) -> bool:
     """Whether the CPU kernels take ``x``: a CPU float32/float64 tensor, contiguous or channels-last,
     with the layer's parameters in the same dtype, outside ``torch.compile``/``torch.export`` tracing
@@ -104,7 +110,6 @@ def fused_input(x: torch.Tensor, params) -> bool:
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-        and not torch.compiler.is_compiling()
-        and _get_current_dispatch_mode() is None
+        and not tracing()
         and all(q.dtype == x.dtype for q in params)
     )

@@ -41,8 +41,8 @@ memory-bound: its cost is the number of times the full-size tensor is read or wr
   channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``, the 2→1 k×k convolution
   runs as a depthwise convolution over the ``2B`` pooled maps (forward and backward),
   and in training a custom autograd function does the full-size backward by hand.
-- Under ``torch.export`` / ``torch.compile`` the layer is traced as plain tensor
-  operations.
+- Under ``torch.export`` / ``torch.compile`` and dispatch modes (``FlopCounterMode``,
+  fake tensors) the layer runs as plain tensor operations.
 - The hand-written training paths are differentiable once (no gradients of gradients).
 
 ``benchmarks/speed_targets.py`` measures it against timm's CbamModule.
@@ -68,7 +68,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import cbam_ops, fused_input
+from ._ext import cbam_ops, fused_input, tracing
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -535,7 +535,7 @@ class CBAM(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
-            if torch.compiler.is_compiling():  # traced by torch.export / torch.compile: plain ops
+            if tracing():  # torch.export / torch.compile / FlopCounterMode and other dispatch modes: plain ops
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
