@@ -172,3 +172,10 @@ def test_bench_layers_trains_the_hand_written_backwards():
         assert row["fwdbwd_ms"] > 0 and row["train_mem"] > 0
     cbam = next(r for r in rows if r["layer"] == "cbam")
     assert cbam["flops"] > 0
+
+
+def test_bench_layers_trains_parameter_free_layers():
+    # simam has no parameters: the backward is the input gradient, which the bench asks for
+    (row,) = [r for r in bench_layers(["simam"], channels=8, size=6, batch=2, repeats=2, warmup=0) if r["layer"] == "simam"]
+    assert "failed" not in row.get("note", ""), row
+    assert row["fwdbwd_ms"] > 0

@@ -279,10 +279,14 @@ def measure_module(
     module.train(train)
 
     if train:
+        grad_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
         def step() -> torch.Tensor:
             module.zero_grad(set_to_none=True)
             if optimizer is not None:
                 optimizer.zero_grad(set_to_none=True)
+            for t in grad_inputs:  # input gradients are computed each step, not accumulated
+                t.grad = None
             loss = output_loss(module(*inputs), target)
             loss.backward()
             if optimizer is not None:

@@ -102,7 +102,9 @@ def _measure_pair(module: nn.Module, x: torch.Tensor, *, repeats: int, warmup: i
         "fwd_mem": fwd["peak_memory"],
     }
     if train:
-        bwd = measure_module(module, x, train=True, repeats=repeats, warmup=warmup, memory=memory)
+        # Inside a network a layer's input gradient is always wanted (and parameter-free layers have no other).
+        xg = x.detach().requires_grad_(x.is_floating_point())
+        bwd = measure_module(module, xg, train=True, repeats=repeats, warmup=warmup, memory=memory)
         row.update({
             "train_flops": bwd["flops"],
             "fwdbwd_ms": bwd["latency_ms"],
