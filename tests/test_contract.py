@@ -77,6 +77,23 @@ def test_gradients_reach_every_parameter(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_output_may_be_modified_in_place(name):
+    # ResNet blocks add the shortcut in place (`out += identity`) and apply ReLU(inplace=True)
+    # to whatever the attention layer returns; its backward must not need that tensor unchanged.
+    info = convattn.get_attn_info(name)
+    if info.kind == "pool":
+        pytest.skip("pooling layers end a network; nothing adds to their output in place")
+    layer = _build(name)
+    _perturb(layer)
+    x = torch.randn(_shape(info, 2, (8, 7)), requires_grad=True)
+    out = layer(x)
+    out += 1.0
+    torch.relu_(out)
+    out.square().sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_state_dict_round_trip(name):
     info = convattn.get_attn_info(name)
     a, b = _build(name), _build(name)

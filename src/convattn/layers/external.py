@@ -100,4 +100,9 @@ class ExternalAttention(RecordsAttention):
         attn = (attn / (self.eps + attn.sum(dim=1, keepdim=True))).reshape(b, s, h, w)
         if self.recording:
             self.emit("", attn)
-        return self.act(x + self.norm(self.conv_out(self.mv(attn))))
+        out = x + self.norm(self.conv_out(self.mv(attn)))
+        if type(self.act) is nn.ReLU:
+            # ReLU as a select: its backward keeps the mask, not the output, so the caller may modify
+            # the result in place (a ResNet block adds its shortcut with `+=`)
+            return torch.where(out > 0, out, 0.0)
+        return self.act(out)
