@@ -9,6 +9,14 @@ import pytest
 from convattn import cli
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_kernel_build():
+    """CBAM's PyTorch-op path: the same maps, without waiting for the C++ kernels to build."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVATTN_EXTENSIONS", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def stn_run(tmp_path_factory):
     """stn_cnn with CBAM in its classifier: a window, spatial maps in the transformed frame, Grad-CAM."""

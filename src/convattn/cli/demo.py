@@ -1,7 +1,9 @@
 """``convattn demo``: the same small CNN trained plain, with CBAM and behind a spatial
 transformer on the embedded cluttered-digits dataset (nothing to download), then a
-table of test accuracy, parameters and time per epoch, attention-map figures per run
-and an HTML report. ``make demo`` runs it.
+table of test accuracy, parameters and time per epoch, a table of how well each
+run's attention finds the digit (CBAM's spatial maps, the transformer's sampling
+window and Grad-CAM against the digit's box), attention-map figures per run and an
+HTML report. ``make demo`` runs it.
 
 Re-running it reuses finished runs with the same settings and resumes unfinished ones;
 ``--force`` retrains from scratch.
@@ -20,7 +22,9 @@ from ..exceptions import ConfigError
 
 ORDER = 40
 
-#: The demo's variants: one backbone (``simple_cnn``), three ways of attending.
+#: The demo's variants: one backbone (``simple_cnn``), three ways of attending. Each entry is
+#: ``TrainConfig`` fields over ``RECIPE``; adding a run to the demo (and to
+#: ``benchmarks/train_accuracy.py``) is adding one entry.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "simple_cnn", "attention": None},
     # CBAM refines a ResNet block's residual branch in the paper, so the identity path stays;
@@ -47,6 +51,7 @@ DEMO_EPOCHS = 6
 DEMO_TRAIN_SIZE = 6000
 DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
+DEMO_LOC_SIZE = 500
 
 _EPILOG = """\
 examples:
@@ -122,6 +127,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
+    p.add_argument("--loc-size", type=int, default=DEMO_LOC_SIZE,
+                   help=f"test images whose digit boxes the attention maps are scored against (default: {DEMO_LOC_SIZE})")
+    p.add_argument("--no-localization", dest="localization", action="store_false",
+                   help="skip scoring the attention maps against the digits' boxes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
     p.set_defaults(func=run)
@@ -143,6 +152,35 @@ def _figures(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], str | No
     return notes, str(report)
 
 
+def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False,
+                       markdown: bool = False) -> str:
+    """Score every run's spatial attention maps, transformer windows and Grad-CAM against the test
+    digits' boxes (:func:`convattn.eval.localize_run`, stored in each run's results.json; runs that
+    already hold scores for ``images`` test images are not scored again) and tabulate them."""
+    from tabulate import tabulate
+
+    from ..eval import localize_run
+
+    table, loc = [], None
+    for r in rows:
+        loc = r.get("localization")
+        if not (isinstance(loc, dict) and loc.get("split") == "test" and loc.get("images") == images):
+            loc = localize_run(r["run_dir"], split="test", size=images, device=device, progress=progress)
+            r["localization"] = loc
+        for name, m in loc["maps"].items():
+            shown = f"Grad-CAM ({m['layer']})" if m["kind"] == "grad-cam" else name
+            table.append((r["variant"], shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
+                          "-" if m.get("iou") is None else f"{100 * m['iou']:.1f}"))
+    text = tabulate(table, headers=["variant", "map", "kind", "pointing %", "energy in box %", "window IoU %"],
+                    tablefmt="github" if markdown else "simple", disable_numparse=True,
+                    colalign=("left", "left", "left", "right", "right", "right"))
+    if loc is not None:
+        text += (f"\n{loc['images']} test images; the digit's box covers {100 * loc['box_share']:.1f}% of the image "
+                 f"(a uniform map's energy in box) and a constant map points at it {100 * loc['pointing_chance']:.1f}% "
+                 f"of the time (tolerance {loc['tolerance_px']:.1f} px = 15/224 of the side)")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the demo variants, print the comparison table, write figures and a report."""
     from tabulate import tabulate
@@ -151,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ConfigError(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}, got {args.variants!r}")
+    for name in ("epochs", "train_size", "val_size", "test_size", "loc_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     out = Path(args.out)
     rows = []
     start = time.perf_counter()
@@ -165,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         res, how = train_or_reuse(cfg, force=args.force)
         rows.append({"variant": v, "run_dir": res.get("run_dir", cfg.out), "how": how, **res})
     table = [
-        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]]["attention"] or "-",
+        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]].get("attention") or "-",
          f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
         for r in rows
     ]
@@ -176,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
     reused = [r["variant"] for r in rows if r["how"] == "reused"]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
+    if args.localization:
+        loc_start = time.perf_counter()
+        print()
+        print(localization_table(rows, images=args.loc_size, device=args.device, progress=not args.no_progress))
+        print(f"localisation: {time.perf_counter() - loc_start:.0f} s")
     if not args.no_viz:
         notes, report = _figures(rows, out)
         for n in notes:
