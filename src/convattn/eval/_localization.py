@@ -212,8 +212,7 @@ def window_scores(
         dx = max(box[0] - cx, 0.0, cx - box[2])
         dy = max(box[1] - cy, 0.0, cy - box[3])
         point.append(1.0 if math.hypot(dx, dy) <= tol else 0.0)
-    as_t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-    return {"iou": as_t(iou), "energy": as_t(energy), "pointing": as_t(point)}
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in (("iou", iou), ("energy", energy), ("pointing", point))}
 
 
 def _is_transformer(module: nn.Module) -> bool:
@@ -305,7 +304,9 @@ def localization(
     AACN's, averaged over heads), self-attention / non-local maps averaged over queries (the
     attention each key position receives), every spatial transformer's sampling window, and
     Grad-CAM for the true class at the automatically found layer (or ``cam_layer``). Channel
-    weights and channel-affinity matrices have no position and are skipped. See the module
+    weights and channel-affinity matrices have no position and are skipped. Maps drawn after a
+    transformer that reads the image are carried back into the image frame; a transformer
+    deeper in the network is not undone and its window is not scored. See the module
     docstring for the metrics.
 
     Args:
@@ -416,20 +417,17 @@ def localization(
     }
 
 
-def format_localization(result: dict[str, Any], *, label: str | None = None, markdown: bool = False) -> str:
-    """``localization``'s result as a table (one row per map; ``label`` adds a run column)."""
+def format_localization(result: dict[str, Any]) -> str:
+    """:func:`localization`'s result as a text table, one row per map."""
     from tabulate import tabulate
 
     rows = []
     for name, m in result["maps"].items():
         iou = m.get("iou")
-        shown = f"{name} @ {m['layer']}" if m.get("layer") else name
-        row = [shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
-               "-" if iou is None else f"{100 * iou:.1f}"]
-        rows.append(([label] if label is not None else []) + row)
-    headers = (["run"] if label is not None else []) + ["map", "kind", "pointing %", "energy in box %", "window IoU %"]
-    fmt = "github" if markdown else "simple"
-    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+        rows.append([f"{name} @ {m['layer']}" if m.get("layer") else name, m["kind"], f"{100 * m['pointing']:.1f}",
+                     f"{100 * m['energy']:.1f}", "-" if iou is None else f"{100 * iou:.1f}"])
+    return tabulate(rows, headers=["map", "kind", "pointing %", "energy in box %", "window IoU %"],
+                    disable_numparse=True, colalign=("left", "left", "right", "right", "right"))
 
 
 def localize_run(
