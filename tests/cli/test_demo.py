@@ -29,6 +29,7 @@ def fake_train(monkeypatch):
     import convattn.engine
 
     monkeypatch.setattr(convattn.engine, "train", train)
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.0)  # no half-second sampling per run
     return calls
 
 
@@ -133,3 +134,40 @@ def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys
     assert len(scored) == 6
     assert main(argv[:7] + ["--loc-size", "0"]) == 2
     assert "--loc-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_threads_follow_what_else_runs(monkeypatch):
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.2)
+    assert demo.auto_threads() == cores
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 1.0)
+    assert demo.auto_threads() == 1
+    monkeypatch.undo()
+    measured = demo._busy_cores(0.05)  # the real reading: a share of the machine's cores
+    assert measured is None or 0.0 <= measured <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    seen = []
+    real = demo.train_or_reuse
+
+    def spy(cfg, *, force=False):
+        seen.append(torch.get_num_threads())
+        return real(cfg, force=force)
+
+    demo.train_or_reuse, saved = spy, demo.train_or_reuse
+    try:
+        argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-localization",
+                "--no-viz", "--no-progress", "--variants", "plain,stn", "--threads", "3"]
+        assert main(argv) == 0
+    finally:
+        demo.train_or_reuse = saved
+    assert seen == [3, 3] and torch.get_num_threads() == before
+    assert "3 thread(s) per run" in capsys.readouterr().out
+    assert main(argv[:-1] + ["-1"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err

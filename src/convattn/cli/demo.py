@@ -12,6 +12,7 @@ Re-running it reuses finished runs with the same settings and resumes unfinished
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -52,9 +53,39 @@ DEMO_TRAIN_SIZE = 6000
 DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
 DEMO_LOC_SIZE = 500
-# One thread per run: on a 2-core machine that also runs something else, two threads per step
-# waited on each other and made training steps 2.7-3x slower than one thread did.
-DEMO_THREADS = 1
+
+# Threads per run, chosen before each run (--threads 0, the default): every core this process may
+# use when the machine is otherwise idle, one when something else keeps at least half a core busy.
+# On the 2-core machine shared with other jobs, two threads per training step waited on each other
+# and made steps 2.7-3x slower than one thread did.
+BUSY_CORES = 0.5
+
+
+def _busy_cores(sample_s: float = 0.5) -> float | None:
+    """Cores kept busy by other processes over ``sample_s`` seconds (``/proc/stat``); ``None`` where unreadable."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = read()
+        time.sleep(sample_s)
+        busy1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = os.cpu_count() or 1
+    return cpus * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def auto_threads() -> int:
+    """All usable cores when the machine is idle, one when other work keeps ``BUSY_CORES`` busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = _busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if busy >= BUSY_CORES else cores
 
 _EPILOG = """\
 examples:
@@ -129,8 +160,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-size", type=int, default=DEMO_TEST_SIZE, help=f"test images (default: {DEMO_TEST_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--threads", type=int, default=DEMO_THREADS,
-                   help=f"CPU threads per run (torch.set_num_threads; default: {DEMO_THREADS})")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per run (torch.set_num_threads); 0 (default): all cores when the machine is "
+                        "idle, 1 when something else is running, decided before each run")
     p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
     p.add_argument("--loc-size", type=int, default=DEMO_LOC_SIZE,
                    help=f"test images whose digit boxes the attention maps are scored against (default: {DEMO_LOC_SIZE})")
@@ -192,13 +224,14 @@ def run(args: argparse.Namespace) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ConfigError(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}, got {args.variants!r}")
-    for name in ("epochs", "train_size", "val_size", "test_size", "loc_size", "threads"):
+    for name in ("epochs", "train_size", "val_size", "test_size", "loc_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: automatic), got {args.threads}")
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     try:
         return _run(args, variants)
     finally:
@@ -211,14 +244,21 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     out = Path(args.out)
     rows = []
     start = time.perf_counter()
+    import torch
+
+    used = set()
     for v in variants:
+        threads = args.threads or auto_threads()
+        torch.set_num_threads(threads)
+        used.add(threads)
         cfg = make_config(
             v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
             test_size=args.test_size, seed=args.seed, device=args.device,
             progress=not args.no_progress, tensorboard=False,
         )
         print(f"[demo] {v}: {cfg.model}" + (f" + {cfg.attention}" if cfg.attention else "")
-              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images, {threads} thread(s) -> {cfg.out}",
+              file=sys.stderr)
         res, how = train_or_reuse(cfg, force=args.force)
         rows.append({"variant": v, "run_dir": res.get("run_dir", cfg.out), "how": how, **res})
     table = [
@@ -229,7 +269,7 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     print(tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
                    disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left")))
     print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
-          f"seed {args.seed}, {args.threads} thread{'s' if args.threads > 1 else ''}); training {time.perf_counter() - start:.0f} s")
+          f"seed {args.seed}, {'/'.join(map(str, sorted(used)))} thread(s) per run); training {time.perf_counter() - start:.0f} s")
     reused = [r["variant"] for r in rows if r["how"] == "reused"]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
