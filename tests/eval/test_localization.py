@@ -188,3 +188,14 @@ def test_self_attention_is_averaged_over_queries():
     r = localization(net, [(x, y, boxes)], cam=False)
     (name, m), = r["maps"].items()
     assert name == "1" and m["kind"] == "query" and 0 <= m["energy"] <= 1 and m["images"] == 2
+
+
+def test_aacn_heads_are_scored_per_stage():
+    from convattn.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("aacn", num_classes=3, in_chans=1)
+    x, y, boxes = _square_batch(2, (24, 24))
+    r = localization(net, [(x, y, boxes)])
+    assert [k for k, m in r["maps"].items() if m["kind"] == "spatial"] == ["heads.stage1", "heads.stage2", "heads.stage3"]
+    assert r["maps"]["Grad-CAM"]["images"] == 2

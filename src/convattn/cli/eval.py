@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
         from ..eval import format_localization, localize_run
 
         loc = localize_run(
-            args.path, dataset=args.dataset, split=args.split, size=args.size, batch_size=args.batch_size,
-            device=args.device, workers=args.workers, cam=args.cam, cam_layer=args.cam_layer,
+            args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.size,
+            batch_size=args.batch_size, device=args.device, workers=args.workers, cam=args.cam,
+            cam_layer=args.cam_layer,
         )
         print(f"\nlocalisation on {loc['images']} {args.split} images: box covers {100 * loc['box_share']:.1f}% of "
               f"the image (a uniform map's energy in box); a constant map points {100 * loc['pointing_chance']:.1f}% "

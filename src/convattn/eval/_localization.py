@@ -434,6 +434,7 @@ def localize_run(
     path: str | os.PathLike,
     *,
     dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
     split: str = "test",
     size: int | None = None,
     batch_size: int | None = None,
@@ -449,7 +450,7 @@ def localize_run(
 
     With ``save``, the result (and ``"split"``) is stored under ``"localization"`` in the
     run's ``results.json`` (when the run has one; written atomically, other keys kept).
-    ``dataset`` evaluates on another dataset than the run's; ``size`` on the first
+    ``dataset`` / ``data_dir`` evaluate on another dataset than the run's; ``size`` on the first
     ``size`` images of the split; the other arguments are :func:`localization`'s.
 
     Raises:
@@ -470,6 +471,8 @@ def localize_run(
     changes: dict[str, Any] = {"workers": workers}
     if dataset is not None:
         changes["dataset"] = dataset
+    if data_dir is not None:
+        changes["data_dir"] = str(data_dir)
     if size is not None:
         changes[f"{split}_size"] = size
     config = config.replace(**changes)
