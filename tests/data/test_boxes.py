@@ -45,3 +45,19 @@ def test_dataset_carries_boxes_and_with_boxes_yields_them():
     assert bb.dtype == torch.float32 and torch.equal(bb, boxes[:4].float())
     with pytest.raises(ConfigError, match="has no object boxes"):
         build_dataset("digits", "val").with_boxes()
+
+
+def test_boxes_follow_a_resize_and_refuse_moving_pipelines():
+    from convattn.data._base import DatasetInfo, ImageTensorDataset
+
+    info = DatasetInfo("toy", 2, 1, (5, 10), (0.0,), (1.0,))
+    images = torch.zeros(1, 1, 10, 20, dtype=torch.uint8)
+    boxes = torch.tensor([[2, 4, 6, 8]])
+    ds = ImageTensorDataset(images, torch.tensor([1]), info, resize=(5, 10), boxes=boxes)
+    x, y, box = ds.with_boxes()[0]
+    assert x.shape == (1, 5, 10) and y == 1 and box.tolist() == [1.0, 2.0, 3.0, 4.0]
+    flip = ImageTensorDataset(images, torch.tensor([1]), info, augment=lambda t: t.flip(-1), boxes=boxes)
+    with pytest.raises(ConfigError, match="boxes do not follow"):
+        flip.with_boxes()
+    with pytest.raises(ConfigError, match=r"boxes must have shape \(1, 4\)"):
+        ImageTensorDataset(images, torch.tensor([1]), info, boxes=torch.zeros(2, 4))

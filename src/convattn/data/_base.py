@@ -165,7 +165,7 @@ class ImageTensorDataset(Dataset):
         in pixel edges of the yielded image.
 
         Raises:
-            ConfigError: the dataset has no boxes, or a distortion moves its objects.
+            ConfigError: the dataset has no boxes, or a distortion or augmentation moves its objects.
         """
         return BoxedDataset(self)
 
@@ -183,8 +183,9 @@ class BoxedDataset(Dataset):
     def __init__(self, dataset: ImageTensorDataset) -> None:
         if getattr(dataset, "boxes", None) is None:
             raise ConfigError(f"dataset {dataset.info.name!r} has no object boxes (cluttered-digits has them)")
-        if dataset.distort is not None:
-            raise ConfigError(f"dataset {dataset.info.name!r}: a distortion moves the objects; its boxes do not follow")
+        if dataset.distort is not None or dataset.augment is not None:
+            raise ConfigError(f"dataset {dataset.info.name!r}: a distortion or augmentation moves the objects; "
+                              "its boxes do not follow")
         self.dataset = dataset
         self.info = dataset.info
         self.labels = self.targets = dataset.labels
