@@ -189,8 +189,7 @@ def _figures(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], str | No
     return notes, str(report)
 
 
-def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False,
-                       markdown: bool = False) -> str:
+def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False) -> str:
     """Score every run's spatial attention maps, transformer windows and Grad-CAM against the test
     digits' boxes (:func:`convattn.eval.localize_run`, stored in each run's results.json; runs that
     already hold scores for ``images`` test images are not scored again) and tabulate them."""
@@ -209,7 +208,7 @@ def localization_table(rows: list[dict[str, Any]], *, images: int, device: str =
             table.append((r["variant"], shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
                           "-" if m.get("iou") is None else f"{100 * m['iou']:.1f}"))
     text = tabulate(table, headers=["variant", "map", "kind", "pointing %", "energy in box %", "window IoU %"],
-                    tablefmt="github" if markdown else "simple", disable_numparse=True,
+                    disable_numparse=True,
                     colalign=("left", "left", "left", "right", "right", "right"))
     if loc is not None:
         text += (f"\n{loc['images']} test images; the digit's box covers {100 * loc['box_share']:.1f}% of the image "
