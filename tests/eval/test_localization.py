@@ -1,7 +1,5 @@
 """Localisation metrics on maps and windows with known answers, and ``localization`` on hand-built models."""
 
-import math
-
 import pytest
 import torch
 from torch import nn
