@@ -23,3 +23,20 @@ def test_rejects_other_modes(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(tmp_path / "x", "a"):
             pass
+
+
+def test_new_files_follow_the_umask_and_existing_files_keep_their_mode(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        p = atomic_write_text(tmp_path / "new.txt", "x")
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644
+        os.umask(0o077)
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "private.bin", b"x").stat().st_mode) == 0o600
+        os.chmod(p, 0o640)
+        atomic_write_text(p, "y")
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640 and p.read_text() == "y"
+    finally:
+        os.umask(old)

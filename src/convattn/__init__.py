@@ -36,7 +36,7 @@ from .registry import AttnInfo, create_attn, get_attn_info, list_attn, register_
 __version__ = "0.1.0"
 
 # Sub-packages that pull in heavier dependencies (matplotlib, Grad-CAM) load on first use.
-_LAZY = ("bench", "data", "viz")
+_LAZY = ("bench", "data", "eval", "viz")
 
 
 def __getattr__(name: str) -> Any:

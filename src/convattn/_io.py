@@ -3,18 +3,40 @@
 Every file convattn writes (checkpoints, configs, metrics, tables, figures, reports) goes
 through :func:`atomic_open`: a temporary file in the target's folder, flushed and
 fsync-ed, then ``os.replace``-d over the target, and the folder fsync-ed so the rename
-itself survives a power cut.
+itself survives a power cut. The file gets the permissions a plain ``open`` would give
+it: an existing target's mode is kept, a new file gets ``0o666`` less the umask.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
 __all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes"]
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _target_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave ``path`` with (``mkstemp`` itself creates 0600)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -30,6 +52,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _target_mode(path))
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()

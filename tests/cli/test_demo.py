@@ -29,6 +29,7 @@ def fake_train(monkeypatch):
     import convattn.engine
 
     monkeypatch.setattr(convattn.engine, "train", train)
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.0)  # no half-second sampling per run
     return calls
 
 
@@ -64,7 +65,8 @@ def test_variant_models_build_with_their_options(tmp_path):
 
 
 def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
-    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-viz", "--no-progress"]
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-localization", "--no-viz",
+            "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len(fake_train) == 3
@@ -76,7 +78,7 @@ def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
     assert len(fake_train) == 3
     assert "reused finished runs: plain, cbam, stn" in capsys.readouterr().out
     # other settings in an existing run directory: an error, unless --force
-    assert main(argv[:-2] + ["--epochs", "2", "--no-viz", "--variants", "plain"]) == 2
+    assert main(argv[:-2] + ["--epochs", "2", "--no-progress", "--variants", "plain"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(argv + ["--epochs", "2", "--variants", "plain", "--force"]) == 0
     assert len(fake_train) == 4 and fake_train[-1][0].epochs == 2
@@ -95,3 +97,77 @@ def test_unfinished_run_is_resumed(tmp_path, fake_train):
 def test_bad_variants(capsys):
     assert main(["demo", "--variants", "plain,foo", "--no-viz"]) == 2
     assert "--variants" in capsys.readouterr().err
+
+
+def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys):
+    """Every run is scored against the digit boxes, the scores land in results.json and are reused."""
+    import convattn.eval
+
+    scored = []
+
+    def localize_run(run_dir, *, split, size, device, progress):
+        scored.append((run_dir, size))
+        maps = {"Grad-CAM": {"kind": "grad-cam", "layer": "stages.2.conv", "images": size, "pointing": 0.9,
+                             "energy": 0.5}}
+        if "stn" in str(run_dir):
+            maps["stn:window"] = {"kind": "window", "images": size, "pointing": 0.75, "energy": 0.25, "iou": 0.125}
+        loc = {"dataset": "cluttered-digits", "split": split, "images": size, "image_size": [60, 60],
+               "tolerance_px": 4.0, "box_share": 0.08, "pointing_chance": 0.17, "maps": maps}
+        res = json.loads((tmp_path / pathlib.Path(run_dir).name / "results.json").read_text())
+        (tmp_path / pathlib.Path(run_dir).name / "results.json").write_text(json.dumps({**res, "localization": loc}))
+        return loc
+
+    import pathlib
+
+    monkeypatch.setattr(convattn.eval, "localize_run", localize_run)
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--loc-size", "7", "--no-viz",
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert [(pathlib.Path(d).name, n) for d, n in scored] == [("plain", 7), ("cbam", 7), ("stn", 7)]
+    window = next(line for line in out.splitlines() if "stn:window" in line)
+    assert window.split()[-3:] == ["75.0", "25.0", "12.5"] and window.startswith("stn")
+    assert "Grad-CAM (stages.2.conv)" in out and "7 test images" in out and "8.0%" in out
+    assert main(argv) == 0  # finished runs keep their scores
+    assert len(scored) == 3
+    assert main(argv[:7] + ["--loc-size", "9", "--no-viz", "--no-progress"]) == 0  # another sample: scored again
+    assert len(scored) == 6
+    assert main(argv[:7] + ["--loc-size", "0"]) == 2
+    assert "--loc-size must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_threads_follow_what_else_runs(monkeypatch):
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.2)
+    assert demo.auto_threads() == cores
+    monkeypatch.setattr(demo, "_busy_cores", lambda: 1.0)
+    assert demo.auto_threads() == 1
+    monkeypatch.undo()
+    measured = demo._busy_cores(0.05)  # the real reading: a share of the machine's cores
+    assert measured is None or 0.0 <= measured <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    seen = []
+    real = demo.train_or_reuse
+
+    def spy(cfg, *, force=False):
+        seen.append(torch.get_num_threads())
+        return real(cfg, force=force)
+
+    demo.train_or_reuse, saved = spy, demo.train_or_reuse
+    try:
+        argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-localization",
+                "--no-viz", "--no-progress", "--variants", "plain,stn", "--threads", "3"]
+        assert main(argv) == 0
+    finally:
+        demo.train_or_reuse = saved
+    assert seen == [3, 3] and torch.get_num_threads() == before
+    assert "3 thread(s) per run" in capsys.readouterr().out
+    assert main(argv[:-1] + ["-1"]) == 2
+    assert "--threads must be >= 0" in capsys.readouterr().err

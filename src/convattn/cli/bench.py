@@ -61,6 +61,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats is not None and args.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    positive = ("channels", "size", "batch") if args.what == "layers" else ("size", "batch", "in_chans", "num_classes")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     meta = {k: v for k, v in vars(args).items() if k not in ("func", "csv", "json", "markdown")}

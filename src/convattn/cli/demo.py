@@ -1,7 +1,9 @@
 """``convattn demo``: the same small CNN trained plain, with CBAM and behind a spatial
 transformer on the embedded cluttered-digits dataset (nothing to download), then a
-table of test accuracy, parameters and time per epoch, attention-map figures per run
-and an HTML report. ``make demo`` runs it.
+table of test accuracy, parameters and time per epoch, a table of how well each
+run's attention finds the digit (CBAM's spatial maps, the transformer's sampling
+window and Grad-CAM against the digit's box), attention-map figures per run and an
+HTML report. ``make demo`` runs it.
 
 Re-running it reuses finished runs with the same settings and resumes unfinished ones;
 ``--force`` retrains from scratch.
@@ -10,6 +12,7 @@ Re-running it reuses finished runs with the same settings and resumes unfinished
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -20,7 +23,9 @@ from ..exceptions import ConfigError
 
 ORDER = 40
 
-#: The demo's variants: one backbone (``simple_cnn``), three ways of attending.
+#: The demo's variants: one backbone (``simple_cnn``), three ways of attending. Each entry is
+#: ``TrainConfig`` fields over ``RECIPE``; adding a run to the demo (and to
+#: ``benchmarks/train_accuracy.py``) is adding one entry.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "simple_cnn", "attention": None},
     # CBAM refines a ResNet block's residual branch in the paper, so the identity path stays;
@@ -47,6 +52,40 @@ DEMO_EPOCHS = 6
 DEMO_TRAIN_SIZE = 6000
 DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
+DEMO_LOC_SIZE = 500
+
+# Threads per run, chosen before each run (--threads 0, the default): every core this process may
+# use when the machine is otherwise idle, one when something else keeps at least half a core busy.
+# On the 2-core machine shared with other jobs, two threads per training step waited on each other
+# and made steps 2.7-3x slower than one thread did.
+BUSY_CORES = 0.5
+
+
+def _busy_cores(sample_s: float = 0.5) -> float | None:
+    """Cores kept busy by other processes over ``sample_s`` seconds (``/proc/stat``); ``None`` where unreadable."""
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = read()
+        time.sleep(sample_s)
+        busy1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    cpus = os.cpu_count() or 1
+    return cpus * (busy1 - busy0) / max(total1 - total0, 1)
+
+
+def auto_threads() -> int:
+    """All usable cores when the machine is idle, one when other work keeps ``BUSY_CORES`` busy."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = _busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return 1 if busy >= BUSY_CORES else cores
 
 _EPILOG = """\
 examples:
@@ -121,7 +160,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-size", type=int, default=DEMO_TEST_SIZE, help=f"test images (default: {DEMO_TEST_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads per run (torch.set_num_threads); 0 (default): all cores when the machine is "
+                        "idle, 1 when something else is running, decided before each run")
     p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
+    p.add_argument("--loc-size", type=int, default=DEMO_LOC_SIZE,
+                   help=f"test images whose digit boxes the attention maps are scored against (default: {DEMO_LOC_SIZE})")
+    p.add_argument("--no-localization", dest="localization", action="store_false",
+                   help="skip scoring the attention maps against the digits' boxes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
     p.set_defaults(func=run)
@@ -143,43 +189,99 @@ def _figures(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], str | No
     return notes, str(report)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train the demo variants, print the comparison table, write figures and a report."""
+def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False) -> str:
+    """Score every run's spatial attention maps, transformer windows and Grad-CAM against the test
+    digits' boxes (:func:`convattn.eval.localize_run`, stored in each run's results.json; runs that
+    already hold scores for ``images`` test images are not scored again) and tabulate them."""
     from tabulate import tabulate
 
+    from ..eval import localize_run
+
+    table, loc = [], None
+    for r in rows:
+        loc = r.get("localization")
+        if not (isinstance(loc, dict) and loc.get("split") == "test" and loc.get("images") == images):
+            loc = localize_run(r["run_dir"], split="test", size=images, device=device, progress=progress)
+            r["localization"] = loc
+        for name, m in loc["maps"].items():
+            shown = f"Grad-CAM ({m['layer']})" if m["kind"] == "grad-cam" else name
+            table.append((r["variant"], shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
+                          "-" if m.get("iou") is None else f"{100 * m['iou']:.1f}"))
+    text = tabulate(table, headers=["variant", "map", "kind", "pointing %", "energy in box %", "window IoU %"],
+                    disable_numparse=True,
+                    colalign=("left", "left", "left", "right", "right", "right"))
+    if loc is not None:
+        text += (f"\n{loc['images']} test images; the digit's box covers {100 * loc['box_share']:.1f}% of the image "
+                 f"(a uniform map's energy in box) and a constant map points at it {100 * loc['pointing_chance']:.1f}% "
+                 f"of the time (tolerance {loc['tolerance_px']:.1f} px = 15/224 of the side)")
+    return text
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the demo variants, print the comparison table, write figures and a report."""
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ConfigError(f"--variants takes a comma-separated subset of {','.join(VARIANTS)}, got {args.variants!r}")
+    for name in ("epochs", "train_size", "val_size", "test_size", "loc_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads < 0:
+        raise ConfigError(f"--threads must be >= 0 (0: automatic), got {args.threads}")
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        return _run(args, variants)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(args: argparse.Namespace, variants: list[str]) -> int:
+    from tabulate import tabulate
+
     out = Path(args.out)
     rows = []
     start = time.perf_counter()
+    import torch
+
+    used = set()
     for v in variants:
+        threads = args.threads or auto_threads()
+        torch.set_num_threads(threads)
+        used.add(threads)
         cfg = make_config(
             v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
             test_size=args.test_size, seed=args.seed, device=args.device,
             progress=not args.no_progress, tensorboard=False,
         )
         print(f"[demo] {v}: {cfg.model}" + (f" + {cfg.attention}" if cfg.attention else "")
-              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images, {threads} thread(s) -> {cfg.out}",
+              file=sys.stderr)
         res, how = train_or_reuse(cfg, force=args.force)
         rows.append({"variant": v, "run_dir": res.get("run_dir", cfg.out), "how": how, **res})
     table = [
-        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]]["attention"] or "-",
+        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]].get("attention") or "-",
          f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
         for r in rows
     ]
     print(tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
                    disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left")))
     print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
-          f"seed {args.seed}); total time {time.perf_counter() - start:.0f} s")
+          f"seed {args.seed}, {'/'.join(map(str, sorted(used)))} thread(s) per run); training {time.perf_counter() - start:.0f} s")
     reused = [r["variant"] for r in rows if r["how"] == "reused"]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
+    if args.localization:
+        loc_start = time.perf_counter()
+        print()
+        print(localization_table(rows, images=args.loc_size, device=args.device, progress=not args.no_progress))
+        print(f"localisation: {time.perf_counter() - loc_start:.0f} s")
     if not args.no_viz:
         notes, report = _figures(rows, out)
         for n in notes:
             print(n)
         if report:
             print(f"report: {report}")
+    print(f"total time {time.perf_counter() - start:.0f} s")
     return 0

@@ -1,4 +1,4 @@
-"""``convattn predict CKPT IMAGE...``: top-k classes with probabilities for image files."""
+"""``convattn predict CKPT IMAGE|DIR...``: top-k classes with probabilities for image files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ ORDER = 30
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify image files with a trained run", description=run.__doc__)
     p.add_argument("path", metavar="RUN_DIR|CKPT", help="run directory (uses best.pt, else last.pt) or a .pt checkpoint")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ... anything PIL reads)")
+    p.add_argument("images", metavar="IMAGE|DIR", nargs="+",
+                   help="image files (PNG, JPEG, ... anything PIL reads) or folders (every image file directly inside)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to show per image (default: 5)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
     p.set_defaults(func=run)
@@ -18,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the top-k classes and their probabilities for each image.
+
+    A folder stands for the image files directly inside it, in name order.
 
     Images are converted to the model's channels and input size and normalised
     with the training dataset's mean and std, all read from the checkpoint.

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 from ..exceptions import ConfigError
 
 __all__ = [
+    "BoxedDataset",
     "DatasetInfo",
     "ImageTensorDataset",
     "SPLITS",
@@ -109,6 +110,8 @@ class ImageTensorDataset(Dataset):
         distort: optional ``callable(x, index) -> x`` (deterministic per index).
         resize: optional ``(H, W)`` to resize to (bilinear, antialiased).
         augment: optional ``callable(x) -> x`` applied to the float image in ``[0, 1]``.
+        boxes: optional ``(N, 4)`` object boxes ``(x0, y0, x1, y1)`` in pixel edges of ``images``
+            (kept as ``boxes``; items stay ``(image, label)``, :meth:`with_boxes` adds them).
     """
 
     def __init__(
@@ -120,11 +123,15 @@ class ImageTensorDataset(Dataset):
         distort: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         resize: tuple[int, int] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ConfigError(f"images must be uint8 (N, C, H, W), got {tuple(images.shape)} {images.dtype}")
         if labels.shape != (images.shape[0],):
             raise ConfigError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if boxes is not None and tuple(boxes.shape) != (images.shape[0], 4):
+            raise ConfigError(f"boxes must have shape ({images.shape[0]}, 4), got {tuple(boxes.shape)}")
+        self.boxes = boxes
         self.images = images
         self.labels = labels.long()
         self.targets = self.labels  # torchvision's name, for samplers that look for it
@@ -153,5 +160,48 @@ class ImageTensorDataset(Dataset):
         x = (x - self._mean) / self._std
         return x, int(self.labels[index])
 
+    def with_boxes(self) -> "BoxedDataset":
+        """This dataset yielding ``(image, label, box)``, ``box`` a float ``(4,)`` ``(x0, y0, x1, y1)``
+        in pixel edges of the yielded image.
+
+        Raises:
+            ConfigError: the dataset has no boxes, or a distortion or augmentation moves its objects.
+        """
+        return BoxedDataset(self)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.info.name!r}, size={len(self)}, image_size={self.info.image_size})"
+
+
+class BoxedDataset(Dataset):
+    """An :class:`ImageTensorDataset` whose items are ``(image, label, box)``.
+
+    ``box`` is float ``(4,)`` ``(x0, y0, x1, y1)`` in pixel edges of the yielded image
+    (scaled with the dataset's ``resize``); a default-collated batch holds ``(B, 4)`` boxes.
+    """
+
+    def __init__(self, dataset: ImageTensorDataset) -> None:
+        if getattr(dataset, "boxes", None) is None:
+            raise ConfigError(f"dataset {dataset.info.name!r} has no object boxes (cluttered-digits has them)")
+        if dataset.distort is not None or dataset.augment is not None:
+            raise ConfigError(f"dataset {dataset.info.name!r}: a distortion or augmentation moves the objects; "
+                              "its boxes do not follow")
+        self.dataset = dataset
+        self.info = dataset.info
+        self.labels = self.targets = dataset.labels
+        boxes = dataset.boxes.float()
+        if dataset.resize is not None:
+            h, w = dataset.images.shape[-2:]
+            sy, sx = dataset.resize[0] / h, dataset.resize[1] / w
+            boxes = boxes * torch.tensor([sx, sy, sx, sy])
+        self.boxes = boxes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        x, y = self.dataset[index]
+        return x, y, self.boxes[index]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.dataset!r})"

@@ -18,7 +18,7 @@ from .data import make_eval_loader
 from .distributed import resolve_device
 from .trainer import _eval_sums, _summary, logits_of, model_from_checkpoint
 
-__all__ = ["evaluate_run", "plot_confusion", "load_image", "predict_images"]
+__all__ = ["evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images"]
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
@@ -153,18 +153,48 @@ def load_image(path: str | os.PathLike, data_info: dict[str, Any]) -> torch.Tens
     return (x - mean) / std
 
 
+def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """``paths`` with every directory replaced by the image files directly inside it (sorted by name).
+
+    An image file is one whose extension PIL knows (``.png``, ``.jpg``, ...); files are
+    kept as given (an unreadable one fails later with a clear error).
+
+    Raises:
+        DatasetNotFoundError: a path does not exist, or a directory holds no image file.
+    """
+    from PIL import Image
+
+    known = {ext.lower() for ext in Image.registered_extensions()}
+    out: list[Path] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in known)
+            if not found:
+                raise DatasetNotFoundError(f"directory {str(p)!r} holds no image files "
+                                           "(PNG, JPEG, ... any format PIL reads, by extension)")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DatasetNotFoundError(f"image {str(p)!r} does not exist")
+    return out
+
+
 @torch.no_grad()
 def predict_images(
     model: nn.Module, data_info: dict[str, Any], paths: Sequence[str | os.PathLike], *, topk: int = 5,
     device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
-    """Top-k classes and probabilities for each image file.
+    """Top-k classes and probabilities for each image file (a directory stands for the images in it).
 
     Returns:
-        One ``{"image", "top": [(class_name, probability), ...]}`` per path.
+        One ``{"image", "top": [(class_name, probability), ...]}`` per image file
+        (directories expanded by :func:`image_files`).
     """
     if topk < 1:
         raise ConfigError(f"topk must be >= 1, got {topk}")
+    paths = image_files(paths)
     device = torch.device(device)
     model.eval().to(device)
     names = data_info["class_names"]

@@ -40,7 +40,8 @@ class AttentionMap:
         kind: ``"spatial"``, ``"channel"``, ``"query"``, ``"matrix"`` or ``"theta"``.
         data: ``(B, ...)`` array: ``(B, h, w)`` for spatial / query / matrix,
             ``(B, C)`` for channel, ``(B, 2, 3)`` for theta.
-        query: for ``"query"``: the query position ``(y, x)`` on the layer's grid.
+        query: for ``"query"``: the query position ``(y, x)`` on the layer's grid
+            (``None`` for the mean over queries).
         grid: for ``"query"``: the layer's query grid ``(h, w)``.
     """
 
@@ -127,15 +128,19 @@ def interpret_maps(
     input_shapes: dict[str, tuple[int, ...]],
     *,
     image_hw: tuple[int, int],
-    query: tuple[float, float] | None = None,
+    query: tuple[float, float] | str | None = None,
 ) -> list[AttentionMap]:
     """Read each recorded tensor as a spatial / channel / query / matrix / theta map (see the module docstring).
 
     Args:
         maps, input_shapes: from :func:`collect_attention`.
         image_hw: the input images' (H, W) (to place the query).
-        query: query position in input-image pixels ``(y, x)``; ``None`` is the centre.
+        query: query position in input-image pixels ``(y, x)``; ``None`` is the centre;
+            ``"mean"`` averages the rows of all queries (and heads): how much attention each key
+            position receives overall (``AttentionMap.query`` is then ``None``).
     """
+    if isinstance(query, str) and query != "mean":
+        raise ValueError(f"interpret_maps: query must be (y, x), None or 'mean', got {query!r}")
     out: list[AttentionMap] = []
     for key, t in maps.items():
         t = t.detach().float().cpu()
@@ -152,9 +157,14 @@ def interpret_maps(
         elif t.dim() in (3, 4) and n is not None and t.shape[-2] == n and n > 1 and not (
             t.dim() == 4 and tuple(t.shape[-2:]) == hw
         ):
-            q = _to_grid(query, image_hw, hw)
-            data = np.stack([query_map(t[b], hw, q) for b in range(B)])
-            out.append(AttentionMap(key, "query", data, query=q, grid=hw))
+            if isinstance(query, str):  # "mean": the attention every key receives, averaged over queries
+                kh, kw = _factor(t.shape[-1], *hw) or (1, t.shape[-1])
+                data = t.reshape(B, -1, t.shape[-1]).mean(1).reshape(B, kh, kw).numpy()
+                out.append(AttentionMap(key, "query", data, grid=hw))
+            else:
+                q = _to_grid(query, image_hw, hw)
+                data = np.stack([query_map(t[b], hw, q) for b in range(B)])
+                out.append(AttentionMap(key, "query", data, query=q, grid=hw))
         elif t.dim() == 4 or (t.dim() == 3 and hw is not None and tuple(t.shape[1:]) == hw):
             m = t if t.dim() == 3 else t.mean(1)
             if channels is not None and t.dim() == 4 and hw is not None and tuple(t.shape[-2:]) != hw \
@@ -202,10 +212,11 @@ def _draw_panel(ax, image: np.ndarray, name: str, payload: Any, *, max_bars: int
         ax.axis("off")
     elif m.kind == "query":
         ax.imshow(heat_overlay(image, data))
-        gh, gw = m.grid
-        qy, qx = m.query
-        ax.plot([(qx + 0.5) * W / gw - 0.5], [(qy + 0.5) * H / gh - 0.5], marker="+", color="white",
-                markersize=12, markeredgewidth=2)
+        if m.query is not None:
+            gh, gw = m.grid
+            qy, qx = m.query
+            ax.plot([(qx + 0.5) * W / gw - 0.5], [(qy + 0.5) * H / gh - 0.5], marker="+", color="white",
+                    markersize=12, markeredgewidth=2)
         ax.axis("off")
     else:
         ax.imshow(data, cmap="viridis", interpolation="nearest")

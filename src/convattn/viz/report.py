@@ -1,8 +1,9 @@
 """``write_report``: one self-contained HTML page comparing trained runs.
 
 The page holds a table (accuracy, parameters, FLOPs, time per epoch, inference
-latency), accuracy against FLOPs as a scatter plot, the training curves of all
-runs, and a gallery of every run's attention maps on the same images. Images are
+latency), the localisation scores of runs that have them (``convattn eval
+--localization``), accuracy against FLOPs as a scatter plot, the training curves
+of all runs, and a gallery of every run's attention maps on the same images. Images are
 embedded as base64 PNG, so the file can be mailed or opened offline.
 """
 
@@ -68,8 +69,9 @@ def run_summary(
 
     Returns:
         ``{"label", "model", "attention", "dataset", "test_acc", "val_acc",
-        "params", "flops", "epoch_time", "latency_ms", "metrics", "module",
-        "info", "config", "run_dir"}``; ``flops`` is per image (batch 1, forward),
+        "params", "flops", "epoch_time", "latency_ms", "localization", "metrics",
+        "module", "info", "config", "run_dir"}``; ``localization`` is the entry
+        :func:`convattn.eval.localize_run` stored in ``results.json`` (or ``None``); ``flops`` is per image (batch 1, forward),
         ``latency_ms`` the median batch-1 forward on this machine, both on
         ``example[:1]`` if given, else a zero image of the run's input size.
     """
@@ -100,12 +102,41 @@ def run_summary(
         "flops": flops,
         "epoch_time": results.get("epoch_time", last.get("epoch_time")),
         "latency_ms": lat,
+        "localization": results.get("localization"),
         "metrics": metrics,
         "module": model,
         "info": info,
         "config": config,
         "run_dir": run_dir,
     }
+
+
+def _localization_table(summaries: Sequence[dict[str, Any]]) -> list[str]:
+    """The localisation section: one row per scored map of every run that has scores."""
+    scored = [s for s in summaries if isinstance(s.get("localization"), dict) and s["localization"].get("maps")]
+    if not scored:
+        return []
+    first = scored[0]["localization"]
+    out = ["<h2>Localisation</h2>",
+           f"<p class='muted'>Against each digit's box on the {_fmt(first.get('split', 'test'))} split: pointing game "
+           f"(the map's maximum within {_fmt(first.get('tolerance_px'), 's')} px, 15/224 of the image side, of the box), "
+           "energy in box (share of the map's mass inside the box) beside the box's share of the image (what a "
+           "uniform map scores), and for spatial-transformer windows their IoU with the box. Maps drawn after a "
+           "transformer are carried back into the image frame.</p>",
+           "<table id='localization'><thead><tr><th>run</th><th>map</th><th>kind</th><th>images</th>"
+           "<th>pointing</th><th>chance</th><th>energy in box</th><th>box share</th><th>window IoU</th>"
+           "</tr></thead><tbody>"]
+    for s in scored:
+        loc = s["localization"]
+        for name, m in loc["maps"].items():
+            shown = f"{name} @ {m['layer']}" if m.get("layer") else name
+            out.append(
+                f"<tr class='loc'><td>{_fmt(s['label'])}</td><td>{_fmt(shown)}</td><td>{_fmt(m.get('kind'))}</td>"
+                f"<td>{_fmt(m.get('images'))}</td><td>{_fmt(m.get('pointing'), 'pct')}</td>"
+                f"<td>{_fmt(loc.get('pointing_chance'), 'pct')}</td><td>{_fmt(m.get('energy'), 'pct')}</td>"
+                f"<td>{_fmt(loc.get('box_share'), 'pct')}</td><td>{_fmt(m.get('iou'), 'pct')}</td></tr>")
+    out.append("</tbody></table>")
+    return out
 
 
 def _scatter(summaries: Sequence[dict[str, Any]]) -> bytes | None:
@@ -186,6 +217,8 @@ def write_report(
             f"<td>{_fmt(s['params'], 'count')}</td><td>{_fmt(s['flops'], 'count')}</td>"
             f"<td>{_fmt(s['epoch_time'], 's')}</td><td>{_fmt(s['latency_ms'], 'ms')}</td></tr>")
     parts.append("</tbody></table>")
+
+    parts.extend(_localization_table(summaries))
 
     scatter = _scatter(summaries)
     parts.append("<h2>Accuracy against cost</h2>")

@@ -1,0 +1,71 @@
+"""``convattn eval RUN --localization`` on a tiny trained run, the report's table, the lazy import."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from convattn import cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_kernel_build():
+    """CBAM's PyTorch-op path: the same maps, without waiting for the C++ kernels to build."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVATTN_EXTENSIONS", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def stn_run(tmp_path_factory):
+    """stn_cnn with CBAM in its classifier: a window, spatial maps in the transformed frame, Grad-CAM."""
+    from convattn.engine import TrainConfig, train
+
+    path = tmp_path_factory.mktemp("runs") / "stn"
+    cfg = TrainConfig(model="stn_cnn", attention="cbam", dataset="cluttered-digits", train_size=32, val_size=8,
+                      test_size=8, image_size=28, epochs=1, batch_size=16, out=str(path), progress=False,
+                      tensorboard=False, device="cpu", seed=0)
+    train(cfg)
+    return path
+
+
+def test_eval_localization_prints_and_stores(stn_run, tmp_path, capsys):
+    before = json.loads((stn_run / "results.json").read_text())
+    assert cli.main(["eval", str(stn_run), "--localization", "--size", "6", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "localisation on 6 test images" in out and "stn:window" in out and "Grad-CAM @ classifier." in out
+    stored = json.loads((stn_run / "results.json").read_text())
+    assert {k: v for k, v in stored.items() if k != "localization"} == before  # other keys kept
+    loc = stored["localization"]
+    assert loc["images"] == 6 and loc["split"] == "test" and loc["dataset"] == "cluttered-digits"
+    assert loc["tolerance_px"] == pytest.approx(28 * 15 / 224)
+    maps = loc["maps"]
+    assert maps["stn:window"]["kind"] == "window" and 0 <= maps["stn:window"]["iou"] <= 1
+    spatial = [k for k, m in maps.items() if m["kind"] == "spatial"]
+    assert spatial and all(k.endswith(":spatial") and maps[k]["frame"] == "stn" for k in spatial)
+    assert maps["Grad-CAM"]["frame"] == "stn"
+    for m in maps.values():
+        assert m["images"] == 6 and 0 <= m["pointing"] <= 1 and 0 <= m["energy"] <= 1
+    assert json.loads((tmp_path / "eval_test.json").read_text())["localization"]["maps"] == maps
+
+    from convattn.viz import write_report
+
+    page = write_report([stn_run], tmp_path / "report.html", count=2, cam=False).read_text()
+    assert "<h2>Localisation</h2>" in page and page.count("<tr class='loc'>") == len(maps)
+    assert "stn:window" in page
+
+
+def test_eval_localization_needs_boxes(stn_run, capsys):
+    assert cli.main(["eval", str(stn_run), "--localization", "--dataset", "digits", "--size", "4",
+                     "--split", "val"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs object boxes; dataset 'digits' has none (cluttered-digits has them)")
+    assert len(err.splitlines()) == 1
+
+
+def test_eval_is_reachable_lazily():
+    code = ("import sys, convattn; assert 'convattn.eval' not in sys.modules; "
+            "f = convattn.eval.localization; print(f.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "convattn.eval._localization"
