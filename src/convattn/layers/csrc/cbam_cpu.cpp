@@ -491,8 +491,8 @@ Tensors7 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::T
     copy_into(dwc, total.data() + o_wc, 2 * k * k);
     copy_into(dbc, total.data() + o_bc, 1);
   });
-  auto none = at::empty({0}, opt);
-  return {dx, dw1, q.b1.defined() ? db1 : none, dw2, q.b2.defined() ? db2 : none, dwc, dbc};
+  auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
+  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbc};
 }
 
 }  // namespace

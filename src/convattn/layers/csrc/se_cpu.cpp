@@ -199,8 +199,8 @@ Tensors5 se_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Ten
     copy_into(dw2, total.data() + o_w2, C * R);
     copy_into(db2, total.data() + o_b2, C);
   });
-  auto none = at::empty({0}, opt);
-  return {dx, dw1, w.b1.defined() ? db1 : none, dw2, w.b2.defined() ? db2 : none};
+  auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
+  return {dx, dw1, w.b1.defined() ? db1 : none(), dw2, w.b2.defined() ? db2 : none()};
 }
 
 }  // namespace
