@@ -33,7 +33,7 @@ def _input(layer, batch=2, size=(3, 4), dtype=torch.float64):
 def check_gradgradcheck(layer):
     """First and second derivatives in float64 against finite differences, every parameter included."""
     layer = layer.double()
-    x, params = _input(layer), list(layer.parameters())
+    x, params = _input(layer, size=(3, 3)), list(layer.parameters())
     torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
     torch.autograd.gradgradcheck(lambda x, *p: layer(x), (x, *params))
 

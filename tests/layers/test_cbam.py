@@ -293,9 +293,9 @@ def test_training_gradients_with_zero_gate():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gradcheck_float64_through_layer(channels_last):
-    layer = convattn.create_attn("cbam", 16, rd_channels=4, bias=True).double()
+    layer = convattn.create_attn("cbam", 8, rd_channels=3, bias=True).double()
     randomize(layer)
-    x = torch.randn(2, 16, 3, 4, dtype=torch.float64)
+    x = torch.randn(2, 8, 3, 4, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
@@ -305,7 +305,7 @@ def test_gradcheck_float64_through_layer(channels_last):
 
 # --- the workflows of the toolchain, with the kernels on (fixture "cpp") and off -------------
 def _small(name="cbam", **kw):
-    layer = convattn.create_attn(name, 6, **kw)
+    layer = convattn.create_attn(name, 4, **kw)
     randomize(layer)
     return layer
 

@@ -190,16 +190,29 @@ def _cbam_args(dtype, bias, channels_last):
     return x.requires_grad_(), [ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight, sp.conv.bias]
 
 
-@pytest.mark.parametrize("library", ["convattn_se", "convattn_cbam"])
-@pytest.mark.parametrize("dtype,bias,channels_last", [(torch.float32, True, False), (torch.float64, False, True)])
+@pytest.mark.parametrize(
+    "library,dtype,bias,channels_last",
+    [("convattn_se", torch.float32, True, False), ("convattn_cbam", torch.float64, False, True)],
+)
 def test_opcheck(library, dtype, bias, channels_last):
     ops = require(library)
     x, params = (_se_args if library == "convattn_se" else _cbam_args)(dtype, bias, channels_last)
     torch.library.opcheck(ops.forward.default, (x, *params))
     detached = [p if p is None else p.detach() for p in params]
     saved = ops.forward(x.detach(), *detached)[1:]
-    args = (x.detach(), torch.randn_like(x), *detached, *saved, True)
-    torch.library.opcheck(ops.backward.default, args)
+    for need_dx in (True, False):
+        args = (x.detach(), torch.randn_like(x), *detached, *saved, need_dx)
+        torch.library.opcheck(ops.backward.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize(
+    "library,dtype,bias,channels_last",
+    [("convattn_se", torch.float64, False, True), ("convattn_cbam", torch.float32, True, False)],
+)
+def test_opcheck_other_dtype_bias_and_layout(library, dtype, bias, channels_last):
+    ops = require(library)
+    x, params = (_se_args if library == "convattn_se" else _cbam_args)(dtype, bias, channels_last)
+    torch.library.opcheck(ops.forward.default, (x, *params), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_ops_check_parameter_dtype_and_device():

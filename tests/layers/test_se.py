@@ -112,7 +112,7 @@ def test_gradcheck_float64():
 # --- the workflows of the toolchain, with the kernels on (fixture "cpp") and off -------------
 @pytest.mark.parametrize("bias", [True, False])
 def test_gradgradcheck_float64(bias):
-    check_gradgradcheck(_randomized(convattn.create_attn("se", 6, rd_channels=3, bias=bias)))
+    check_gradgradcheck(_randomized(convattn.create_attn("se", 4, rd_channels=2, bias=bias)))
 
 
 def test_gradient_penalty_matches_plain_autograd():

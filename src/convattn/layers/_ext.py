@@ -52,6 +52,7 @@ __all__ = [
     "LIBRARIES",
     "autograd_backward",
     "build",
+    "call",
     "extensions_enabled",
     "kernels",
     "plain_only",
@@ -407,18 +408,33 @@ def plain_only() -> bool:
     )
 
 
-def use_kernels(x: torch.Tensor, params: Iterable[torch.Tensor]) -> bool:
+def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
     """Whether the CPU kernels take ``x``: a plain (not subclassed) CPU float32/float64 tensor,
-    contiguous or channels-last, with every parameter a CPU tensor of the same dtype, outside the
-    modes of :func:`plain_only`. Anything else (another device for the input or for a parameter,
-    mixed dtypes) runs the PyTorch-op path, where torch reports device mismatches itself."""
-    params = tuple(params)
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and x.layout == torch.strided
-        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-        and all(q.device.type == "cpu" and q.dtype == x.dtype for q in params)
-        and not torch.overrides.has_torch_function((x, *params))
-        and not plain_only()
-    )
+    contiguous or channels-last, with every parameter (``None`` for an absent bias) a CPU tensor of
+    the same dtype, outside the modes of :func:`plain_only`. Anything else (another device for the
+    input or for a parameter, mixed dtypes) runs the PyTorch-op path, where torch reports device and
+    dtype mismatches itself."""
+    dtype = x.dtype
+    if (
+        x.device.type != "cpu"
+        or (dtype is not torch.float32 and dtype is not torch.float64)
+        or x.layout != torch.strided
+        or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+    ):
+        return False
+    for q in params:
+        if q is not None and (q.dtype is not dtype or q.device.type != "cpu"):
+            return False
+    return not torch.overrides.has_torch_function((x, *(q for q in params if q is not None))) and not plain_only()
+
+
+_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def call(op: Any, *args: Any) -> Any:
+    """Run a kernel op taken by :func:`use_kernels`. Where no gradient is to be recorded (grad mode
+    off, or no argument requiring one) its CPU kernel is called directly, without the detour through
+    the Python autograd formula that the dispatcher would take only to find nothing to record."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return op(*args)
+    return op.redispatch(_CPU, *args)

@@ -68,7 +68,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import autograd_backward, kernels, plain_only, use_kernels
+from ._ext import autograd_backward, call, kernels, plain_only, use_kernels
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -137,11 +137,11 @@ def _cbam_backward(ctx, dout, dg, da, *_):
     otherwise (``create_graph=True``, gradients through the recorded gates) autograd's backward of the
     same formula in PyTorch ops, itself differentiable."""
     saved = ctx.saved_tensors
-    params, need = saved[:7], ctx.needs_input_grad
+    inputs, need = saved[:7], ctx.needs_input_grad  # x, w1, b1, w2, b2, wc, bc
     if dg is None and da is None and dout is not None and not torch.is_grad_enabled():
-        grads = torch.ops.convattn_cbam.backward(*params[:1], dout, *params[1:], *saved[7:], need[0])
-        return tuple(d.view_as(p) if n else None for d, p, n in zip(grads, params, need))
-    return autograd_backward(_cbam_paper, params, need, (dout, dg, da))
+        grads = call(torch.ops.convattn_cbam.backward.default, inputs[0], dout, *inputs[1:], *saved[7:], need[0])
+        return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
+    return autograd_backward(_cbam_paper, inputs, need, (dout, dg, da))
 
 
 def _register_cbam(ops) -> None:
@@ -398,13 +398,12 @@ class CBAM(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
-            if use_kernels(x, self.parameters()) and (spatial := self._kernel_spatial()) is not None:
-                ops = cbam_ops()
-            else:
-                ops = None
+            ch = self.channel
+            params = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias)
+            spatial = self._kernel_spatial() if use_kernels(x, params) else None
+            ops = cbam_ops() if spatial is not None and use_kernels(x, spatial) else None
             if ops is not None:
-                ch = self.channel
-                out, g, a = ops.forward(x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, *spatial)[:3]
+                out, g, a = call(ops.forward.default, x, *params, *spatial)[:3]
             elif torch.is_grad_enabled() or plain_only():
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from ._ext import autograd_backward, kernels, use_kernels
+from ._ext import autograd_backward, call, kernels, use_kernels
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
 from ._recording import RecordsAttention
 
@@ -53,7 +53,7 @@ def _se_backward(ctx, dout, dg, _dz, _dhidden):
     x, w1, b1, w2, b2, g, z, hidden = ctx.saved_tensors
     need = ctx.needs_input_grad
     if dg is None and dout is not None and not torch.is_grad_enabled():
-        grads = torch.ops.convattn_se.backward(x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
+        grads = call(torch.ops.convattn_se.backward.default, x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
         shapes = (x, w1, b1, w2, b2)
         return tuple(d.view_as(p) if n else None for d, p, n in zip(grads, shapes, need))
     return autograd_backward(_se_relu_sigmoid, (x, w1, b1, w2, b2), need, (dout, dg))
@@ -122,10 +122,11 @@ class SqueezeExcite(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
-        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and use_kernels(x, self.parameters()):
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and use_kernels(x, params):
             ops = se_ops()
             if ops is not None:
-                out, g, _, _ = ops.forward(x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+                out, g, _, _ = call(ops.forward.default, x, *params)
                 if self.recording:
                     self.emit("", g)
                 return out
