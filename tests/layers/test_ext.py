@@ -260,6 +260,11 @@ def test_kernels_taken_for_cpu_float_input_and_parameters_of_one_dtype(name, spy
         layer.float()(x)
     torch.jit.trace(layer.eval(), x.detach(), check_trace=False)
     torch.func.vmap(layer)(x.detach().unsqueeze(1))
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level():  # forward-mode AD: PyTorch ops have its formulas
+        out = layer(fwad.make_dual(x.detach(), torch.randn_like(x)))
+        assert fwad.unpack_dual(out).tangent is not None
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False):

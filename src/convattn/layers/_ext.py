@@ -397,12 +397,13 @@ def autograd_backward(formula: Callable, inputs: tuple, need: tuple, grads: tupl
 def plain_only() -> bool:
     """Whether layers must run plain PyTorch ops whatever the input: inside ``torch.compile`` /
     ``torch.export`` tracing, ``torch.jit.trace`` (and so ONNX export), a ``torch.func`` transform
-    (``grad``, ``vmap``, ...), CPU autocast, or a dispatch mode (``FlopCounterMode``, fake tensors,
+    (``grad``, ``vmap``, ...), forward-mode AD (dual tensors), CPU autocast, or a dispatch mode (``FlopCounterMode``, fake tensors,
     memory trackers), so that those tools see, transform or cast what is computed."""
     return (
         torch.compiler.is_compiling()
         or torch.jit.is_tracing()
         or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
         or torch.is_autocast_enabled("cpu")
         or _get_current_dispatch_mode() is not None
     )
