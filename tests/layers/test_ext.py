@@ -272,6 +272,18 @@ def test_kernels_taken_for_cpu_float_input_and_parameters_of_one_dtype(name, spy
     assert spy == []
 
 
+@pytest.mark.parametrize("name", ["se", "cbam"])
+def test_fx_symbolic_trace_records_pytorch_ops(name, spy, monkeypatch):
+    # the layers' own dispatch on an FX Proxy (input validation is checked with the other layers)
+    for module in (se_module, cbam_module):
+        monkeypatch.setattr(module, "check_input", lambda *args, **kwargs: None)
+    layer, x = convattn.create_attn(name, 8), torch.randn(2, 8, 5, 6)
+    traced = torch.fx.symbolic_trace(layer)
+    assert "convattn_" not in traced.code
+    torch.testing.assert_close(traced(x), layer(x))
+    assert spy == ["convattn_%s.forward" % name]  # the eager call above; the trace took PyTorch ops
+
+
 def test_cbam_other_configurations_run_pytorch_ops(spy):
     x = torch.randn(2, 8, 5, 6, requires_grad=True)
     convattn.create_attn("cbam", 8, norm_layer="bn")(x).sum().backward()

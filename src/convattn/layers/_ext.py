@@ -410,11 +410,13 @@ def plain_only() -> bool:
 
 
 def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
-    """Whether the CPU kernels take ``x``: a plain (not subclassed) CPU float32/float64 tensor,
+    """Whether the CPU kernels take ``x``: a plain (not subclassed, not an FX proxy) CPU float32/float64 tensor,
     contiguous or channels-last, with every parameter (``None`` for an absent bias) a CPU tensor of
     the same dtype, outside the modes of :func:`plain_only`. Anything else (another device for the
     input or for a parameter, mixed dtypes) runs the PyTorch-op path, where torch reports device and
     dtype mismatches itself."""
+    if not isinstance(x, torch.Tensor):  # a torch.fx Proxy: symbolic tracing records the PyTorch ops
+        return False
     dtype = x.dtype
     if (
         x.device.type != "cpu"

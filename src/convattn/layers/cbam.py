@@ -290,11 +290,11 @@ class CbamSpatial(RecordsAttention):
 
     def spatial_gate(self, stats: torch.Tensor) -> torch.Tensor:
         """``σ(norm(conv(stats)))`` for the pooled maps ``stats (B, 2, H, W)``; returns ``(B, 1, H, W)``."""
-        if stats.device.type == "cpu" and not plain_only():
+        if isinstance(stats, torch.Tensor) and stats.device.type == "cpu" and not plain_only():
             logits = _pair_conv(stats, self.conv.weight)
             if self.conv.bias is not None:
                 logits = logits + self.conv.bias.view(1, 1, 1, 1)
-        else:  # traced, exported, transformed (its groups would depend on the batch size) or off the CPU
+        else:  # traced (FX, jit), exported, transformed (its groups would depend on the batch size) or off the CPU
             logits = self.conv(stats)
         return self.gate(self.norm(logits))
 
@@ -404,7 +404,7 @@ class CBAM(RecordsAttention):
             ops = cbam_ops() if spatial is not None and use_kernels(x, spatial) else None
             if ops is not None:
                 out, g, a = call(ops.forward.default, x, *params, *spatial)[:3]
-            elif torch.is_grad_enabled() or plain_only():
+            elif torch.is_grad_enabled() or plain_only() or not isinstance(x, torch.Tensor):  # FX: a Proxy
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
