@@ -123,7 +123,8 @@ def compile_table(layer_reps: int) -> None:
                 fns = [step(m, xi) for m in mods]
                 fns[1]()  # compile outside the timing
                 a, b, c = _interleaved(fns, layer_reps, 3)
-                print(f"{name} {mode} B8 C64 56x56 {fmt:<13}{'':<9} {a:7.2f} ms {b:7.2f} ms {c:7.2f} ms", flush=True)
+                label = f"{name} {mode} B8 C64 56x56 {fmt}"
+                print(f"{label:<44} {a:7.2f} ms {b:7.2f} ms {c:7.2f} ms", flush=True)
 
 
 def _forward(module: nn.Module, x: torch.Tensor):
