@@ -1,6 +1,7 @@
 """Speed targets, each a ratio of two timings taken in this one run on this machine.
 
     python benchmarks/speed_targets.py [--quick] [--threads N] [--clock wall|process] [--malloc keep|default]
+                                       [--no-compile]
 
 ``--quick`` takes fewer 224x224 training steps (about 2-3 minutes on one thread);
 ``--clock process`` (the default with ``--threads 1``) counts this process's CPU
@@ -11,6 +12,12 @@ time, which holds up better than wall time on a machine shared with other jobs.
 3. resnet18 SGD training step, batch 32 at 224x224 and batch 64 at 64x64, with se and with cbam:
    vs timm's same model (target <= 1.0x) and vs plain resnet18 (target <= 1.05x se, <= 1.10x cbam)
 4. simple_cnn + cbam on 1x28x28, batch 128, SGD step vs plain simple_cnn          (target < 1.20x)
+
+Then, without targets, which path to use for SE and CBAM (B=8, C=64, 56x56, NCHW and
+channels_last, inference and a forward+backward training pass): convattn's default
+(the C++ kernels in eager mode), ``torch.compile`` of the layer (which compiles
+convattn's plain PyTorch-op path; the first call's compile time is not counted) and
+timm's module in eager mode. ``--no-compile`` leaves this table out.
 
 Timings alternate between the two sides of a ratio (A B A B ...) so that load from
 other processes hits both alike; the median of each side is used.
@@ -65,6 +72,61 @@ def _alternating(fa, fb, repeats: int, warmup: int) -> tuple[float, float]:
     return statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
 
 
+def _interleaved(fns, repeats: int, warmup: int) -> list[float]:
+    """Medians (ms) of each of ``fns``, called in turn (A B C A B C ...)."""
+    for _ in range(warmup):
+        for f in fns:
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for f, t in zip(fns, times):
+            t0 = CLOCK(); f(); t.append(CLOCK() - t0)
+    return [statistics.median(t) * 1e3 for t in times]
+
+
+def _layer_step(module: nn.Module, x: torch.Tensor):
+    """Forward and backward of one layer (input and parameter gradients), as in training."""
+    module.train()
+    x = x.detach().requires_grad_()
+    dy = torch.randn_like(x)
+
+    def f():
+        x.grad = None
+        module.zero_grad(set_to_none=True)
+        module(x).backward(dy)
+    return f
+
+
+def compile_table(layer_reps: int) -> None:
+    """SE and CBAM: the C++ kernels (eager), torch.compile of the plain path, timm (eager)."""
+    from timm.layers.cbam import CbamModule
+    from timm.layers.squeeze_excite import SEModule
+
+    print()
+    print("Which path: convattn eager (C++ kernels) vs torch.compile(convattn layer) (plain PyTorch ops) vs timm eager")
+    print(f"{'':<44} {'kernels':>10} {'compiled':>10} {'timm':>10}")
+    x = torch.randn(8, 64, 56, 56)
+    makers = {
+        "cbam": (lambda: create_attn("cbam", 64), lambda: CbamModule(64, rd_ratio=1 / 16, rd_divisor=1)),
+        "se": (lambda: create_attn("se", 64), lambda: SEModule(64, rd_ratio=1 / 16, rd_divisor=1)),
+    }
+    for name, (ours, theirs) in makers.items():
+        for fmt in ("NCHW", "channels_last"):
+            xi = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+            for mode in ("inference", "training"):
+                torch.manual_seed(0)
+                mods = [ours(), ours(), theirs()]
+                if fmt == "channels_last":
+                    mods = [m.to(memory_format=torch.channels_last) for m in mods]
+                mods[1] = torch.compile(mods[1])
+                step = _forward if mode == "inference" else _layer_step
+                fns = [step(m, xi) for m in mods]
+                fns[1]()  # compile outside the timing
+                a, b, c = _interleaved(fns, layer_reps, 3)
+                label = f"{name} {mode} B8 C64 56x56 {fmt}"
+                print(f"{label:<44} {a:7.2f} ms {b:7.2f} ms {c:7.2f} ms", flush=True)
+
+
 def _forward(module: nn.Module, x: torch.Tensor):
     module.eval()
 
@@ -104,6 +166,7 @@ def main() -> int:
     ap.add_argument("--clock", choices=["wall", "process"], help="default: process with --threads 1, else wall")
     ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
                     help="keep: glibc keeps freed memory (no trim / mmap); default: glibc's settings")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile table")
     args = ap.parse_args()
     malloc = "glibc heap kept" if args.malloc == "keep" and keep_heap() else "default malloc"
     if args.threads:
@@ -163,6 +226,8 @@ def main() -> int:
     report("simple_cnn+cbam SGD step B128 1x28x28 vs plain", a, b, 1.20, strict=True)
     missed = [r[0] for r in RESULTS if r[4] != "ok"]
     print(f"{len(RESULTS) - len(missed)}/{len(RESULTS)} targets met" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    if not args.no_compile:
+        compile_table(layer_reps)
     return 0
 
 

@@ -6,15 +6,24 @@ import torch
 
 import convattn
 from convattn.exceptions import ConfigError
-from convattn.layers._ext import se_ops
+from kernel_checks import (
+    check_autocast_after_conv,
+    check_compile_matches_eager,
+    check_gradgradcheck,
+    check_low_precision_parameters,
+    check_penalty_matches_plain_autograd,
+    check_vmap_grad_matches_loop,
+    require,
+)
 
 
 @pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
 def backend(request, monkeypatch):
+    """Every test runs with the C++ kernels (where they build; in CI they must) and without."""
     if request.param == "torch-ops":
         monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
-    elif se_ops() is None:
-        pytest.skip("convattn's C++ kernels could not be built here (is a C++ compiler installed?)")
+    else:
+        require("convattn_se")
     return request.param
 
 
@@ -98,3 +107,30 @@ def test_gradcheck_float64():
     se = _randomized(convattn.create_attn("se", 8, rd_channels=3)).double()
     x = torch.randn(2, 8, 3, 4, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda x, *p: se(x), (x, *se.parameters()), eps=1e-6, atol=1e-5)
+
+
+# --- the workflows of the toolchain, with the kernels on (fixture "cpp") and off -------------
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradgradcheck_float64(bias):
+    check_gradgradcheck(_randomized(convattn.create_attn("se", 4, rd_channels=2, bias=bias)))
+
+
+def test_gradient_penalty_matches_plain_autograd():
+    check_penalty_matches_plain_autograd(_randomized(convattn.create_attn("se", 16, rd_channels=4)))
+
+
+def test_per_sample_gradients_with_vmap():
+    check_vmap_grad_matches_loop(_randomized(convattn.create_attn("se", 8, rd_channels=4)))
+
+
+def test_autocast_bfloat16_after_a_convolution():
+    check_autocast_after_conv(convattn.create_attn("se", 16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_parameters(dtype):
+    check_low_precision_parameters(_randomized(convattn.create_attn("se", 16, rd_channels=4)), dtype)
+
+
+def test_compile_fullgraph_matches_eager():
+    check_compile_matches_eager(_randomized(convattn.create_attn("se", 8, rd_channels=4)))

@@ -1,12 +1,28 @@
-"""convattn's C++ CPU kernels, compiled on first use with ``torch.utils.cpp_extension``.
+"""convattn's C++ CPU kernels: building, caching, loading, and when the layers may use them.
 
-The sources live in ``layers/csrc``. Building needs a C++ compiler (and ninja, which
-PyTorch uses when present); it takes about half a minute once per machine, and the
-result is cached by PyTorch (``TORCH_EXTENSIONS_DIR``, by default
-``~/.cache/torch_extensions``) under a name that hashes the sources and this CPU's
-instruction sets, since the code is built with ``-march=native``. Where the build fails, or with
-``CONVATTN_EXTENSIONS=0`` in the environment, the layers use their PyTorch-op paths,
-which compute the same result.
+The sources live in ``layers/csrc``. ``convattn kernels build`` compiles them ahead of time
+(for instance in a Dockerfile); otherwise the first forward that can use them compiles them,
+announced with one log line (one to two minutes per library on a busy 2-core machine). Building
+needs a C++ compiler (``$CXX``, else ``c++``) and ninja (a dependency of convattn).
+
+Each build lives in its own folder under ``$CONVATTN_KERNELS_DIR`` (default
+``~/.cache/convattn/kernels``), named by a hash of the sources, the torch version, the
+compiler's version, the Python version and this CPU's model and instruction sets (the code is
+built with ``-march=native``), so two environments never share a build. Builds run in a
+separate process under an exclusive file lock on that folder; a process waiting for another's
+build gives up after ``$CONVATTN_BUILD_TIMEOUT`` seconds (default 900) with a message naming the
+lock. The lock is released by the operating system when its holder exits, so an interrupted
+build never leaves a lock behind. Loading is thread-safe.
+
+Where the build fails, the layers warn once and use their PyTorch-op paths, which compute the
+same result; ``CONVATTN_EXTENSIONS=0`` skips the kernels altogether. ``convattn kernels
+status`` (:func:`status`) says what is built, where, for which torch / compiler / CPU, and why
+not.
+
+The kernels are taken only where they are exactly right (:func:`use_kernels`): CPU float32 /
+float64 input and parameters of the same dtype, dense storage, and none of the transforms that
+must see PyTorch ops (``torch.compile`` / ``torch.export``, ``torch.jit.trace`` and ONNX export,
+``torch.func`` transforms, autocast, dispatch modes such as ``FlopCounterMode``).
 """
 
 from __future__ import annotations
@@ -15,18 +31,57 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-__all__ = ["cbam_ops", "extensions_enabled", "fused_input", "se_ops", "tracing"]
+from ..exceptions import ConvattnError
+
+__all__ = [
+    "KernelBuildError",
+    "LIBRARIES",
+    "autograd_backward",
+    "build",
+    "call",
+    "extensions_enabled",
+    "kernels",
+    "plain_only",
+    "status",
+    "use_kernels",
+]
 
 _LOG = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("csrc")
-_LOADED: dict[str, Any] = {}
+LIBRARIES = {"convattn_se": "se_cpu.cpp", "convattn_cbam": "cbam_cpu.cpp"}
+_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+_LOCK = threading.RLock()
+_LOADED: dict[str, Any] = {}  # library -> torch.ops namespace, or None where it could not be built
+_ERRORS: dict[str, str] = {}  # library -> why it is not loaded in this process
+_REGISTERED: set[str] = set()  # libraries whose fake / autograd formulas are registered
+
+# Run in a fresh interpreter, so the build's logging and warnings stay out of the caller's process.
+_BUILD_SCRIPT = """
+import sys
+from torch.utils.cpp_extension import load
+name, source, folder = sys.argv[1:4]
+load(name=name, sources=[source], build_directory=folder, extra_cflags=sys.argv[4].split(),
+     extra_ldflags=sys.argv[5].split(), is_python_module=False, verbose=True)
+"""
+
+
+class KernelBuildError(ConvattnError, RuntimeError):
+    """The C++ kernels could not be built or loaded (no compiler, a compile error, a lock timeout)."""
 
 
 def extensions_enabled() -> bool:
@@ -34,82 +89,355 @@ def extensions_enabled() -> bool:
     return os.environ.get("CONVATTN_EXTENSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _build_tag() -> str:
-    """A short hash of the kernel sources and of this CPU's model and instruction-set flags
-    (the build uses ``-march=native``; PyTorch's own rebuild check does not look at headers)."""
-    text = platform.machine() + "".join(f.read_text() for f in sorted(_SRC.iterdir()) if f.suffix in (".cpp", ".h"))
+def _cache_root() -> Path:
+    if os.environ.get("CONVATTN_KERNELS_DIR"):
+        return Path(os.environ["CONVATTN_KERNELS_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "convattn" / "kernels"
+
+
+def _build_timeout() -> float:
+    return float(os.environ.get("CONVATTN_BUILD_TIMEOUT", "900"))
+
+
+def _compiler() -> tuple[str, str | None]:
+    """The C++ compiler torch's build uses and the first line of its ``--version`` (``None`` if absent)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return cxx, None
+    return cxx, (out.splitlines() or ["unknown"])[0].strip()
+
+
+def _cpu() -> tuple[str, str]:
+    """This CPU's model name and its instruction-set flags (``-march=native`` depends on them)."""
+    model, flags = platform.processor() or platform.machine(), ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags", "Features")):
-                text += line
-                if line.startswith(("flags", "Features")):
-                    break
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
+    return model, flags
 
 
-def _load(source: str, library: str) -> Any:
+def _ninja_path() -> str | None:
+    """A folder holding ``ninja`` to put on the build's PATH, or ``None`` where it is not installed."""
+    if shutil.which("ninja"):
+        return os.path.dirname(shutil.which("ninja"))
+    scripts = sysconfig.get_path("scripts")  # a virtual environment that is not activated
+    if scripts and shutil.which("ninja", path=scripts):
+        return scripts
+    try:
+        import ninja  # the PyPI package ships the binary
+
+        return ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        return None
+
+
+_ENV_CACHE: dict[str, Any] = {}
+
+
+def _environment() -> dict[str, Any]:
+    """What a build depends on (computed once per process): sources, torch, compiler, Python, CPU."""
+    with _LOCK:
+        if not _ENV_CACHE:
+            cxx, version = _compiler()
+            model, flags = _cpu()
+            _ENV_CACHE.update(
+                cxx=cxx,
+                compiler=version,
+                cpu=model,
+                cpu_flags=flags,
+                torch=torch.__version__,
+                python=f"{sys.implementation.cache_tag}-{platform.machine()}",
+            )
+        return _ENV_CACHE
+
+
+def _build_tag(library: str) -> str:
+    """Hash of everything a build of ``library`` depends on: its source and the shared header, the
+    torch version, the compiler's version, the Python ABI and this CPU's model and flags."""
+    env = _environment()
+    text = "\0".join(
+        [
+            (_SRC / LIBRARIES[library]).read_text(),
+            *(f.read_text() for f in sorted(_SRC.glob("*.h"))),
+            env["torch"],
+            str(env["compiler"]),
+            env["python"],
+            env["cpu"],
+            env["cpu_flags"],
+            " ".join(_CFLAGS + _LDFLAGS),
+        ]
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def build_dir(library: str) -> Path:
+    """The folder that holds (or will hold) this environment's build of ``library``."""
+    return _cache_root() / f"{library}-{_build_tag(library)}"
+
+
+def _library_file(library: str) -> Path:
+    return build_dir(library) / f"{library}{'.pyd' if sys.platform == 'win32' else '.so'}"
+
+
+class _BuildLock:
+    """An exclusive lock on a build folder (``flock``), waited for at most ``timeout`` seconds.
+
+    The operating system releases it when the holding process exits, however it exits, so an
+    interrupted build cannot leave a stale lock. Where ``fcntl`` is missing (Windows) builds are
+    not serialised across processes (torch's own lock file then applies).
+    """
+
+    def __init__(self, folder: Path, timeout: float) -> None:
+        self.path = folder / "convattn-build.lock"
+        self.timeout = timeout
+        self._file = None
+
+    def __enter__(self) -> _BuildLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._file.seek(0)
+                    holder = self._file.read().strip() or "another process"
+                    self._file.close()
+                    self._file = None
+                    raise KernelBuildError(
+                        f"timed out after {self.timeout:.0f} s waiting for the kernel build lock {self.path} "
+                        f"(held by {holder}). Wait for that build to finish, or stop it; "
+                        "CONVATTN_BUILD_TIMEOUT sets the wait, CONVATTN_EXTENSIONS=0 skips the kernels."
+                    ) from None
+                time.sleep(0.2)
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {platform.node()}")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _compile(library: str) -> Path:
+    """Build ``library`` into its folder unless already built; returns the shared library's path."""
+    target = _library_file(library)
+    folder = target.parent
+    with _BuildLock(folder, _build_timeout()):
+        if target.exists():  # built by another process while this one waited
+            return target
+        env = _environment()
+        if env["compiler"] is None:
+            raise KernelBuildError(f"no C++ compiler: `{env['cxx']} --version` failed (install one or set CXX)")
+        ninja_dir = _ninja_path()
+        if ninja_dir is None:
+            raise KernelBuildError("ninja is not installed (pip install ninja)")
+        stale = folder / "lock"  # torch's own lock file, left by an interrupted build: we hold the folder
+        stale.unlink(missing_ok=True)
+        _LOG.warning(
+            "convattn: compiling its C++ CPU kernels %s for torch %s with %s into %s "
+            "(once per environment, one to two minutes; `convattn kernels build` does it ahead of time)",
+            library,
+            env["torch"],
+            env["compiler"],
+            folder,
+        )
+        started = time.monotonic()
+        child_env = dict(os.environ, PATH=ninja_dir + os.pathsep + os.environ.get("PATH", ""))
+        cmd = [sys.executable, "-c", _BUILD_SCRIPT, library, str(_SRC / LIBRARIES[library]), str(folder)]
+        cmd += [" ".join(_CFLAGS), " ".join(_LDFLAGS)]
+        proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0 or not target.exists():
+            (folder / "build-error.log").write_text(log)
+            errors = [line for line in log.splitlines() if "error" in line.lower()]
+            detail = (errors or log.strip().splitlines() or ["no output"])[0].strip()
+            raise KernelBuildError(f"building {library} failed: {detail} (full log: {folder / 'build-error.log'})")
+        (folder / "build-error.log").unlink(missing_ok=True)
+        _LOG.info("convattn: built %s in %.0f s", library, time.monotonic() - started)
+        return target
+
+
+def _load_library(library: str, register: Callable[[Any], None] | None) -> Any:
+    """Build (if needed) and load ``library`` into this process, then register its Python formulas."""
+    path = _compile(library)
+    if not hasattr(torch.ops, library) or not hasattr(getattr(torch.ops, library), "forward"):
+        torch.ops.load_library(str(path))
+    ops = getattr(torch.ops, library)
+    if register is not None and library not in _REGISTERED:
+        register(ops)
+        _REGISTERED.add(library)
+    return ops
+
+
+def kernels(library: str, register: Callable[[Any], None] | None = None) -> Any:
+    """The ``torch.ops`` namespace of ``library``, built and loaded on first use; ``None`` where the
+    kernels are disabled or could not be built (with one ``RuntimeWarning`` saying why).
+
+    ``register(ops)`` runs once, after the first load: it registers the ops' fake and autograd
+    formulas (they live with the layers, beside the PyTorch-op formulation they fall back to).
+    """
     if not extensions_enabled():
         return None
     if library in _LOADED:
         return _LOADED[library]
-    ops = None
-    torch_log = logging.getLogger("torch.utils.cpp_extension")
-    level = torch_log.level
-    try:
-        torch_log.setLevel(logging.ERROR)  # its "no CUDA runtime found" notice on CPU-only machines
-        from torch.utils.cpp_extension import load
-
-        _LOG.info("building convattn's %s kernels (once per machine, about 30 s)", library)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            load(
-                name=f"{library}_{_build_tag()}",
-                sources=[str(_SRC / source)],
-                extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
-                is_python_module=False,
-                verbose=False,
+    with _LOCK:
+        if library in _LOADED:
+            return _LOADED[library]
+        try:
+            ops = _load_library(library, register)
+        except Exception as e:  # no compiler, a compile error, a lock timeout: fall back to PyTorch ops
+            ops = None
+            _ERRORS[library] = f"{type(e).__name__}: {e}"
+            warnings.warn(
+                f"convattn could not build its C++ kernels ({_ERRORS[library]}); using the PyTorch-op paths "
+                "(same results, slower on CPU). `convattn kernels status` says more; "
+                "CONVATTN_EXTENSIONS=0 skips the build.",
+                RuntimeWarning,
+                stacklevel=3,
             )
-        ops = getattr(torch.ops, library)
-    except Exception as e:  # no compiler, missing headers, ...: fall back to PyTorch ops
-        warnings.warn(
-            f"convattn could not build its C++ kernels ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-            "using the PyTorch-op paths (same results, slower on CPU). Set CONVATTN_EXTENSIONS=0 to skip the build.",
-            RuntimeWarning,
-            stacklevel=3,
+        _LOADED[library] = ops
+        return ops
+
+
+def build(libraries: Iterable[str] | None = None, *, force: bool = False) -> dict[str, Path]:
+    """Build the kernels ahead of time (``convattn kernels build``); returns each library's file.
+
+    Raises:
+        KernelBuildError: a library could not be built (its message says why).
+    """
+    built = {}
+    for library in libraries or LIBRARIES:
+        if library not in LIBRARIES:
+            raise KernelBuildError(f"unknown kernel library {library!r}; expected one of {sorted(LIBRARIES)}")
+        if force:
+            with _BuildLock(build_dir(library), _build_timeout()):
+                _library_file(library).unlink(missing_ok=True)
+        built[library] = _compile(library)
+    return built
+
+
+def status() -> list[dict[str, Any]]:
+    """One record per kernel library: whether it is built and loaded, where, for which torch,
+    compiler, Python and CPU, and why not (``reason``)."""
+    env = _environment()
+    rows = []
+    for library in LIBRARIES:
+        path = _library_file(library)
+        error_log = path.parent / "build-error.log"
+        if not extensions_enabled():
+            state, reason = "disabled", "CONVATTN_EXTENSIONS is set to off"
+        elif library in _ERRORS:
+            state, reason = "failed", _ERRORS[library]
+        elif path.exists():
+            state, reason = ("loaded" if _LOADED.get(library) is not None else "built"), ""
+        elif env["compiler"] is None:
+            state, reason = "not built", f"no C++ compiler (`{env['cxx']} --version` failed; set CXX)"
+        elif _ninja_path() is None:
+            state, reason = "not built", "ninja is not installed (pip install ninja)"
+        elif error_log.exists():
+            lines = [line for line in error_log.read_text().splitlines() if "error" in line.lower()]
+            state, reason = "failed", f"the last build failed: {(lines or ['see the log'])[0].strip()} ({error_log})"
+        else:
+            state, reason = "not built", "builds on first use, or run `convattn kernels build`"
+        rows.append(
+            dict(
+                library=library,
+                state=state,
+                path=str(path),
+                torch=env["torch"],
+                compiler=env["compiler"] or f"{env['cxx']} (not found)",
+                python=env["python"],
+                cpu=env["cpu"],
+                reason=reason,
+            )
         )
-    finally:
-        torch_log.setLevel(level)
-    _LOADED[library] = ops
-    return ops
+    return rows
 
 
-def cbam_ops() -> Any:
-    """The ``torch.ops.convattn_cbam`` namespace (fused CBAM passes), or ``None`` where unavailable."""
-    return _load("cbam_cpu.cpp", "convattn_cbam")
+def autograd_backward(formula: Callable, inputs: tuple, need: tuple, grads: tuple) -> tuple:
+    """The backward of a kernel op where the kernel backward cannot serve: gradients of
+    ``formula(*inputs)`` (the op's formula in PyTorch ops, returning the op's differentiable outputs)
+    for the ``inputs`` marked in ``need``, given the output gradients ``grads`` (``None`` where
+    absent). Called with grad mode on (the backward of a ``create_graph=True`` pass) the result is
+    itself differentiable, so gradients of gradients reach every input and parameter."""
+    wanted = [t for t, n in zip(inputs, need) if n]
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        pairs = [(o, d) for o, d in zip(formula(*inputs), grads) if d is not None]
+        result = iter(
+            torch.autograd.grad(
+                [o for o, _ in pairs], wanted, [d for _, d in pairs], create_graph=create_graph, allow_unused=True
+            )
+        )
+    return tuple(next(result) if n else None for n in need)
 
 
-def se_ops() -> Any:
-    """The ``torch.ops.convattn_se`` namespace (whole-layer SE), or ``None`` where unavailable."""
-    return _load("se_cpu.cpp", "convattn_se")
-
-
-def tracing() -> bool:
-    """Inside ``torch.compile``/``torch.export`` tracing or a dispatch mode (``FlopCounterMode``, fake
-    tensors, memory trackers): layers then run plain PyTorch ops, so such tools see what is computed."""
-    return torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None
-
-
-def fused_input(x: torch.Tensor, params) -> bool:
-    """Whether the CPU kernels take ``x``: a CPU float32/float64 tensor, contiguous or channels-last,
-    with the layer's parameters in the same dtype, outside ``torch.compile``/``torch.export`` tracing
-    and outside dispatch modes (``FlopCounterMode``, fake tensors, ...), which then see PyTorch ops."""
+def plain_only() -> bool:
+    """Whether layers must run plain PyTorch ops whatever the input: inside ``torch.compile`` /
+    ``torch.export`` tracing, ``torch.jit.trace`` (and so ONNX export), a ``torch.func`` transform
+    (``grad``, ``vmap``, ...), forward-mode AD (dual tensors), CPU autocast, or a dispatch mode (``FlopCounterMode``, fake tensors,
+    memory trackers), so that those tools see, transform or cast what is computed."""
     return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-        and not tracing()
-        and all(q.dtype == x.dtype for q in params)
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
+        or torch.is_autocast_enabled("cpu")
+        or _get_current_dispatch_mode() is not None
     )
+
+
+def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether the CPU kernels take ``x``: a plain (not subclassed, not an FX proxy) CPU float32/float64 tensor,
+    contiguous or channels-last, with every parameter (``None`` for an absent bias) a CPU tensor of
+    the same dtype, outside the modes of :func:`plain_only`. Anything else (another device for the
+    input or for a parameter, mixed dtypes) runs the PyTorch-op path, where torch reports device and
+    dtype mismatches itself."""
+    if not isinstance(x, torch.Tensor):  # a torch.fx Proxy: symbolic tracing records the PyTorch ops
+        return False
+    dtype = x.dtype
+    if (
+        x.device.type != "cpu"
+        or (dtype is not torch.float32 and dtype is not torch.float64)
+        or x.layout != torch.strided
+        or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
+    ):
+        return False
+    for q in params:
+        if q is not None and (q.dtype is not dtype or q.device.type != "cpu"):
+            return False
+    return not torch.overrides.has_torch_function((x, *(q for q in params if q is not None))) and not plain_only()
+
+
+_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def call(op: Any, *args: Any) -> Any:
+    """Run a kernel op taken by :func:`use_kernels`. Where no gradient is to be recorded (grad mode
+    off, or no argument requiring one) its CPU kernel is called directly, without the detour through
+    the Python autograd formula that the dispatcher would take only to find nothing to record."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return op(*args)
+    return op.redispatch(_CPU, *args)

@@ -29,21 +29,21 @@ memory-bound: its cost is the number of times the full-size tensor is read or wr
 
 - The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm; in
   inference also with an eval-mode BatchNorm, folded into the convolution) runs
-  in whole-layer C++ kernels (``csrc/cbam_cpu.cpp``, built on first use; see
+  in whole-layer C++ kernels, the custom op ``torch.ops.convattn_cbam.forward``
+  (``csrc/cbam_cpu.cpp``, built on first use or by ``convattn kernels build``; see
   :mod:`convattn.layers._ext`): each sample is pooled, gated and refined, or
   differentiated, in one go, so it is read from memory once per direction; the MLP,
   the k×k convolution and their gradients are computed in the same loop, in parallel
-  over the batch.
-- Other configurations use split C++ passes (one read of the input each) and leave the
-  MLP / convolution / norm to PyTorch.
-- Without the kernels (no compiler, ``CONVATTN_EXTENSIONS=0``, other dtypes or devices)
-  the PyTorch-op path runs: both channel pools go through the MLP as one batch, the
-  channel mean of ``Mc ⊗ F`` is a matrix product ``gᵀx / C``, the 2→1 k×k convolution
-  runs as a depthwise convolution over the ``2B`` pooled maps (forward and backward),
-  and in training a custom autograd function does the full-size backward by hand.
-- Under ``torch.export`` / ``torch.compile`` and dispatch modes (``FlopCounterMode``,
-  fake tensors) the layer runs as plain tensor operations.
-- The hand-written training paths are differentiable once (no gradients of gradients).
+  over the batch. The op's backward is the kernel's, except where a graph of the
+  gradient is asked for (``create_graph=True``) or the recorded gates carry a gradient:
+  then autograd differentiates the same formula in PyTorch ops, so gradients of
+  gradients are exact.
+- Everything else runs plain PyTorch ops: other configurations, other dtypes or
+  devices, ``CONVATTN_EXTENSIONS=0``, and the modes in which tools must see what is
+  computed (``torch.compile`` / ``torch.export``, ``torch.jit.trace`` and ONNX export,
+  ``torch.func``, autocast, dispatch modes such as ``FlopCounterMode``). In CPU eager mode
+  the 2→1 k×k convolution runs as a depthwise convolution over the ``2B`` pooled maps,
+  and inference computes the channel mean of ``Mc ⊗ F`` as a matrix product ``gᵀx / C``.
 
 ``benchmarks/speed_targets.py`` measures it against timm's CbamModule.
 
@@ -68,7 +68,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import cbam_ops, fused_input, tracing
+from ._ext import autograd_backward, call, kernels, plain_only, use_kernels
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -89,187 +89,79 @@ def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor
     return out, torch.stack((mean, out.amax(1)), 1)
 
 
-def _is_channels_last(x: torch.Tensor) -> bool:
-    """Stored channels-last (and not also plain contiguous, as when C == 1 or H·W == 1)."""
-    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+def _cbam_paper(x, w1, b1, w2, b2, wc, bc):
+    """Channel-first CBAM in the paper's configuration (ReLU MLP, sigmoid gates, k×k convolution with
+    bias), in PyTorch ops from the parameters: ``(out, g, a)``. The formula of the ``convattn_cbam``
+    kernels, differentiated by autograd where they cannot be (see ``_cbam_backward``)."""
+    flat = x.flatten(2)
+    pooled = torch.cat((flat.mean(-1), flat.amax(-1)))
+    hidden = torch.relu(F.linear(pooled, w1, b1))
+    b = x.shape[0]
+    logits = F.linear(hidden.view(2, b, -1).sum(0), w2)
+    g = torch.sigmoid(logits if b2 is None else logits + 2 * b2)
+    refined = x * g[:, :, None, None]
+    stats = torch.stack((refined.mean(1), refined.amax(1)), 1)
+    a = torch.sigmoid(F.conv2d(stats, wc, bc, padding=wc.shape[-1] // 2))
+    return refined * a, g, a
 
 
-class _ChannelFirstCBAM(torch.autograd.Function):
-    """Channel-first CBAM with a hand-written backward over the full-size tensors.
-
-    The small graphs (the channel MLP on the pooled ``(2B, C)`` vectors, the spatial
-    conv on the pooled ``(B, 2, H, W)`` maps) are built with autograd inside
-    ``forward`` and differentiated with ``torch.autograd.grad`` in ``backward``;
-    the full-size work (pools, gating, their gradients) is done directly, saving
-    only ``x``, the gates and the two maxima. The small graphs
-    are kept until the outer graph is freed, so ``backward`` can run more than once
-    (``retain_graph=True``). Not twice differentiable.
-
-    Max-pool gradients: both maxima (over C at each position, over H×W per channel)
-    split their gradient evenly between tied elements, as autograd does for ``amax``.
-    """
-
-    @staticmethod
-    def forward(ctx, x, layer, *params):
-        b, c, h, w = x.shape
-        flat = x.flatten(2)  # a view for contiguous and channels-last storage
-        peak_hw = flat.amax(-1)
-        pooled = torch.cat((flat.mean(-1), peak_hw)).requires_grad_()  # a leaf of the small graph
-        with torch.enable_grad():
-            g = layer.channel.gate_from_pooled(pooled)
-        gd = g.detach()
-        out = x * gd[:, :, None, None]
-        mean_c = torch.bmm((gd / c).unsqueeze(1), flat).view(b, h, w)
-        peak_c = out.amax(1)
-        stats = torch.stack((mean_c, peak_c), 1).requires_grad_()
-        with torch.enable_grad():
-            a = layer.spatial.spatial_gate(stats)
-        out.mul_(a.detach())
-        ctx.save_for_backward(x, peak_hw)
-        ctx.peak_c = peak_c  # not an input or output: kept out of the saved-tensor checks
-        ctx.graphs = (pooled, g, stats, a)
-        ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
-        g_out, a_out = gd, a.detach()
-        ctx.mark_non_differentiable(g_out, a_out)
-        return out, g_out, a_out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, _dg, _da):
-        x, peak_hw = ctx.saved_tensors
-        peak_c = ctx.peak_c
-        pooled, g, stats, a = ctx.graphs
-        ch_params, sp_params = ctx.params
-        b, c, h, w = x.shape
-        p = h * w
-        gd, ad = g.detach(), a.detach()
-        g4 = gd[:, :, None, None]
-        dx = torch.empty_like(x)  # x's layout, in which (B, C, HW) is a view; the one full-size buffer
-        dx3, x3 = dx.flatten(2), x.flatten(2)
-        cl = _is_channels_last(x)
-        # out = x · g · a: da = Σ_c g·x·dout, and Σ_p x·dout·a goes into dg
-        torch.mul(dout, x, out=dx)
-        da = torch.bmm(gd.unsqueeze(1), dx3).view(b, 1, h, w)
-        dg = torch.bmm(ad.view(b, 1, p), dx3.transpose(1, 2)).view(b, c)
-        d_stats, sp_grads = _small_grads(a, stats, sp_params, da)
-        d_mean = d_stats[:, :1] / c  # (B, 1, H, W): stats[:, 0] = Σ_c g·x / C
-        # stats[:, 1] = max_c g·x: the tied channels share the gradient, dmax / count
-        torch.mul(x, g4, out=dx).eq_(peak_c.unsqueeze(1))
-        share = d_stats[:, 1:] / dx.sum(1, keepdim=True)  # (B, 1, H, W)
-        dg += torch.bmm(d_mean.reshape(b, 1, p), x3.transpose(1, 2)).view(b, c)
-        if bool((gd != 0).all()):  # at a tied channel x = peak / g
-            dg += torch.bmm((peak_c.view(b, 1, p) * share.view(b, 1, p)), dx3.transpose(1, 2)).view(b, c) / gd
-        else:
-            dg += torch.bmm(share.view(b, 1, p), (dx * x).flatten(2).transpose(1, 2)).view(b, c)
-        # dx = g · (dout·a + d_mean + mask·share) + d_pool_mean / HW + the H×W max's share at its ties
-        if cl:
-            dx.mul_(share).add_(d_mean)
-        else:
-            torch.addcmul(d_mean, dx, share, out=dx)
-        dx.addcmul_(dout, ad)
-        d_pooled, ch_grads = _small_grads(g, pooled, ch_params, dg)
-        d_avg = (d_pooled[:b] / p)[:, :, None, None]
-        if cl:
-            torch.addcmul(d_avg, dx, g4, out=dx)
-        else:
-            dx.mul_(g4).add_(d_avg)
-        top = x3 == peak_hw.unsqueeze(-1)  # (B, C, HW): the positions holding each channel's max
-        dx3.add_(top * (d_pooled[b:] / top.sum(-1)).unsqueeze(-1))
-        return (dx, None, *ch_grads, *sp_grads)
+def _cbam_fake(x, w1, b1, w2, b2, wc, bc):
+    b, c, h, w = x.shape
+    r = w1.shape[0]
+    new = x.new_empty
+    return torch.empty_like(x), new(b, c), new(b, 1, h, w), new(b, 2, c), new(b, 2, r), new(b, 2, h, w)
 
 
-class _FusedPaperCBAM(torch.autograd.Function):
-    """The whole channel-first layer in the ``forward``/``backward`` kernels of ``csrc/cbam_cpu.cpp``,
-    for the paper's configuration (ReLU MLP, sigmoid gates, convolution with bias and no norm).
-
-    Each sample is pooled, gated and refined in one go, so its input is read from memory once per
-    direction and the later passes find it in cache; the MLP, the k×k convolution and all their
-    gradients are computed in the same loop. Saves ``x`` and the small per-sample results.
-    """
-
-    @staticmethod
-    def forward(ctx, x, ops, w1, b1, w2, b2, wc, bc):
-        out, g, a, pooled, hidden, stats = ops.forward(x, w1, b1, w2, b2, wc, bc)
-        ctx.save_for_backward(x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats)
-        ctx.ops = ops
-        ctx.mark_non_differentiable(g, a)
-        return out, g, a
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, _dg, _da):
-        x, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        grads = ctx.ops.backward(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need[0])
-        dx, dw1, db1, dw2, db2, dwc, dbc = (t if n else None for t, n in zip(grads, (need[0], *need[2:])))
-        return dx, None, dw1, db1, dw2, db2, dwc, dbc
+def _cbam_backward_fake(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need_dx):
+    r, c, k = w1.shape[0], x.shape[1], wc.shape[-1]
+    return (
+        torch.empty_like(x) if need_dx else x.new_empty(0),
+        x.new_empty(r, c),
+        x.new_empty(r if b1 is not None else 0),
+        x.new_empty(c, r),
+        x.new_empty(c if b2 is not None else 0),
+        x.new_empty(1, 2, k, k),
+        x.new_empty(1),
+    )
 
 
-class _FusedChannelFirstCBAM(torch.autograd.Function):
-    """Channel-first CBAM with its full-size passes in the C++ kernels of ``csrc/cbam_cpu.cpp``.
-
-    The same quantities as :class:`_ChannelFirstCBAM`, with each pass reading the input
-    once: forward = H×W pools, channel pools of ``g·x``, the gating ``x·g·a``; backward =
-    the gate gradients (with the count of tied channel maxima), the channel-max term of
-    ``dg``, and the input gradient. Saves ``x`` and the two max maps.
-    """
-
-    @staticmethod
-    def forward(ctx, x, layer, ops, *params):
-        b, c, h, w = x.shape
-        avg, peak_hw = ops.hw_pool(x)
-        pooled = torch.cat((avg, peak_hw)).requires_grad_()
-        with torch.enable_grad():
-            g = layer.channel.gate_from_pooled(pooled)
-        gd = g.detach()
-        stats = ops.channel_pool(x, gd).requires_grad_()
-        with torch.enable_grad():
-            a = layer.spatial.spatial_gate(stats)
-        ad = a.detach()
-        out = ops.apply(x, gd, ad)
-        ctx.save_for_backward(x, peak_hw)
-        ctx.ops = ops
-        ctx.graphs = (pooled, g, stats, a)
-        ctx.params = (tuple(layer.channel.parameters()), tuple(layer.spatial.parameters()))
-        ctx.mark_non_differentiable(gd, ad)
-        return out, gd, ad
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, _dg, _da):
-        x, peak_hw = ctx.saved_tensors
-        ops = ctx.ops
-        pooled, g, stats, a = ctx.graphs
-        b, c, h, w = x.shape
-        gd, ad, peak = g.detach(), a.detach(), stats.detach()[:, 1]
-        da, dg, count, count_hw = ops.backward_gates(x, dout, gd, ad, peak, peak_hw)
-        d_stats, sp_grads = _small_grads(a, stats, ctx.params[1], da.view(b, 1, h, w))
-        d_mean, share = d_stats[:, 0] / c, d_stats[:, 1] / count.view(b, h, w)
-        dg = dg + ops.backward_mask(x, gd, peak, d_mean, share)
-        d_pooled, ch_grads = _small_grads(g, pooled, ctx.params[0], dg)
-        d_avg, d_top = d_pooled[:b] / (h * w), d_pooled[b:] / count_hw
-        dx = ops.backward_input(x, dout, gd, ad, peak, d_mean, share, d_avg, peak_hw, d_top)
-        return (dx, None, None, *ch_grads, *sp_grads)
+def _cbam_setup_context(ctx, inputs, output):
+    _, g, a, pooled, hidden, stats = output
+    ctx.save_for_backward(*inputs, g, a, pooled, hidden, stats)
+    ctx.mark_non_differentiable(pooled, hidden, stats)
+    ctx.set_materialize_grads(False)
 
 
-def _small_grads(out, leaf, params, grad):
-    """Gradients of one of the small graphs built in a forward: w.r.t. its ``leaf`` and each of ``params`` (``None`` if frozen)."""
-    trainable = [q for q in params if q.requires_grad]
-    grads = torch.autograd.grad(out, [leaf, *trainable], grad, retain_graph=True)
-    it = iter(grads[1:])
-    return grads[0], [next(it) if q.requires_grad else None for q in params]
+def _cbam_backward(ctx, dout, dg, da, *_):
+    """The kernel backward when only ``out`` has a gradient and no graph of the gradient is asked for;
+    otherwise (``create_graph=True``, gradients through the recorded gates) autograd's backward of the
+    same formula in PyTorch ops, itself differentiable."""
+    saved = ctx.saved_tensors
+    inputs, need = saved[:7], ctx.needs_input_grad  # x, w1, b1, w2, b2, wc, bc
+    if dg is None and da is None and dout is not None and not torch.is_grad_enabled():
+        grads = call(torch.ops.convattn_cbam.backward.default, inputs[0], dout, *inputs[1:], *saved[7:], need[0])
+        return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
+    return autograd_backward(_cbam_paper, inputs, need, (dout, dg, da))
 
 
-def _fused_ops(layer: nn.Module, x: torch.Tensor):
-    """The C++ kernels when they take ``x`` (see :func:`fused_input`), else ``None``."""
-    return cbam_ops() if fused_input(x, layer.parameters()) else None
+def _register_cbam(ops) -> None:
+    """The fake (shape) and autograd formulas of the ``convattn_cbam`` ops (called once, on first load)."""
+    torch.library.register_fake("convattn_cbam::forward", _cbam_fake)
+    torch.library.register_fake("convattn_cbam::backward", _cbam_backward_fake)
+    torch.library.register_autograd("convattn_cbam::forward", _cbam_backward, setup_context=_cbam_setup_context)
+
+
+def cbam_ops():
+    """The ``torch.ops.convattn_cbam`` namespace (whole-layer CBAM kernels), or ``None`` where unavailable."""
+    return kernels("convattn_cbam", _register_cbam)
 
 
 def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The 2→1 k×k convolution (no bias) of ``stats (B, 2, H, W)`` with ``weight (1, 2, k, k)``.
 
     Run as a depthwise convolution over the 2B maps followed by a sum over each
-    pair: several times faster on CPU than the one-output-channel convolution.
+    pair: two to five times faster on CPU than the one-output-channel convolution,
+    forward and backward (autograd's).
     """
     b, _, h, w = stats.shape
     k = weight.shape[-1]
@@ -277,35 +169,6 @@ def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         stats.reshape(1, 2 * b, h, w), weight.reshape(2, 1, k, k).repeat(b, 1, 1, 1), padding=k // 2, groups=2 * b
     )
     return per_map.view(b, 2, h, w).sum(1, keepdim=True)
-
-
-class _PairConv(torch.autograd.Function):
-    """``_pair_conv`` with a backward in the same depthwise form (the generic 2→1 convolution
-    backward is several times slower on CPU): the input gradient is the output gradient,
-    copied to both maps, convolved with the flipped kernel; the weight gradient is each padded
-    pooled map convolved with its sample's output gradient, summed over the batch."""
-
-    @staticmethod
-    def forward(ctx, stats, weight):
-        ctx.save_for_backward(stats, weight)
-        return _pair_conv(stats, weight)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        stats, weight = ctx.saved_tensors
-        b, _, h, w = stats.shape
-        k = weight.shape[-1]
-        p = k // 2
-        per_map = grad.expand(b, 2, h, w).reshape(1, 2 * b, h, w)
-        d_stats = d_weight = None
-        if ctx.needs_input_grad[0]:
-            flipped = weight.flip(-1, -2).reshape(2, 1, k, k).repeat(b, 1, 1, 1)
-            d_stats = F.conv2d(per_map, flipped, padding=p, groups=2 * b).view(b, 2, h, w)
-        if ctx.needs_input_grad[1]:
-            padded = F.pad(stats, (p, p, p, p)).reshape(1, 2 * b, h + 2 * p, w + 2 * p)
-            d_weight = F.conv2d(padded, per_map.view(2 * b, 1, h, w), groups=2 * b).view(b, 2, k, k).sum(0, keepdim=True)
-        return d_stats, d_weight
 
 
 @register_attn("cbam_channel", kind="gate", paper=_PAPER)
@@ -427,12 +290,12 @@ class CbamSpatial(RecordsAttention):
 
     def spatial_gate(self, stats: torch.Tensor) -> torch.Tensor:
         """``σ(norm(conv(stats)))`` for the pooled maps ``stats (B, 2, H, W)``; returns ``(B, 1, H, W)``."""
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            logits = _PairConv.apply(stats, self.conv.weight)
-        else:
+        if isinstance(stats, torch.Tensor) and stats.device.type == "cpu" and not plain_only():
             logits = _pair_conv(stats, self.conv.weight)
-        if self.conv.bias is not None:
-            logits = logits + self.conv.bias.view(1, 1, 1, 1)
+            if self.conv.bias is not None:
+                logits = logits + self.conv.bias.view(1, 1, 1, 1)
+        else:  # traced (FX, jit), exported, transformed (its groups would depend on the batch size) or off the CPU
+            logits = self.conv(stats)
         return self.gate(self.norm(logits))
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -535,37 +398,22 @@ class CBAM(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
-            if tracing():  # torch.export / torch.compile / FlopCounterMode and other dispatch modes: plain ops
+            ch = self.channel
+            params = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias)
+            spatial = self._kernel_spatial() if use_kernels(x, params) else None
+            ops = cbam_ops() if spatial is not None and use_kernels(x, spatial) else None
+            if ops is not None:
+                out, g, a = call(ops.forward.default, x, *params, *spatial)[:3]
+            elif torch.is_grad_enabled() or plain_only() or not isinstance(x, torch.Tensor):  # FX: a Proxy
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
-            elif (ops := _fused_ops(self, x)) is not None and (spatial := self._kernel_spatial()) is not None:
-                ch = self.channel
-                w = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, *spatial)
-                if torch.is_grad_enabled():
-                    out, g, a = _FusedPaperCBAM.apply(x, ops, *w)
-                else:
-                    out, g, a = ops.forward(x, *w)[:3]
-            elif ops is not None:
-                if torch.is_grad_enabled():
-                    out, g, a = _FusedChannelFirstCBAM.apply(
-                        x, self, ops, *self.channel.parameters(), *self.spatial.parameters()
-                    )
-                else:
-                    avg, peak = ops.hw_pool(x)
-                    g = self.channel.gate_from_pooled(torch.cat((avg, peak)))
-                    a = self.spatial.spatial_gate(ops.channel_pool(x, g))
-                    out = ops.apply(x, g, a)
-            elif torch.is_grad_enabled():
-                if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-                    x = x.contiguous()  # the hand-written backward works on (B, C, HW) views
-                out, g, a = _ChannelFirstCBAM.apply(x, self, *self.channel.parameters(), *self.spatial.parameters())
-            else:
+            else:  # inference: `out` is this call's own tensor, refined in place
                 g = self.channel.weights(x)
                 out, stats = _gated_channel_pools(x, g)
                 a = self.spatial.spatial_gate(stats)
-                out.mul_(a)  # `out` is this call's own tensor: refine it in place
+                out.mul_(a)
         elif self.order == "spatial_first":
             a = self.spatial.weights(x)
             refined = x * a

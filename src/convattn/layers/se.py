@@ -7,40 +7,68 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from ._ext import fused_input, se_ops
+from ._ext import autograd_backward, call, kernels, use_kernels
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
 from ._recording import RecordsAttention
 
 __all__ = ["SqueezeExcite"]
 
 
-class _FusedSE(torch.autograd.Function):
-    """SE (ReLU MLP, sigmoid gate) in the whole-layer CPU kernels of ``csrc/se_cpu.cpp``: each sample
-    is pooled, gated and (backward) differentiated in one go, so it is read from memory once per
-    direction. Saves ``x`` and the per-sample pooled vector, hidden activations and gate."""
+def _se_relu_sigmoid(x, w1, b1, w2, b2):
+    """SE with a ReLU and a sigmoid in PyTorch ops, from the parameters: ``(out, g)``. The formula of
+    the ``convattn_se`` kernels, differentiated by autograd where they cannot be (see ``_se_backward``)."""
+    z = x.mean((2, 3))
+    g = torch.sigmoid(F.linear(torch.relu(F.linear(z, w1.flatten(1), b1)), w2.flatten(1), b2))
+    return x * g[:, :, None, None], g
 
-    @staticmethod
-    def forward(ctx, x, ops, w1, b1, w2, b2):
-        out, g, z, hidden = ops.forward(x, w1, b1, w2, b2)
-        ctx.save_for_backward(x, w1, b1, w2, b2, g, z, hidden)
-        ctx.ops = ops
-        ctx.mark_non_differentiable(g)
-        return out, g
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout, _dg):
-        x, w1, b1, w2, b2, g, z, hidden = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        dx, dw1, db1, dw2, db2 = ctx.ops.backward(x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
-        return (
-            dx if need[0] else None,
-            None,
-            dw1.view_as(w1) if need[2] else None,
-            db1 if need[3] else None,
-            dw2.view_as(w2) if need[4] else None,
-            db2 if need[5] else None,
-        )
+def _se_fake(x, w1, b1, w2, b2):
+    b, c = x.shape[:2]
+    return torch.empty_like(x), x.new_empty(b, c), x.new_empty(b, c), x.new_empty(b, w1.shape[0])
+
+
+def _se_backward_fake(x, dout, w1, b1, w2, b2, g, z, hidden, need_dx):
+    r, c = w1.shape[0], x.shape[1]
+    return (
+        torch.empty_like(x) if need_dx else x.new_empty(0),
+        x.new_empty(r, c),
+        x.new_empty(r if b1 is not None else 0),
+        x.new_empty(c, r),
+        x.new_empty(c if b2 is not None else 0),
+    )
+
+
+def _se_setup_context(ctx, inputs, output):
+    x, w1, b1, w2, b2 = inputs
+    _, g, z, hidden = output
+    ctx.save_for_backward(x, w1, b1, w2, b2, g, z, hidden)
+    ctx.mark_non_differentiable(z, hidden)
+    ctx.set_materialize_grads(False)
+
+
+def _se_backward(ctx, dout, dg, _dz, _dhidden):
+    """The kernel backward when only ``out`` has a gradient and no graph of the gradient is asked for;
+    otherwise (``create_graph=True``, a gradient through the recorded gate) autograd's backward of the
+    same formula in PyTorch ops, itself differentiable."""
+    x, w1, b1, w2, b2, g, z, hidden = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if dg is None and dout is not None and not torch.is_grad_enabled():
+        grads = call(torch.ops.convattn_se.backward.default, x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
+        shapes = (x, w1, b1, w2, b2)
+        return tuple(d.view_as(p) if n else None for d, p, n in zip(grads, shapes, need))
+    return autograd_backward(_se_relu_sigmoid, (x, w1, b1, w2, b2), need, (dout, dg))
+
+
+def _register_se(ops) -> None:
+    """The fake (shape) and autograd formulas of the ``convattn_se`` ops (called once, on first load)."""
+    torch.library.register_fake("convattn_se::forward", _se_fake)
+    torch.library.register_fake("convattn_se::backward", _se_backward_fake)
+    torch.library.register_autograd("convattn_se::forward", _se_backward, setup_context=_se_setup_context)
+
+
+def se_ops():
+    """The ``torch.ops.convattn_se`` namespace (whole-layer SE kernels), or ``None`` where unavailable."""
+    return kernels("convattn_se", _register_se)
 
 
 @register_attn("se", kind="gate", paper="Squeeze-and-Excitation Networks, Hu et al., CVPR 2018")
@@ -59,10 +87,12 @@ class SqueezeExcite(RecordsAttention):
     Shape:
         ``(B, C, H, W) -> (B, C, H, W)``. Records the channel weights ``(B, C)``.
 
-    Speed: with a ReLU and a sigmoid (the defaults), CPU float32/float64 input runs the
-    whole-layer C++ kernels of ``csrc/se_cpu.cpp`` (built on first use, see
-    :mod:`convattn.layers._ext`), which read each sample once per direction. That path
-    is differentiable once; for higher-order gradients set ``CONVATTN_EXTENSIONS=0``.
+    Speed: with a ReLU and a sigmoid (the defaults), CPU float32/float64 input (with parameters of
+    the same dtype) runs the whole-layer C++ kernels of ``csrc/se_cpu.cpp``, the custom op
+    ``torch.ops.convattn_se.forward`` (built on first use or by ``convattn kernels build``, see
+    :mod:`convattn.layers._ext`), which read each sample once per direction. Gradients of
+    gradients, ``torch.func``, ``torch.compile``, tracing, autocast and other dtypes or devices
+    run the same formula in PyTorch ops.
 
     Example:
         >>> import torch
@@ -92,14 +122,11 @@ class SqueezeExcite(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
-        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and fused_input(x, self.parameters()):
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and use_kernels(x, params):
             ops = se_ops()
             if ops is not None:
-                w = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-                if torch.is_grad_enabled():
-                    out, g = _FusedSE.apply(x, ops, *w)
-                else:
-                    out, g = ops.forward(x, *w)[:2]
+                out, g, _, _ = call(ops.forward.default, x, *params)
                 if self.recording:
                     self.emit("", g)
                 return out

@@ -16,16 +16,13 @@
 // Both max pools pass their gradient to every tied element in equal parts, as autograd
 // does for amax (share = dpeak / count, top_share = dtop / count_hw).
 //
-// The split ops (hw_pool, channel_pool, apply, backward_gates, backward_mask,
-// backward_input) run one pass over the batch each and leave the small graphs (the
-// channel MLP, the spatial convolution) to PyTorch, so any MLP activation, gate or
-// norm works. ``forward``/``backward`` run the whole layer per sample for the
-// paper's configuration (ReLU MLP, sigmoid gates, k x k convolution without norm):
-// the MLP and the convolution are computed here, so a sample is read from memory
-// once per direction and stays in cache for the passes that follow.
-//
-// Built with -fopenmp-simd: the ``omp simd`` loops (reductions included) are
-// vectorised without -ffast-math and without an OpenMP runtime.
+// The ops ``forward``/``backward`` run the whole layer per sample for the paper's
+// configuration (ReLU MLP, sigmoid gates, k x k convolution with bias, no norm): the MLP
+// and the convolution are computed here, so a sample is read from memory once per
+// direction and stays in cache for the passes that follow. Only the CPU kernels are
+// registered here; the fake (shape) and autograd formulas are registered from Python
+// (convattn/layers/cbam.py), where the backward gives way to a differentiable
+// formulation when a graph of the gradient is asked for.
 
 #include "common.h"
 
@@ -218,162 +215,6 @@ void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
 }
 
 // ---------------------------------------------------------------------------------------
-// The split ops: one pass over the batch each.
-
-std::vector<at::Tensor> cbam_hw_pool(const at::Tensor& x) {
-  check_input(x, "cbam_hw_pool");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const bool cl = is_channels_last(x);
-  auto avg = at::empty({B, C}, x.options());
-  auto mx = at::empty({B, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_hw_pool", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    scalar_t* ap = avg.data_ptr<scalar_t>();
-    scalar_t* mp = mx.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) hw_pool_sample(xp + b * C * P, C, P, cl, ap + b * C, mp + b * C);
-    });
-  });
-  return {avg, mx};
-}
-
-at::Tensor cbam_channel_pool(const at::Tensor& x, const at::Tensor& g_) {
-  check_input(x, "cbam_channel_pool");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
-  const bool cl = is_channels_last(x);
-  auto g = flat(g_, B, C, x);
-  auto stats = at::empty({B, 2, H, W}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_channel_pool", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    scalar_t* sp = stats.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        channel_pool_sample(xp + b * C * P, C, P, cl, gp + b * C, sp + b * 2 * P, sp + b * 2 * P + P);
-    });
-  });
-  return stats;
-}
-
-at::Tensor cbam_apply(const at::Tensor& x, const at::Tensor& g_, const at::Tensor& a_) {
-  check_input(x, "cbam_apply");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const bool cl = is_channels_last(x);
-  auto g = flat(g_, B, C, x);
-  auto a = flat(a_, B, P, x);
-  auto out = at::empty_like(x);  // keeps x's memory format
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_apply", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* ap = a.const_data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) apply_sample(xp + b * C * P, C, P, cl, gp + b * C, ap + b * P, op + b * C * P);
-    });
-  });
-  return out;
-}
-
-std::vector<at::Tensor> cbam_backward_gates(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& g_,
-                                            const at::Tensor& a_, const at::Tensor& peak_, const at::Tensor& top_) {
-  check_input(x, "cbam_backward_gates");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const bool cl = is_channels_last(x);
-  auto dout = like_x(dout_, x, cl);
-  auto g = flat(g_, B, C, x);
-  auto a = flat(a_, B, P, x);
-  auto peak = flat(peak_, B, P, x);
-  auto da = at::empty({B, P}, x.options());
-  auto dg = at::empty({B, C}, x.options());
-  auto top = flat(top_, B, C, x);
-  auto count = at::empty({B, P}, x.options());
-  auto count_hw = at::empty({B, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_gates", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* dp = dout.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* ap = a.const_data_ptr<scalar_t>();
-    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
-    scalar_t* dap = da.data_ptr<scalar_t>();
-    scalar_t* dgp = dg.data_ptr<scalar_t>();
-    const scalar_t* tp = top.const_data_ptr<scalar_t>();
-    scalar_t* cp = count.data_ptr<scalar_t>();
-    scalar_t* hp = count_hw.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> tmp(std::max(P, C));
-      for (int64_t b = b0; b < b1; ++b)
-        gates_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, tp + b * C,
-                     dap + b * P, dgp + b * C, cp + b * P, hp + b * C, tmp.data());
-    });
-  });
-  return {da, dg, count, count_hw};
-}
-
-at::Tensor cbam_backward_mask(const at::Tensor& x, const at::Tensor& g_, const at::Tensor& peak_,
-                              const at::Tensor& dmean_, const at::Tensor& share_) {
-  check_input(x, "cbam_backward_mask");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const bool cl = is_channels_last(x);
-  auto g = flat(g_, B, C, x);
-  auto peak = flat(peak_, B, P, x);
-  auto dmean = flat(dmean_, B, P, x);
-  auto share = flat(share_, B, P, x);
-  auto dg = at::empty({B, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_mask", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
-    const scalar_t* mp = dmean.const_data_ptr<scalar_t>();
-    const scalar_t* sp = share.const_data_ptr<scalar_t>();
-    scalar_t* dgp = dg.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> tmp(std::max(P, C));
-      for (int64_t b = b0; b < b1; ++b)
-        mask_sample(xp + b * C * P, C, P, cl, gp + b * C, kp + b * P, mp + b * P, sp + b * P, dgp + b * C, tmp.data());
-    });
-  });
-  return dg;
-}
-
-at::Tensor cbam_backward_input(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& g_,
-                               const at::Tensor& a_, const at::Tensor& peak_, const at::Tensor& dmean_,
-                               const at::Tensor& share_, const at::Tensor& davg_, const at::Tensor& top_,
-                               const at::Tensor& top_share_) {
-  check_input(x, "cbam_backward_input");
-  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  const bool cl = is_channels_last(x);
-  auto dout = like_x(dout_, x, cl);
-  auto g = flat(g_, B, C, x);
-  auto a = flat(a_, B, P, x);
-  auto peak = flat(peak_, B, P, x);
-  auto dmean = flat(dmean_, B, P, x);
-  auto share = flat(share_, B, P, x);
-  auto davg = flat(davg_, B, C, x);
-  auto top = flat(top_, B, C, x);
-  auto top_share = flat(top_share_, B, C, x);
-  auto dx = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward_input", [&] {
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* dp = dout.const_data_ptr<scalar_t>();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* ap = a.const_data_ptr<scalar_t>();
-    const scalar_t* kp = peak.const_data_ptr<scalar_t>();
-    const scalar_t* mp = dmean.const_data_ptr<scalar_t>();
-    const scalar_t* sp = share.const_data_ptr<scalar_t>();
-    const scalar_t* vp = davg.const_data_ptr<scalar_t>();
-    const scalar_t* tp = top.const_data_ptr<scalar_t>();
-    const scalar_t* up = top_share.const_data_ptr<scalar_t>();
-    scalar_t* op = dx.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        input_sample(xp + b * C * P, dp + b * C * P, C, P, cl, gp + b * C, ap + b * P, kp + b * P, mp + b * P,
-                     sp + b * P, vp + b * C, tp + b * C, up + b * C, op + b * C * P);
-    });
-  });
-  return dx;
-}
-
-// ---------------------------------------------------------------------------------------
 // The whole layer per sample, for the paper's configuration.
 //
 // Channel MLP:  h_v = relu(W1 v + b1) for v in (avg, max);  g = sigmoid(W2 (h_avg + h_max) + 2 b2)
@@ -507,7 +348,11 @@ Params params_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1
   TORCH_CHECK(wc.dim() == 4 && wc.size(0) == 1 && wc.size(1) == 2 && wc.size(2) == wc.size(3) && wc.size(2) % 2 == 1,
               "cbam: expected a (1, 2, k, k) convolution weight with odd k, got ", wc.sizes());
   TORCH_CHECK(bc.numel() == 1, "cbam: expected a one-element convolution bias, got ", bc.sizes());
-  auto t = [&](const at::Tensor& p) { return p.defined() && p.numel() ? p.to(x.scalar_type()).contiguous() : at::Tensor(); };
+  auto t = [&](const at::Tensor& p) {
+    if (!p.defined() || !p.numel()) return at::Tensor();
+    check_param(p, x, "cbam");
+    return p.contiguous();
+  };
   Params q{t(w1), t(b1), t(w2), t(b2), t(wc), t(bc)};
   TORCH_CHECK(!q.b1.defined() || q.b1.numel() == R, "cbam: expected fc1.bias of ", R, " elements");
   TORCH_CHECK(!q.b2.defined() || q.b2.numel() == C, "cbam: expected fc2.bias of ", C, " elements");
@@ -516,9 +361,8 @@ Params params_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1
 
 // Returns out, g (B, C), a (B, 1, H, W), and for the backward: pooled (B, 2, C: avg, top), hidden (B, 2, R),
 // stats (B, 2, H, W: mean, peak).
-std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
-                                     const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc,
-                                     const at::Tensor& bc) {
+Tensors6 cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                      const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc) {
   check_input(x, "cbam_forward");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool cl = is_channels_last(x);
@@ -562,13 +406,12 @@ std::vector<at::Tensor> cbam_forward(const at::Tensor& x, const at::Tensor& w1, 
   return {out, g, a, pooled, hidden, stats};
 }
 
-// Returns dx (unless need_dx is false), d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight,
-// d conv.bias; those not computed (no bias, no dx) are undefined here and empty in the op's result.
-std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1,
-                                      const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
-                                      const at::Tensor& wc, const at::Tensor& bc, const at::Tensor& g_,
-                                      const at::Tensor& a_, const at::Tensor& pooled_, const at::Tensor& hidden_,
-                                      const at::Tensor& stats_, bool need_dx) {
+// Returns dx, d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight, d conv.bias; those not
+// computed (dx unless need_dx, absent biases) are empty (0 elements).
+Tensors7 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1, const at::Tensor& b1,
+                       const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc,
+                       const at::Tensor& g_, const at::Tensor& a_, const at::Tensor& pooled_,
+                       const at::Tensor& hidden_, const at::Tensor& stats_, bool need_dx) {
   check_input(x, "cbam_backward");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool cl = is_channels_last(x);
@@ -581,7 +424,7 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
   auto hidden = flat(hidden_, B, 2 * R, x);
   auto stats = flat(stats_, B, 2 * P, x);
   auto opt = x.options();
-  auto dx = need_dx ? at::empty_like(x) : at::Tensor();
+  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
   auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
   auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt), dbc = at::empty({1}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
@@ -648,40 +491,34 @@ std::vector<at::Tensor> cbam_backward(const at::Tensor& x, const at::Tensor& dou
     copy_into(dwc, total.data() + o_wc, 2 * k * k);
     copy_into(dbc, total.data() + o_bc, 1);
   });
-  return {dx,  dw1, q.b1.defined() ? db1 : at::Tensor(), dw2, q.b2.defined() ? db2 : at::Tensor(), dwc,
-          dbc};
+  auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
+  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbc};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(convattn_cbam, m) {
-  m.def("hw_pool(Tensor x) -> Tensor[]", &cbam_hw_pool);
-  m.def("channel_pool(Tensor x, Tensor g) -> Tensor", &cbam_channel_pool);
-  m.def("apply(Tensor x, Tensor g, Tensor a) -> Tensor", &cbam_apply);
-  m.def("backward_gates(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak, Tensor top) -> Tensor[]",
-        &cbam_backward_gates);
-  m.def("backward_mask(Tensor x, Tensor g, Tensor peak, Tensor dmean, Tensor share) -> Tensor", &cbam_backward_mask);
   m.def(
-      "backward_input(Tensor x, Tensor dout, Tensor g, Tensor a, Tensor peak, Tensor dmean, Tensor share, "
-      "Tensor davg, Tensor top, Tensor top_share) -> Tensor",
-      &cbam_backward_input);
-  m.def(
-      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc) -> Tensor[]",
-      [](const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-         const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc) {
-        return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc);
-      });
+      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc) -> "
+      "(Tensor out, Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats)");
   m.def(
       "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, "
-      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, bool need_dx) -> Tensor[]",
-      [](const at::Tensor& x, const at::Tensor& dout, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-         const at::Tensor& w2, const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc,
-         const at::Tensor& g, const at::Tensor& a, const at::Tensor& pooled, const at::Tensor& hidden,
-         const at::Tensor& stats, bool need_dx) {
-        auto r = cbam_backward(x, dout, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, g, a,
-                               pooled, hidden, stats, need_dx);
-        for (auto& t : r)  // absent gradients as empty tensors
-          if (!t.defined()) t = at::empty({0}, x.options());
-        return r;
-      });
+      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, bool need_dx) -> "
+      "(Tensor dx, Tensor dw1, Tensor db1, Tensor dw2, Tensor db2, Tensor dwc, Tensor dbc)");
+}
+
+TORCH_LIBRARY_IMPL(convattn_cbam, CPU, m) {
+  m.impl("forward", [](const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                       const at::Tensor& w2, const std::optional<at::Tensor>& b2, const at::Tensor& wc,
+                       const at::Tensor& bc) {
+    return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc);
+  });
+  m.impl("backward", [](const at::Tensor& x, const at::Tensor& dout, const at::Tensor& w1,
+                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
+                        const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc,
+                        const at::Tensor& g, const at::Tensor& a, const at::Tensor& pooled, const at::Tensor& hidden,
+                        const at::Tensor& stats, bool need_dx) {
+    return cbam_backward(x, dout, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, g, a,
+                         pooled, hidden, stats, need_dx);
+  });
 }

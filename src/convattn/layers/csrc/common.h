@@ -10,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 namespace convattn_kernels {
@@ -30,16 +31,30 @@ inline void check_input(const at::Tensor& x, const char* name) {
               ": expected contiguous or channels-last storage");
 }
 
-// A (B, n) companion tensor, contiguous, in x's dtype.
+// A parameter: a CPU tensor of x's dtype (the kernels never convert or move one).
+inline void check_param(const at::Tensor& p, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(p.device().is_cpu(), name, ": expected CPU parameters, got one on ", p.device());
+  TORCH_CHECK(p.scalar_type() == x.scalar_type(), name, ": expected parameters of the input's dtype ",
+              x.scalar_type(), ", got ", p.scalar_type());
+}
+
+// A (B, n) companion tensor, contiguous, on the CPU in x's dtype.
 inline at::Tensor flat(const at::Tensor& t, int64_t b, int64_t n, const at::Tensor& x) {
   TORCH_CHECK(t.numel() == b * n, "expected ", b * n, " elements, got ", t.numel());
-  return t.reshape({b, n}).to(x.scalar_type()).contiguous();
+  check_param(t, x, "convattn kernel");
+  return t.reshape({b, n}).contiguous();
 }
+
+using Tensors4 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 // A full-size gradient in x's memory format and dtype.
 inline at::Tensor like_x(const at::Tensor& t, const at::Tensor& x, bool cl) {
   TORCH_CHECK(t.sizes() == x.sizes(), "expected a gradient of shape ", x.sizes(), ", got ", t.sizes());
-  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous).to(x.scalar_type());
+  check_param(t, x, "convattn kernel");
+  return t.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
 }
 
 template <typename T>

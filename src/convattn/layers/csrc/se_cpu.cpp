@@ -99,22 +99,25 @@ Weights weights_of(const at::Tensor& x, const at::Tensor& w1, const std::optiona
   TORCH_CHECK(w2.numel() == C * R && w2.size(0) == C, "se: expected fc2.weight of shape (", C, ", ", R,
               "[, 1, 1]), got ", w2.sizes());
   auto t = [&](const at::Tensor& p, int64_t rows, int64_t cols) {
-    return p.reshape({rows, cols}).to(x.scalar_type()).contiguous();
+    check_param(p, x, "se");
+    return p.reshape({rows, cols}).contiguous();
   };
   Weights w{t(w1, R, C), at::Tensor(), t(w2, C, R), at::Tensor(), R};
   if (b1 && b1->defined()) {
     TORCH_CHECK(b1->numel() == R, "se: expected fc1.bias of ", R, " elements, got ", b1->numel());
-    w.b1 = b1->to(x.scalar_type()).contiguous();
+    check_param(*b1, x, "se");
+    w.b1 = b1->contiguous();
   }
   if (b2 && b2->defined()) {
     TORCH_CHECK(b2->numel() == C, "se: expected fc2.bias of ", C, " elements, got ", b2->numel());
-    w.b2 = b2->to(x.scalar_type()).contiguous();
+    check_param(*b2, x, "se");
+    w.b2 = b2->contiguous();
   }
   return w;
 }
 
 // Returns out, g (B, C), and for the backward z (B, C) and the hidden activations (B, R).
-std::vector<at::Tensor> se_forward(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+Tensors4 se_forward(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
                                    const at::Tensor& w2, const std::optional<at::Tensor>& b2) {
   check_input(x, "se_forward");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
@@ -149,7 +152,7 @@ std::vector<at::Tensor> se_forward(const at::Tensor& x, const at::Tensor& w1, co
 
 // Returns dx (empty unless need_dx), d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias (weights as
 // (R, C) / (C, R); bias gradients empty where there is no bias).
-std::vector<at::Tensor> se_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1,
+Tensors5 se_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1,
                                     const std::optional<at::Tensor>& b1, const at::Tensor& w2,
                                     const std::optional<at::Tensor>& b2, const at::Tensor& g_, const at::Tensor& z_,
                                     const at::Tensor& hidden_, bool need_dx) {
@@ -196,16 +199,20 @@ std::vector<at::Tensor> se_backward(const at::Tensor& x, const at::Tensor& dout_
     copy_into(dw2, total.data() + o_w2, C * R);
     copy_into(db2, total.data() + o_b2, C);
   });
-  auto none = at::empty({0}, opt);
-  return {dx, dw1, w.b1.defined() ? db1 : none, dw2, w.b2.defined() ? db2 : none};
+  auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
+  return {dx, dw1, w.b1.defined() ? db1 : none(), dw2, w.b2.defined() ? db2 : none()};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(convattn_se, m) {
-  m.def("forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2) -> Tensor[]", &se_forward);
+  m.def("forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2) -> (Tensor out, Tensor g, Tensor z, Tensor hidden)");
   m.def(
       "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor g, Tensor z, "
-      "Tensor hidden, bool need_dx) -> Tensor[]",
-      &se_backward);
+      "Tensor hidden, bool need_dx) -> (Tensor dx, Tensor dw1, Tensor db1, Tensor dw2, Tensor db2)");
+}
+
+TORCH_LIBRARY_IMPL(convattn_se, CPU, m) {
+  m.impl("forward", &se_forward);
+  m.impl("backward", &se_backward);
 }

@@ -1,0 +1,59 @@
+"""``convattn kernels build|status``: the C++ CPU kernels of SE and CBAM, built ahead of time and inspected."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+ORDER = 90
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "kernels", help="build the C++ CPU kernels ahead of time, or show their status", description=run.__doc__
+    )
+    p.add_argument(
+        "action",
+        choices=["build", "status"],
+        help="build: compile now (e.g. in a Dockerfile); status: what is built, where, and why not",
+    )
+    p.add_argument("--force", action="store_true", help="build: rebuild even where a build exists")
+    p.add_argument("--json", action="store_true", help="status: print the records as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build convattn's C++ CPU kernels (SE, CBAM) for this environment, or report their status.
+
+    Builds are cached per torch version, compiler version, Python and CPU under
+    ``$CONVATTN_KERNELS_DIR`` (default ``~/.cache/convattn/kernels``). ``build`` exits 1 when a
+    kernel does not compile; ``status`` exits 0 and says why a kernel is not built.
+    """
+    from tabulate import tabulate
+
+    from ..layers import _ext
+
+    if args.action == "build":
+        if not _ext.extensions_enabled():
+            print("convattn kernels: CONVATTN_EXTENSIONS is off; building anyway (the layers will not use them)")
+        started = time.monotonic()
+        present = {lib for lib in _ext.LIBRARIES if _ext.build_dir(lib).joinpath(f"{lib}.so").exists()}
+        try:
+            built = _ext.build(force=args.force)
+        except _ext.KernelBuildError as exc:
+            print(f"convattn kernels build: error: {exc}")
+            return 1
+        for library, path in built.items():
+            print(f"{library}: {path}" + (" (already built)" if library in present and not args.force else ""))
+        print(f"done in {time.monotonic() - started:.0f} s")
+        return 0
+    rows = _ext.status()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    first = rows[0]
+    print(f"torch {first['torch']}, {first['python']}, compiler: {first['compiler']}, CPU: {first['cpu']}")
+    table = [(r["library"], r["state"], r["path"], r["reason"]) for r in rows]
+    print(tabulate(table, headers=["library", "state", "path", "why not"]))
+    return 0

@@ -1,0 +1,125 @@
+"""Checks shared by the SE / CBAM tests: each runs a layer through one workflow of the PyTorch
+toolchain and compares it with plain autograd (``CONVATTN_EXTENSIONS=0``) or eager mode."""
+
+import copy
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from convattn.layers import _ext
+from convattn.layers.cbam import cbam_ops
+from convattn.layers.se import se_ops
+
+LOADERS = {"convattn_se": se_ops, "convattn_cbam": cbam_ops}
+
+
+def require(library):
+    """The library's ops; where they could not be built, a skip, or in CI (``CI=true``) a failure."""
+    ops = LOADERS[library]()
+    if ops is None:
+        why = _ext._ERRORS.get(library, "disabled by CONVATTN_EXTENSIONS")
+        if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
+            pytest.fail(f"{library} did not build in CI: {why}")
+        pytest.skip(f"convattn's C++ kernels could not be built here: {why}")
+    return ops
+
+
+def _input(layer, batch=2, size=(3, 4), dtype=torch.float64):
+    return torch.randn(batch, layer.channels, *size, dtype=dtype, requires_grad=True)
+
+
+def check_gradgradcheck(layer):
+    """First and second derivatives in float64 against finite differences, every parameter included."""
+    layer = layer.double()
+    x, params = _input(layer, size=(3, 3)), list(layer.parameters())
+    torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
+    torch.autograd.gradgradcheck(lambda x, *p: layer(x), (x, *params))
+
+
+def _penalty_step(conv, layer, x):
+    """An R1-style step: the loss plus the squared norm of its input gradient (a graph of the gradient)."""
+    out = layer(conv(x))
+    (g,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
+    (out.sum() + g.pow(2).sum()).backward()
+    return [q.grad for q in (*conv.parameters(), *layer.parameters())]
+
+
+def check_penalty_matches_plain_autograd(layer):
+    """Parameter gradients of a gradient-penalty step in float32 equal plain autograd's to 1e-6 of
+    each gradient's largest entry (the kernels sum in another order than PyTorch's ops)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, layer.channels, 3, padding=1)
+    x = torch.randn(2, 3, 6, 5, requires_grad=True)
+    ours = _penalty_step(conv, layer, x)
+    conv2, layer2 = copy.deepcopy(conv), copy.deepcopy(layer)
+    for q in (*conv2.parameters(), *layer2.parameters()):
+        q.grad = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CONVATTN_EXTENSIONS", "0")
+        ref = _penalty_step(conv2, layer2, x)
+    for u, v in zip(ours, ref):
+        assert u is not None
+        torch.testing.assert_close(u, v, rtol=1e-6, atol=1e-6 * float(v.abs().max()))
+
+
+def check_vmap_grad_matches_loop(layer):
+    """``vmap(grad(...))`` per-sample parameter gradients equal a loop over the samples."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = torch.randn(3, layer.channels, 5, 4)
+
+    def loss(p, sample):
+        return functional_call(layer, p, (sample.unsqueeze(0),)).square().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        ref = torch.autograd.grad(layer(x[i : i + 1]).square().sum(), list(layer.parameters()))
+        for name, r in zip(params, ref):
+            torch.testing.assert_close(per_sample[name][i], r, rtol=1e-5, atol=1e-6)
+
+
+def check_autocast_after_conv(layer):
+    """bfloat16 CPU autocast, forward and backward, after a convolution: the layer runs in bfloat16
+    (its output is bfloat16), every parameter gets a finite gradient, and the result is float32's within
+    bfloat16's precision."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, layer.channels, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(conv(x))
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    for q in (*conv.parameters(), *layer.parameters()):
+        assert q.grad is not None and q.grad.dtype == torch.float32 and torch.isfinite(q.grad).all()
+    torch.testing.assert_close(y.float(), layer(conv(x)), rtol=0.05, atol=0.05)
+
+
+def check_low_precision_parameters(layer, dtype):
+    """A layer converted to float16 / bfloat16 runs forward and backward on input of its dtype, close to float32."""
+    x = torch.randn(2, layer.channels, 6, 5)
+    ref = layer(x)
+    low = copy.deepcopy(layer).to(dtype)
+    xl = x.to(dtype).requires_grad_()
+    y = low(xl)
+    assert y.dtype == dtype
+    y.float().square().sum().backward()
+    assert xl.grad is not None and all(q.grad is not None for q in low.parameters())
+    torch.testing.assert_close(y.float(), ref, rtol=0.05, atol=0.05)
+
+
+def check_compile_matches_eager(layer):
+    """``torch.compile(fullgraph=True)``: forward and backward equal eager mode (the AOT-autograd
+    backend, which traces what Inductor would compile, without the C++ code generation)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    x = torch.randn(2, layer.channels, 6, 5, requires_grad=True)
+    params = [x, *layer.parameters()]
+    eager_out = layer(x)
+    eager = torch.autograd.grad(eager_out.square().sum(), params)
+    out = compiled(x)
+    torch.testing.assert_close(out, eager_out)
+    for u, v in zip(torch.autograd.grad(out.square().sum(), params), eager):
+        torch.testing.assert_close(u, v)
