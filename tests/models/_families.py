@@ -65,21 +65,22 @@ def _convnext() -> nn.Module:
     return ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 2)], num_classes=4)
 
 
-def _timm(name: str, **kw) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        import timm
-
-        return timm.create_model(name, pretrained=False, num_classes=4, **kw)
-
-    return build
-
-
 def _timm_resnet(attn: str | None, bottleneck: bool = False) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
         return ResNet(Bottleneck if bottleneck else BasicBlock, (1, 1, 1, 1), num_classes=4,
                       block_args=dict(attn_layer=attn) if attn else None)
+
+    return build
+
+
+def _timm_regnet(se: bool) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from timm.models.regnet import RegNet, RegNetCfg
+
+        return RegNet(RegNetCfg(depth=6, w0=8, wa=8, wm=2.0, group_size=8, se_ratio=0.25 if se else 0.0, stem_width=8),
+                      num_classes=4)
 
     return build
 
@@ -135,8 +136,8 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], dict[str, int]]] = {
     "timm_resnet": (_timm_resnet(None), {"block": 4, "stage": 4}),
     "timm_seresnet": (_timm_resnet("se"), {"block": 4, "stage": 4, "replace": 4}),
     "timm_ecaresnet_bottleneck": (_timm_resnet("eca", bottleneck=True), {"block": 4, "stage": 4, "replace": 4}),
-    "timm_regnetx": (_timm("regnetx_002"), {"block": 13, "stage": 4, "conv": 27}),
-    "timm_regnety": (_timm("regnety_002"), {"block": 13, "stage": 4, "conv": 27, "replace": 13}),
+    "timm_regnetx": (_timm_regnet(False), {"block": 6, "stage": 4, "conv": 13}),
+    "timm_regnety": (_timm_regnet(True), {"block": 6, "stage": 4, "conv": 13, "replace": 6}),
     "timm_efficientnet": (_timm_efficientnet, {"block": 7, "stage": 7, "replace": 7}),
     "timm_mobilenetv3": (_timm_mobilenetv3, {"block": 11, "stage": 5, "replace": 9}),
     "timm_convnext": (_timm_convnext, {"block": 4, "stage": 4}),
