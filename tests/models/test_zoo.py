@@ -7,13 +7,19 @@ import torch
 
 from convattn import get_attn_info
 from convattn.exceptions import ConfigError
-from convattn.models import attn_positions, create_model
+from convattn.models import attn_positions, create_model, list_models
 from convattn.models.zoo import TIMM_MODELS, TORCHVISION_MODELS
 
 NAMES = list(TORCHVISION_MODELS) + [f"timm_{n}" for n in TIMM_MODELS]
 
 
-@pytest.mark.parametrize("name", NAMES)
+def test_all_registered():
+    assert set(NAMES) <= set(list_models())
+
+
+# one network per family not already built in test_insert_families.py's named variants
+@pytest.mark.parametrize("name", ["mobilenet_v3_large", "shufflenet_v2_x1_0", "timm_ecaresnet50d", "timm_regnety_002",
+                                  "timm_mobilenetv3_small_100"])
 def test_builds_with_block_attention(name):
     try:  # shapes are enough here; RegNet computes its widths with tensors and needs real ones
         with torch.device("meta"):

@@ -105,9 +105,19 @@ class WithAttention(nn.Module):
 
 def is_inserted(m: nn.Module) -> bool:
     """Whether ``m`` is an attention layer added by ``insert_attn`` (or any convattn layer)."""
-    return isinstance(m, (AttentionChain, IdentityBlend, RecordsAttention)) or any(
-        info.cls is type(m) for info in _REGISTRY.values()
-    )
+    return isinstance(m, (AttentionChain, IdentityBlend, RecordsAttention)) or type(m) in _registered_classes()
+
+
+_CLASSES: dict[tuple[str, ...], frozenset] = {}
+
+
+def _registered_classes() -> frozenset:
+    """The registry's layer classes, recomputed only when the registered names change."""
+    names = tuple(_REGISTRY)
+    if names not in _CLASSES:
+        _CLASSES.clear()
+        _CLASSES[names] = frozenset(info.cls for info in _REGISTRY.values())
+    return _CLASSES[names]
 
 
 def unwrap(m: nn.Module) -> nn.Module:
