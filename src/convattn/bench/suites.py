@@ -259,6 +259,7 @@ def bench_models(
     memory: bool = True,
     lr: float = 0.01,
     progress: bool = False,
+    placement: str | None = None,
 ) -> list[dict[str, Any]]:
     """Cost of whole models, with and without attention, for inference or an SGD training step.
 
@@ -272,6 +273,9 @@ def bench_models(
         in_chans: input channels.
         train: time an SGD training step (forward, cross-entropy, backward,
             ``SGD(lr, momentum=0.9).step()``) instead of an inference forward.
+        placement: where the attention goes (``attn_where`` of models built with
+            ``insert_attn``: ``"block"``, ``"stage"``, ``"conv"``, ``"replace"``);
+            the model's default when None.
         compare: ``"timm"``: also timm's model with the same attention in every
             block (resnet18/34/50/101), measured in the same run.
         repeats, warmup, memory, dtype, channels_last, device: as in :func:`bench_layers`.
@@ -332,7 +336,8 @@ def bench_models(
             continue
         try:
             torch.manual_seed(0)
-            model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, attention=key_att)
+            where = {"attn_where": placement} if placement and key_att else {}
+            model = create_model(model_name, num_classes=num_classes, in_chans=in_chans, attention=key_att, **where)
             row.update(run(model))
             del model
         except Exception as exc:

@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "peak memory, and the ratio to the plain model.")
     pm.add_argument("--models", default="resnet18", help="comma list / wildcards of model names (default: resnet18)")
     pm.add_argument("--attention", default="none,se,cbam", help="comma list of attention layers; 'none' = plain")
+    pm.add_argument("--placement", choices=("block", "stage", "conv", "replace"),
+                    help="where the attention goes (replace: swap the model's own SE); default: the model's")
     pm.add_argument("--size", type=int, default=224, help="input size (default: 224)")
     pm.add_argument("--batch", type=int, default=32, help="batch size (default: 32)")
     pm.add_argument("--in-chans", type=int, default=3, help="input channels (default: 3)")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                             num_classes=args.num_classes, in_chans=args.in_chans, train=args.train,
                             dtype=args.dtype, channels_last=args.channels_last, device=args.device,
                             compare=args.compare, repeats=args.repeats or 5, warmup=args.warmup,
-                            memory=args.memory, progress=True)
+                            memory=args.memory, progress=True, placement=args.placement)
         title = (f"models ({'SGD training step' if args.train else 'inference'}): {args.size}x{args.size}, "
                  f"batch {args.batch}, {args.dtype}{', channels_last' if args.channels_last else ''}, {args.device}")
     print(title)

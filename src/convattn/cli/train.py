@@ -22,6 +22,7 @@ ORDER = 10
 _EPILOG = """\
 examples:
   convattn train --model simple_cnn --attention cbam --epochs 5
+  convattn train --model efficientnet_b0 --attention cbam --placement replace --dataset cifar10
   convattn train --config run.yaml --lr 0.1 --attn-kwargs rd_ratio=0.25
   convattn train --resume runs/simple_cnn-cbam-cluttered-digits-20250101-120000
   torchrun --nproc_per_node 2 -m convattn train --model resnet20 --dataset cifar10 --device cpu

@@ -57,6 +57,7 @@ class TrainConfig:
     model: str = _f("simple_cnn", "model name (convattn list models)")
     attention: str | None = _f(None, "attention layer inserted into the model (convattn list layers); none for the plain model")
     attn_kwargs: dict = _f({}, "options of the attention layer, e.g. rd_ratio=0.25")
+    placement: str | None = _f(None, "where insert_attn puts the attention: block, stage, conv or replace (swap the model's own SE); model default when unset")
     model_kwargs: dict = _f({}, "extra options of the model, e.g. dropout=0.1")
     # data
     dataset: str = _f("cluttered-digits", "dataset name (convattn list datasets) or folder:PATH")
@@ -171,6 +172,14 @@ class TrainConfig:
                 setattr(self, name, {})
             elif not isinstance(value, dict):
                 raise bad(name, "a mapping")
+        if self.placement is not None:  # models built with insert_attn take it as attn_where
+            if self.placement not in ("block", "stage", "conv", "replace"):
+                raise bad("placement", "block, stage, conv, replace or None")
+            if self.attention is None:
+                raise bad("placement", "None when no attention is set")
+            if self.model_kwargs.get("attn_where", self.placement) != self.placement:
+                raise bad("placement", f"the same as model_kwargs attn_where={self.model_kwargs['attn_where']!r}")
+            self.model_kwargs = {**self.model_kwargs, "attn_where": self.placement}
         if isinstance(self.distort, str) and self.distort.lower() in ("", "none", "null"):
             self.distort = None
         if self.distort is not None and not isinstance(self.distort, str):

@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 
 from ._registry import create_model, get_model_entry, list_models, register_model
-from .insert import AttentionChain, IdentityBlend, attn_positions, insert_attn
+from .insert import AttentionChain, AttnPosition, IdentityBlend, WithAttention, attn_positions, insert_attn
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _mod.startswith("_") and _mod != "insert":
@@ -19,7 +19,9 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 __all__ = [
     "AttentionChain",
+    "AttnPosition",
     "IdentityBlend",
+    "WithAttention",
     "attn_positions",
     "create_model",
     "get_model_entry",

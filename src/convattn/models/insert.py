@@ -1,36 +1,42 @@
 """``insert_attn``: put attention layers into an existing CNN, keeping its weights loadable.
 
-Three kinds of position are found automatically:
+Where a layer goes is chosen per network family, following the paper that
+introduced attention to that family (the table is in ``docs/models.md``):
 
 ``where="block"``
-    At the end of each residual branch, after the branch's last normalisation and
-    before the residual addition: the placement of SE (Hu et al., CVPR 2018, Fig. 3)
-    and CBAM (Woo et al., ECCV 2018, Fig. 3). Works on torchvision ResNet / ResNeXt /
-    Wide-ResNet / video ResNet blocks, timm ResNet-family blocks and any module that
-    looks like one (see :func:`attn_positions`).
+    Inside every residual / inverted-residual block, at the position its literature
+    uses: the end of a ResNet branch, after its last norm and before the addition
+    (SE, Hu et al., CVPR 2018; CBAM, Woo et al., ECCV 2018); after the depthwise
+    convolution of MobileNet / EfficientNet blocks (MnasNet, MobileNetV3,
+    EfficientNet); after the group convolution of RegNet (RegNetY) ...
 ``where="stage"``
-    After whole stages (``layer1`` ... ``layer4`` in torchvision and timm ResNets,
-    ``stages.0`` ... in timm's newer families): the placement of the non-local block
-    (Wang et al., CVPR 2018).
+    After whole stages (runs of blocks of one width): the placement of the
+    non-local block (Wang et al., CVPR 2018) and of BAM (Park et al., BMVC 2018).
 ``where="conv"``
-    After every convolution → [normalisation] → activation run in a plain CNN
-    (``nn.Sequential`` bodies such as torchvision VGG's ``features``).
+    After every convolution → [normalisation] → activation unit.
+``where="replace"``
+    In place of the attention the network already has (the SE of EfficientNet,
+    MobileNetV3, RegNetY, timm's ``seresnet`` ...): the new layer takes its width
+    and its place, every other weight stays.
 
 ``where`` may also be a module-path glob (``"layer3.*.bn2"``) or a callable
 ``fn(path, module) -> bool``; the layer goes after each selected module.
 
-How a layer is attached, so that the original ``state_dict`` keys stay valid:
+Insertion only *adds* modules; no existing module changes its class. After a module
+``m`` the layer is attached as follows:
 
-- after a module that is a plain ``nn.Sequential`` (a stage): the layer is appended
-  to it (``layer3.6`` after a six-block ``layer3``);
-- after any other module ``m`` (a norm, a conv, an activation): ``m``'s class is
-  swapped in place for a subclass that runs ``m`` and then ``m.attn`` (an
-  :class:`AttentionChain`). ``m``'s own parameters keep their names (``bn2.weight``),
-  the new ones appear as ``bn2.attn.0.*``; a second insertion at the same position
-  appends ``bn2.attn.1``, so two layers at one position are both kept, in order.
+- ``m`` is a plain ``nn.Sequential`` (a stage), or the last child of one: the layer
+  is appended to that ``nn.Sequential`` (``layer3.6`` after a six-block ``layer3``),
+  so no existing key changes;
+- otherwise ``m`` is replaced by a :class:`WithAttention` holding ``m`` as ``.module``
+  and the new layers in ``.attn`` (``bn2.module.weight``, ``bn2.attn.0.*``). It maps
+  the original keys (``bn2.weight``) onto the wrapped module when a state dict is
+  loaded, so the original network's weights load with only the new keys missing.
 
-Loading the original network's weights with ``load_state_dict(sd, strict=False)``
-therefore reports only the new layers' keys as missing and nothing as unexpected.
+Because the attention is an ordinary child module on the forward path,
+``SyncBatchNorm.convert_sync_batchnorm``, BN-freezing and fusion utilities that
+rebuild modules, ``copy.deepcopy``, pickling, ``torch.fx`` and torchvision's
+``create_feature_extractor`` all keep it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
-from typing import Any, Callable, Iterable, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -46,10 +53,20 @@ from torch import nn
 from ..exceptions import ConfigError
 from ..layers._recording import RecordsAttention
 from ..registry import _REGISTRY, create_attn, get_attn_info
+from ._families import EXISTING_ATTENTION, family_of, is_existing_attention
+from ._wrappers import AttentionChain, IdentityBlend, WithAttention, is_inserted
 
-__all__ = ["insert_attn", "attn_positions", "AttentionChain", "IdentityBlend", "WHERE"]
+__all__ = [
+    "insert_attn",
+    "attn_positions",
+    "AttnPosition",
+    "AttentionChain",
+    "IdentityBlend",
+    "WithAttention",
+    "WHERE",
+]
 
-WHERE = ("block", "stage", "conv")
+WHERE = ("block", "stage", "conv", "replace")
 
 Where = str | Callable[[str, nn.Module], bool]
 
@@ -57,94 +74,11 @@ Where = str | Callable[[str, nn.Module], bool]
 # --------------------------------------------------------------------------- wrappers
 
 
-class AttentionChain(nn.Sequential):
-    """The attention layers attached after one module, applied in insertion order."""
-
-
-class IdentityBlend(nn.Module):
-    """``x + γ · (layer(x) − x)`` with a learnable scalar ``γ`` that starts at 0.
-
-    At initialisation the output equals the input exactly, so a pretrained network
-    keeps its outputs when the layer is inserted; training moves ``γ`` away from 0.
-
-    Args:
-        layer: the shape-preserving layer to blend in.
-        gamma: initial value of ``γ``.
-
-    Shape:
-        same as ``layer``: ``(B, C, *) -> (B, C, *)``.
-
-    Example:
-        >>> import torch, convattn
-        >>> blend = IdentityBlend(convattn.create_attn("se", 16))
-        >>> x = torch.randn(2, 16, 5, 4)
-        >>> torch.equal(blend(x), x)
-        True
-    """
-
-    def __init__(self, layer: nn.Module, *, gamma: float = 0.0) -> None:
-        super().__init__()
-        self.layer = layer
-        self.gamma = nn.Parameter(torch.full((), float(gamma)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.gamma * (self.layer(x) - x)
-
-
-class _AttnAfter:
-    """Mixin for the in-place subclasses: run the original module, then ``self.attn``."""
-
-    _base_cls: type
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.attn(super().forward(*args, **kwargs))  # type: ignore[misc]
-
-    def __reduce_ex__(self, protocol: int) -> tuple:
-        # The subclass is built at run time; pickle/deepcopy rebuild it from the base class.
-        return (_rebuild_wrapped, (self._base_cls,), self.__dict__)
-
-
-_WRAPPED: dict[type, type] = {}
-
-
-def _wrapped_class(base: type) -> type:
-    if issubclass(base, _AttnAfter):
-        return base
-    cls = _WRAPPED.get(base)
-    if cls is None:
-        cls = type(f"{base.__name__}WithAttn", (_AttnAfter, base), {"_base_cls": base, "__module__": __name__})
-        _WRAPPED[base] = cls
-    return cls
-
-
-def _rebuild_wrapped(base: type) -> nn.Module:
-    cls = _wrapped_class(base)
-    return cls.__new__(cls)
-
-
-def _is_plain_sequential(m: nn.Module) -> bool:
-    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward and not isinstance(
-        m, AttentionChain
-    )
-
-
-def _attach_after(module: nn.Module, layer: nn.Module) -> None:
-    """Make ``module`` apply ``layer`` to its output, keeping its state_dict keys."""
-    if _is_plain_sequential(module):
-        module.append(layer)
-        return
-    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
-        raise ConfigError(f"insert_attn cannot insert after a {type(module).__name__}: it is not called as a layer")
-    if not isinstance(module, _AttnAfter):
-        module.__class__ = _wrapped_class(type(module))
-        module.attn = AttentionChain()
-    module.attn.append(layer)
-
-
 # --------------------------------------------------------------------------- model inspection
 
 _NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 _CONV_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd,)
+_POOL_TYPES: tuple[type, ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 _ACT_TYPES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
@@ -159,7 +93,7 @@ def _is_norm(m: nn.Module) -> bool:
         return True
     # torchvision's FrozenBatchNorm2d, timm's BatchNormAct2d/FrozenBatchNorm2d and friends
     name = type(m).__name__.lower()
-    return "norm" in name and not isinstance(m, (AttentionChain, RecordsAttention)) and _width_of(m) is not None
+    return "norm" in name and not isinstance(m, (AttentionChain, RecordsAttention, WithAttention)) and _width_of(m) is not None
 
 
 def _is_conv(m: nn.Module) -> bool:
@@ -171,9 +105,15 @@ def _is_act(m: nn.Module) -> bool:
 
 
 def _is_attention(m: nn.Module) -> bool:
-    return isinstance(m, (AttentionChain, IdentityBlend, RecordsAttention)) or any(
-        info.cls is type(m) for info in _REGISTRY.values()
-    )
+    """A layer ``insert_attn`` put in (or a convattn layer): never searched for positions."""
+    return is_inserted(m)
+
+
+def _is_channels_last(m: nn.Module) -> bool:
+    """Modules whose output is not channels-first ``(B, C, ...)``: linear layers, plain LayerNorm."""
+    if isinstance(m, nn.Linear):
+        return True
+    return isinstance(m, nn.LayerNorm) and "2d" not in type(m).__name__.lower()
 
 
 def _width_of(m: nn.Module) -> int | None:
@@ -205,29 +145,42 @@ def _ndim_of(m: nn.Module) -> int | None:
     return None
 
 
-def _walk(module: nn.Module, prefix: str = "", skip_names: Iterable[str] = ()) -> Iterable[tuple[str, nn.Module]]:
-    """Descendants in registration order, not entering attention layers or skipped children."""
-    skip = set(skip_names)
+def _children(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Named children, a :class:`WithAttention` standing for the module it wraps; inserted layers skipped."""
     for name, child in module.named_children():
-        if name in skip or _is_attention(child):
+        if _is_attention(child):
+            continue
+        yield name, child.module if isinstance(child, WithAttention) else child
+
+
+def _walk(module: nn.Module, prefix: str = "", skip_names: Iterable[str] = (), into_attention: bool = True
+          ) -> Iterator[tuple[str, nn.Module]]:
+    """Descendants by their original paths, in registration order, not entering inserted layers."""
+    skip = set(skip_names)
+    for name, child in _children(module):
+        if name in skip:
             continue
         path = f"{prefix}.{name}" if prefix else name
         yield path, child
-        yield from _walk(child, path)
+        if into_attention or not is_existing_attention(child):
+            yield from _walk(child, path, into_attention=into_attention)
 
 
-def _known_block_types() -> tuple[type, ...]:
-    from torchvision.models import resnet as tv_resnet
-    from torchvision.models.video import resnet as tv_video
+def _resolve(model: nn.Module, path: str) -> tuple[nn.Module, str, nn.Module]:
+    """``(parent, name, current)`` for an original module path; ``current`` may be a WithAttention."""
+    parent, current = model, model
+    name = ""
+    for part in path.split("."):
+        if isinstance(current, WithAttention):
+            current = current.module
+        parent, name = current, part
+        current = getattr(current, part)
+    return parent, name, current
 
-    types: list[type] = [tv_resnet.BasicBlock, tv_resnet.Bottleneck, tv_video.BasicBlock, tv_video.Bottleneck]
-    try:  # timm is optional
-        from timm.models import resnet as timm_resnet
 
-        types += [timm_resnet.BasicBlock, timm_resnet.Bottleneck]
-    except ImportError:  # pragma: no cover - depends on the environment
-        pass
-    return tuple(types)
+def _block_last_norm(block: nn.Module) -> tuple[str, nn.Module] | None:
+    norms = [(p, m) for p, m in _walk(block, skip_names=_SKIP_CHILDREN) if _is_norm(m)]
+    return norms[-1] if norms else None
 
 
 def _has_residual(cls: type) -> bool:
@@ -238,57 +191,319 @@ def _has_residual(cls: type) -> bool:
     return bool(_RESIDUAL_HINT.search(src))
 
 
-def _block_last_norm(block: nn.Module) -> tuple[str, nn.Module] | None:
-    norms = [(p, m) for p, m in _walk(block, skip_names=_SKIP_CHILDREN) if _is_norm(m)]
-    return norms[-1] if norms else None
-
-
-def _is_block(m: nn.Module) -> bool:
-    if _is_attention(m) or isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        return False
-    if isinstance(m, _known_block_types()):
-        return True
-    if not _BLOCK_NAME.search(type(m).__name__):
+def _is_generic_block(m: nn.Module) -> bool:
+    if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or not _BLOCK_NAME.search(type(m).__name__):
         return False
     convs = [c for _, c in _walk(m, skip_names=_SKIP_CHILDREN) if _is_conv(c)]
     return len(convs) >= 2 and _block_last_norm(m) is not None and _has_residual(type(m))
 
 
+def _block_anchor(block: nn.Module) -> str | None:
+    """Path inside ``block`` after which its layer goes (the family's placement)."""
+    fam = family_of(block)
+    if fam is not None:
+        return fam.anchor(block)
+    if _is_generic_block(block):
+        return _block_last_norm(block)[0]  # type: ignore[index]
+    return None
+
+
 def _find_blocks(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     found = []
-    for name, child in model.named_children():
+    for name, child in _children(model):
         path = f"{prefix}.{name}" if prefix else name
-        if _is_attention(child):
+        if is_existing_attention(child):
             continue
-        if _is_block(child):
+        if _block_anchor(child) is not None:
             found.append((path, child))
         else:
             found += _find_blocks(child, path)
     return found
 
 
-def _find_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``layer1, layer2, ...`` (torchvision / timm ResNets) or ``stages.*`` (timm), outermost first."""
-    for path, m in model.named_modules():
-        if _is_attention(m):
-            continue
-        layers = []
-        i = 1
-        while isinstance(getattr(m, f"layer{i}", None), nn.Module):
-            layers.append((f"{path}.layer{i}" if path else f"layer{i}", getattr(m, f"layer{i}")))
-            i += 1
-        if layers:
-            return layers
+def _is_plain_sequential(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward and not isinstance(
+        m, AttentionChain
+    )
+
+
+def _parent_path(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _stage_runs(model: nn.Module, blocks: list[tuple[str, nn.Module]]) -> list[list[tuple[str, nn.Module]]]:
+    """Blocks grouped into stages: a new stage starts at a new parent, a new width or a downsampling block."""
+    runs: list[list[tuple[str, nn.Module]]] = []
+    last_key = None
+    for path, block in blocks:
+        inner = [m for _, m in _walk(block, into_attention=False) if _is_norm(m) or _is_conv(m)]
+        main = [m for _, m in _walk(block, skip_names={"downsample", "shortcut", "proj", "branch1"}, into_attention=False)
+                if _is_norm(m) or _is_conv(m)]
+        strided = any(_is_conv(m) and max(m.stride) > 1 for m in inner)
+        key = (_parent_path(path), _width_of(main[-1]) if main else None)
+        if runs and key == last_key and not strided:
+            runs[-1].append((path, block))
+        else:
+            runs.append([(path, block)])
+        last_key = key
+    return runs
+
+
+def _stage_position(model: nn.Module, run: list[tuple[str, nn.Module]], all_blocks: list[str]) -> tuple[str, nn.Module]:
+    """The module after which a stage's layer goes: the stage container when the run fills it."""
+    parent_path = _parent_path(run[0][0])
+    siblings = [p for p in all_blocks if _parent_path(p) == parent_path]
+    last_path, last = run[-1]
+    if parent_path and len(siblings) == len(run):
+        _, _, parent = _resolve(model, parent_path)
+        parent = parent.module if isinstance(parent, WithAttention) else parent
+        kids = [n for n, _ in _children(parent)]
+        if not _is_plain_sequential(parent) or kids[-1] == last_path.rpartition(".")[2]:
+            stage_path = _parent_path(parent_path)
+            if stage_path and type(_resolve(model, stage_path)[2]).__name__.startswith("CrossStage"):
+                # a CSP stage merges its blocks' output with the cross branch after them
+                _, _, stage = _resolve(model, stage_path)
+                return stage_path, stage.module if isinstance(stage, WithAttention) else stage
+            return parent_path, parent
+    return last_path, last
+
+
+def _container_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``layer1, layer2, ...``, a ``stages`` container or ``s1, s2, ...``: stages of networks without known blocks."""
+    for path, m in [("", model)] + list(_walk(model)):
+        for pattern in ("layer{}", "s{}"):
+            found, i = [], 1
+            while isinstance(getattr(m, pattern.format(i), None), nn.Module):
+                name = pattern.format(i)
+                found.append((f"{path}.{name}" if path else name, getattr(m, name)))
+                i += 1
+            if found:
+                return found
         stages = getattr(m, "stages", None)
         if isinstance(stages, (nn.Sequential, nn.ModuleList)) and len(stages) > 0:
             base = f"{path}.stages" if path else "stages"
-            return [(f"{base}.{n}", s) for n, s in stages.named_children()]
+            return [(f"{base}.{n}", s) for n, s in _children(stages)]
     return []
 
 
-def _select_stages(stages: list[tuple[str, nn.Module]], wanted: Sequence[int | str] | None) -> list[tuple[str, nn.Module]]:
+def _pool_runs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Activations closing the last conv run before each pooling layer (VGG's blocks)."""
+    found = []
+    for path, seq in [("", model)] + list(_walk(model)):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        kids = list(_children(seq))
+        runs = _runs_in(kids)
+        for i, (name, act) in runs:
+            if i + 1 < len(kids) and isinstance(kids[i + 1][1], _POOL_TYPES):
+                found.append((f"{path}.{name}" if path else name, act))
+    return found
+
+
+def _runs_in(kids: list[tuple[str, nn.Module]]) -> list[tuple[int, tuple[str, nn.Module]]]:
+    runs = []
+    for i, (_, m) in enumerate(kids):
+        if not _is_conv(m):
+            continue
+        j = i + 1
+        if j < len(kids) and _is_norm(kids[j][1]):
+            j += 1
+        if j < len(kids) and _is_act(kids[j][1]):
+            runs.append((j, kids[j]))
+    return runs
+
+
+def _is_conv_norm_act(m: nn.Module) -> bool:
+    """timm's ConvNormAct: a ``conv`` and a ``bn`` that applies a (non-identity) activation."""
+    if isinstance(m, nn.Sequential):
+        return False
+    conv, bn = m._modules.get("conv"), m._modules.get("bn")
+    act = bn._modules.get("act") if bn is not None else None
+    return conv is not None and _is_conv(conv) and act is not None and not isinstance(act, nn.Identity)
+
+
+def _conv_runs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """conv → [norm] → activation units: runs inside an nn.Sequential, and timm ConvNormAct modules."""
+    found = []
+    for path, m in [("", model)] + list(_walk(model, into_attention=False)):
+        if is_existing_attention(m):
+            continue
+        if isinstance(m, nn.Sequential):
+            for _, (name, act) in _runs_in(list(_children(m))):
+                found.append((f"{path}.{name}" if path else name, act))
+        elif _is_conv_norm_act(m):
+            found.append((path, m))
+    # a ConvNormAct's own children never form a second run, and no module is counted twice
+    seen, out = set(), []
+    for p, m in found:
+        if p not in seen and not any(p.startswith(q + ".") for q in seen):
+            seen.add(p)
+            out.append((p, m))
+    return out
+
+
+def _existing_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    found = []
+    for path, m in _walk(model, into_attention=False):
+        if is_existing_attention(m) and not any(path.startswith(p + ".") for p, _ in found):
+            found.append((path, m))
+    return found
+
+
+def _preceding_width(model: nn.Module, target: nn.Module, *, container: bool = False) -> tuple[int | None, int | None]:
+    """Width and rank of ``target``'s output: its own, its last inner norm/conv, or the nearest before it."""
+    if is_existing_attention(target):
+        for m in target.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.in_channels > 1:
+                return int(m.in_channels), _ndim_of(m)
+            if isinstance(m, nn.Linear) and m.in_features > 1:
+                return int(m.in_features), None
+    own = _width_of(target) if (_is_norm(target) or _is_conv(target)) else None
+    if own is not None:
+        return own, _ndim_of(target)
+    if not is_existing_attention(target):
+        inner = [m for _, m in _walk(target, skip_names={"downsample", "shortcut"}, into_attention=False)
+                 if _is_norm(m) or _is_conv(m)]
+        if inner:
+            # a container that concatenates (a DenseNet block) is wider than its last layer:
+            # the next norm / conv after it says how wide its output is
+            nxt = _following(model, target) if container else None
+            if nxt is not None and nxt[0] != _width_of(inner[-1]):
+                return nxt
+            return _width_of(inner[-1]), _ndim_of(inner[-1])
+    last = None
+    for _, m in _walk(model, into_attention=False):
+        if m is target:
+            break
+        if (_is_norm(m) or _is_conv(m)) and not _is_channels_last(m):
+            last = m
+    if last is None:
+        return None, None
+    return _width_of(last), _ndim_of(last)
+
+
+def _following(model: nn.Module, target: nn.Module) -> tuple[int, int | None] | None:
+    """Input width and rank of the first norm / convolution that runs after ``target``'s subtree."""
+    inside = {id(m) for m in target.modules()}
+    seen = False
+    for _, m in _walk(model, into_attention=False):
+        if m is target:
+            seen = True
+        elif seen and id(m) not in inside and not _is_channels_last(m):
+            if _is_conv(m):
+                return int(m.in_channels), _ndim_of(m)
+            if _is_norm(m) and _width_of(m) is not None:
+                return _width_of(m), _ndim_of(m)  # type: ignore[return-value]
+    return None
+
+
+def _summary(model: nn.Module) -> str:
+    """The classes holding the network's convolutions, most frequent first: what the search saw."""
+    counts: Counter[str] = Counter()
+    for _, m in [("", model)] + list(_walk(model)):
+        if any(_is_conv(c) for _, c in _children(m)):
+            counts[type(m).__name__] += 1
+    return ", ".join(f"{n} ×{c}" for n, c in counts.most_common(6)) or "no convolutions"
+
+
+# --------------------------------------------------------------------------- positions
+
+
+class AttnPosition(NamedTuple):
+    """One place ``insert_attn`` would put a layer."""
+
+    path: str
+    """original module path: the layer goes after this module (or replaces it)"""
+    width: int
+    """channels the layer will be built for"""
+    module: str
+    """class name of the module at ``path``"""
+    action: str
+    """``"after"`` or ``"replace"``"""
+
+
+class AttnPositions(list):
+    """A list of :class:`AttnPosition`; ``print()`` shows it as a table."""
+
+    def __str__(self) -> str:
+        rows = [("#", "position", "width", "module", "action")]
+        rows += [(str(i), p.path, str(p.width), p.module, p.action) for i, p in enumerate(self)]
+        widths = [max(len(r[c]) for r in rows) for c in range(5)]
+        return "\n".join("  ".join(r[c].ljust(widths[c]) for c in range(5)).rstrip() for r in rows)
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.path for p in self]
+
+
+def attn_positions(model: nn.Module, where: Where = "block", *, stages: Sequence[int | str] | None = None
+                   ) -> AttnPositions:
+    """The positions :func:`insert_attn` would use, with the width of each layer; changes nothing.
+
+    ``print(attn_positions(model, where))`` shows the plan as a table.
+
+    Args:
+        model: the network.
+        where: ``"block"``, ``"stage"``, ``"conv"``, ``"replace"``, a module-path glob
+            or a callable ``fn(path, module) -> bool``.
+        stages: for ``"block"`` and ``"stage"``: 1-based stage numbers (stage ``i`` is
+            ``layer{i}`` in a ResNet; ``"res4"`` means the papers' res4 = ``layer3``),
+            default all.
+
+    Returns:
+        :class:`AttnPositions`, a list of :class:`AttnPosition` ``(path, width, module,
+        action)``; ``.paths`` lists the module paths.
+
+    Raises:
+        ConfigError: the network has no such positions; the message lists what the
+            search found and suggests ``where=<glob>`` or a callable.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(weights=None)
+        >>> attn_positions(net, "block", stages=[4]).paths
+        ['layer4.0.bn2', 'layer4.1.bn2']
+        >>> print(attn_positions(net, "stage", stages=["res4"]))
+        #  position  width  module      action
+        0  layer3    256    Sequential  after
+    """
+    plan = []
+    for path, module, action in _positions(model, where, stages):
+        width, _ = _preceding_width(model, module, container=where == "stage")
+        if width is None:
+            raise ConfigError(
+                f"insert_attn: cannot tell the channel width after {path!r} ({type(module).__name__}): "
+                "no norm or convolution in or before it"
+            )
+        plan.append(AttnPosition(path, width, type(module).__name__, action))
+    return AttnPositions(plan)
+
+
+def _no_positions(model: nn.Module, what: str) -> ConfigError:
+    return ConfigError(
+        f"insert_attn(where={what}) found no positions in {type(model).__name__}; its convolutions sit in: "
+        f"{_summary(model)}. Name the modules to insert after with where='<glob>' (e.g. 'features.*.conv2') "
+        "or a callable where=lambda path, module: ..., and check the plan with attn_positions()"
+    )
+
+
+def _stages(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], list[list[str]]]:
+    """Stage positions and, per stage, the paths of its blocks."""
+    blocks = _find_blocks(model)
+    if blocks:
+        paths = [p for p, _ in blocks]
+        runs = _stage_runs(model, blocks)
+        return [_stage_position(model, run, paths) for run in runs], [[p for p, _ in run] for run in runs]
+    pools = _pool_runs(model)
+    if pools:
+        return pools, [[p] for p, _ in pools]
+    containers = _container_stages(model)
+    return containers, [[p] for p, _ in containers]
+
+
+def _select(n: int, names: list[str], wanted: Sequence[int | str] | None) -> list[int]:
     if wanted is None:
-        return stages
+        return list(range(n))
     if isinstance(wanted, (int, str)):
         wanted = (wanted,)
     chosen = []
@@ -302,126 +517,78 @@ def _select_stages(stages: list[tuple[str, nn.Module]], wanted: Sequence[int | s
             idx = int(re.sub(r"\D", "", w))
         elif isinstance(w, str) and re.fullmatch(r"res\d+", w):
             idx = int(w[3:]) - 1  # the papers' res2..res5 are layer1..layer4
-        if idx is None or not 1 <= idx <= len(stages):
+        if idx is None or not 1 <= idx <= n:
             raise ConfigError(
-                f"insert_attn: stages expects 1-based stage numbers 1..{len(stages)} (or 'layerN' / 'resN' names), "
-                f"got {w!r}; the model's stages are {[p for p, _ in stages]}"
+                f"insert_attn: stages expects 1-based stage numbers 1..{n} (or 'layerN' / 'resN' names), "
+                f"got {w!r}; the model's stages are {names}"
             )
-        chosen.append(stages[idx - 1])
+        chosen.append(idx - 1)
     return chosen
 
 
-def _conv_runs(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Activations that close a conv → [norm] → act run inside an nn.Sequential."""
-    found = []
-    for path, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or _is_attention(seq):
-            continue
-        kids = list(seq.named_children())
-        for i, (name, m) in enumerate(kids):
-            if not _is_conv(m):
-                continue
-            j = i + 1
-            if j < len(kids) and _is_norm(kids[j][1]):
-                j += 1
-            if j < len(kids) and _is_act(kids[j][1]):
-                found.append((f"{path}.{kids[j][0]}" if path else kids[j][0], kids[j][1]))
-    return found
+def _select_stages(stages: list[tuple[str, nn.Module]], wanted: Sequence[int | str] | None
+                   ) -> list[tuple[str, nn.Module]]:
+    """The ``(path, module)`` stages picked by 1-based numbers / ``layerN`` / ``resN`` names."""
+    return [stages[i] for i in _select(len(stages), [p for p, _ in stages], wanted)]
 
 
-def _preceding_width(model: nn.Module, target: nn.Module) -> tuple[int | None, int | None]:
-    """Width and rank of ``target``'s output: its own, its last inner norm/conv, or the nearest before it."""
-    own = _width_of(target) if (_is_norm(target) or _is_conv(target)) else None
-    if own is not None:
-        return own, _ndim_of(target)
-    inner = [m for _, m in _walk(target, skip_names={"downsample", "shortcut"}) if _is_norm(m) or _is_conv(m)]
-    if inner:
-        return _width_of(inner[-1]), _ndim_of(inner[-1])
-    last = None
-    for _, m in _walk(model):
-        if m is target:
-            break
-        if _is_norm(m) or _is_conv(m):
-            last = m
-    if last is None:
-        return None, None
-    return _width_of(last), _ndim_of(last)
-
-
-def attn_positions(model: nn.Module, where: Where = "block", *, stages: Sequence[int | str] | None = None) -> list[str]:
-    """Module paths after which :func:`insert_attn` would put a layer.
-
-    Blocks are torchvision / timm ``BasicBlock`` / ``Bottleneck`` (2-D and video) or
-    any module whose class name contains *Block*, *Bottleneck* or *Basic*, that has at
-    least two convolutions and a normalisation outside its shortcut branch, and whose
-    ``forward`` adds a residual. The returned path is the branch's last norm.
-
-    Args:
-        model: the network.
-        where: ``"block"``, ``"stage"``, ``"conv"``, a module-path glob or a callable
-            ``fn(path, module) -> bool``.
-        stages: for ``"block"`` and ``"stage"``: 1-based stage numbers (stage ``i`` is
-            ``layer{i}``; ``"res4"`` means the papers' res4 = ``layer3``), default all.
-
-    Example:
-        >>> import torchvision
-        >>> net = torchvision.models.resnet18(weights=None)
-        >>> attn_positions(net, "block", stages=[4])
-        ['layer4.0.bn2', 'layer4.1.bn2']
-        >>> attn_positions(net, "stage", stages=["res4"])
-        ['layer3']
-    """
-    return [p for p, _ in _positions(model, where, stages)]
-
-
-def _positions(model: nn.Module, where: Where, stages: Sequence[int | str] | None) -> list[tuple[str, nn.Module]]:
+def _positions(model: nn.Module, where: Where, stages: Sequence[int | str] | None) -> list[tuple[str, nn.Module, str]]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"insert_attn expects an nn.Module, got {type(model).__name__}")
     if where in ("block", "stage"):
-        all_stages = _find_stages(model)
-        if where == "stage":
-            if not all_stages:
-                raise ConfigError(
-                    f"insert_attn(where='stage') found no stages in {type(model).__name__}: searched for children "
-                    "named layer1, layer2, ... (torchvision/timm ResNets) or a 'stages' container (timm); "
-                    "use where='block', where='conv' or a module-path glob instead"
-                )
-            return _select_stages(all_stages, stages)
-        blocks = _find_blocks(model)
+        stage_pos, stage_blocks = _stages(model)
+        selected = None
         if stages is not None:
-            if not all_stages:
-                raise ConfigError(
-                    f"insert_attn: stages={stages!r} given, but {type(model).__name__} has no layer1.. or stages.* children"
-                )
-            prefixes = [p + "." for p, _ in _select_stages(all_stages, stages)]
-            blocks = [(p, b) for p, b in blocks if any(p.startswith(pre) for pre in prefixes)]
-        if not blocks:
-            raise ConfigError(
-                f"insert_attn(where='block') found no residual blocks in {type(model).__name__}"
-                + (f" within stages {stages!r}" if stages is not None else "")
-                + ": searched for torchvision/timm BasicBlock/Bottleneck and modules named *Block*/*Bottleneck* "
-                "with two convolutions, a norm and a residual addition; use where='conv' for plain CNNs, "
-                "where='stage', a module-path glob or a callable"
-            )
-        out = []
-        for path, block in blocks:
-            norm_path, norm = _block_last_norm(block)  # type: ignore[misc]
-            out.append((f"{path}.{norm_path}", norm))
-        return out
+            if not stage_pos:
+                raise ConfigError(f"insert_attn: stages={stages!r} given, but found no stages in {type(model).__name__}")
+            selected = _select(len(stage_pos), [p for p, _ in stage_pos], stages)
+        if where == "stage":
+            if not stage_pos:
+                raise _no_positions(model, "'stage'")
+            return [(p, m, "after") for i, (p, m) in enumerate(stage_pos) if selected is None or i in selected]
+        blocks = _find_blocks(model)
+        if blocks:
+            if selected is not None:
+                keep = {p for i in selected for p in stage_blocks[i]}
+                blocks = [(p, b) for p, b in blocks if p in keep]
+            out = []
+            for path, block in blocks:
+                anchor = _block_anchor(block)
+                _, _, sub = _resolve(block, anchor)  # type: ignore[arg-type]
+                out.append((f"{path}.{anchor}", sub.module if isinstance(sub, WithAttention) else sub, "after"))
+            return out
+        pools = _pool_runs(model)
+        if pools:  # plain CNNs (VGG): a block is the conv stack between two poolings
+            return [(p, m, "after") for i, (p, m) in enumerate(pools) if selected is None or i in selected]
+        raise _no_positions(model, "'block'")
     if stages is not None:
         raise ConfigError(f"insert_attn: stages applies to where='block' or 'stage', not where={where!r}")
     if where == "conv":
         found = _conv_runs(model)
+        convs = [p for p, m in _walk(model, into_attention=False) if _is_conv(m) and not is_existing_attention(m)]
+        covered = len(found)  # each unit holds one convolution
+        if not found or covered * 2 < len(convs):
+            listed = ", ".join(p for p, _ in found[:4]) + (" ..." if len(found) > 4 else "")
+            raise ConfigError(
+                f"insert_attn(where='conv') found {len(found)} conv → [norm] → activation unit(s) "
+                f"({listed or 'none'}) covering {covered} of the {len(convs)} convolutions in "
+                f"{type(model).__name__}: the rest are pre-activation (norm → act → conv), end in a residual "
+                "addition or keep their layers outside nn.Sequential. Use where='block' or 'stage', "
+                "where='<glob>' or a callable"
+            )
+        return [(p, m, "after") for p, m in found]
+    if where == "replace":
+        found = _existing_attention(model)
         if not found:
             raise ConfigError(
-                f"insert_attn(where='conv') found no conv → [norm] → activation runs in {type(model).__name__}: "
-                "it searches the children of nn.Sequential containers; use where='block' for residual networks "
-                "or a module-path glob / callable"
+                f"insert_attn(where='replace') found no attention modules to replace in {type(model).__name__}: "
+                f"it looks for {', '.join(sorted(c.rpartition('.')[2] for c in EXISTING_ATTENTION))} (torchvision / timm); "
+                "use where='block' to add a layer instead"
             )
-        return found
+        return [(p, m, "replace") for p, m in found]
     if isinstance(where, str):
         found = [(p, m) for p, m in _walk(model) if fnmatch.fnmatchcase(p, where)]
-        what = f"module paths matching {where!r} (where expects 'block', 'stage', 'conv', a glob or a callable)"
+        what = f"module paths matching {where!r} (where expects {', '.join(map(repr, WHERE))}, a glob or a callable)"
     elif callable(where):
         found = [(p, m) for p, m in _walk(model) if where(p, m)]
         what = "modules selected by the where callable"
@@ -429,9 +596,47 @@ def _positions(model: nn.Module, where: Where, stages: Sequence[int | str] | Non
         raise ConfigError(f"insert_attn expects where in {WHERE}, a glob string or a callable, got {where!r}")
     if not found:
         raise ConfigError(f"insert_attn found no {what} in {type(model).__name__}")
+    for p, m in found:
+        if _is_channels_last(m):
+            raise ConfigError(
+                f"insert_attn: the output of {p!r} ({type(m).__name__}) is channels-last or flat, not "
+                "(B, C, H, W); attention layers need channels-first features. Pick a convolution or a "
+                "channels-first norm (see attn_positions(model, 'block'))"
+            )
     # a selected module inside another selected one would be wrapped twice: keep the outermost
     paths = [p for p, _ in found]
-    return [(p, m) for p, m in found if not any(p.startswith(q + ".") for q in paths if q != p)]
+    return [(p, m, "after") for p, m in found if not any(p.startswith(q + ".") for q in paths if q != p)]
+
+
+# --------------------------------------------------------------------------- attaching
+
+
+def _attach(model: nn.Module, path: str, layer: nn.Module, action: str) -> None:
+    parent, name, current = _resolve(model, path)
+    if action == "replace":
+        # in a chain of its own: the new layer's keys ("se.0.fc1.weight") never collide with
+        # the replaced module's ("se.fc1.weight"), so old checkpoints report those as unexpected
+        chain = AttentionChain(layer)
+        if isinstance(current, WithAttention):
+            current.module = chain
+        else:
+            setattr(parent, name, chain)
+        return
+    if isinstance(current, WithAttention):
+        current.attn.append(layer)
+        return
+    if isinstance(current, (nn.ModuleList, nn.ModuleDict)) and type(current).forward is nn.Module.forward:
+        raise ConfigError(f"insert_attn cannot insert after {path!r}: a {type(current).__name__} is not called as a layer")
+    if _is_plain_sequential(current):
+        current.append(layer)
+        return
+    if _is_plain_sequential(parent):
+        names = list(parent._modules)
+        after = [parent._modules[n] for n in names[names.index(name) + 1:]]
+        if all(_is_attention(m) for m in after):
+            parent.append(layer)
+            return
+    setattr(parent, name, WithAttention(current, layer))
 
 
 # --------------------------------------------------------------------------- insert_attn
@@ -457,13 +662,16 @@ def insert_attn(
     Args:
         model: the network to modify; it is changed in place and returned.
         name: registry name of a shape-preserving ``"gate"`` layer, or a layer class.
-        where: ``"block"`` (end of each residual branch, before the addition),
-            ``"stage"`` (after whole stages), ``"conv"`` (after conv → [norm] →
-            activation runs of plain CNNs), a module-path glob, or a callable
-            ``fn(path, module) -> bool`` selecting the modules to insert after.
+        where: ``"block"`` (each block, at its family's placement: see
+            ``docs/models.md``), ``"stage"`` (after whole stages), ``"conv"`` (after
+            conv → [norm] → activation units), ``"replace"`` (in place of the
+            network's own attention modules, e.g. the SE of EfficientNet), a
+            module-path glob, or a callable ``fn(path, module) -> bool`` selecting
+            the modules to insert after.
         stages: with ``"block"``/``"stage"``: which stages, 1-based (stage ``i`` is
-            ``layer{i}``); ``"layer3"`` and the papers' ``"res4"`` (= ``layer3``) are
-            accepted too. The non-local paper's res3 + res4 is ``stages=(2, 3)``.
+            ``layer{i}`` in a ResNet); ``"layer3"`` and the papers' ``"res4"``
+            (= ``layer3``) are accepted too. The non-local paper's res3 + res4 is
+            ``stages=(2, 3)``.
         identity_init: wrap each layer in :class:`IdentityBlend`
             (``x + γ·(layer(x) − x)``, ``γ = 0``), so outputs are unchanged at insertion.
         **layer_kwargs: options of the layer (``rd_ratio=1/16`` ...).
@@ -473,8 +681,9 @@ def insert_attn(
 
     Raises:
         ConfigError: unknown option, a ``"pool"``/``"conv"`` kind layer, a layer for
-            inputs of another rank (a 3-D ``non_local3d`` in a 2-D network), or no
-            matching position (the message says what was searched for).
+            inputs of another rank (a 3-D ``non_local3d`` in a 2-D network), a
+            channels-last position, or no matching position (the message lists what
+            the search found).
 
     Example:
         >>> import torch, torchvision
@@ -507,8 +716,8 @@ def insert_attn(
         )
     positions = _positions(model, where, stages)
     plan = []
-    for path, module in positions:
-        width, ndim = _preceding_width(model, module)
+    for path, module, action in positions:
+        width, ndim = _preceding_width(model, module, container=where == "stage")
         if width is None:
             raise ConfigError(
                 f"insert_attn: cannot tell the channel width after {path!r} ({type(module).__name__}): "
@@ -519,18 +728,18 @@ def insert_attn(
                 f"insert_attn: {label!r} takes {info.ndim}-D inputs (batch included), but the features after "
                 f"{path!r} are {ndim}-D ({type(module).__name__}); pick the layer variant for this network"
             )
-        plan.append((module, width))
+        plan.append((path, width, action))
     layers = []
-    for module, width in plan:  # build everything first: a bad option changes nothing
+    for _, width, _ in plan:  # build everything first: a bad option changes nothing
         try:
             layer = create_attn(name, width, **layer_kwargs)
         except TypeError as e:
             raise ConfigError(str(e)) from None
         layers.append(IdentityBlend(layer) if identity_init else layer)
     ref = next(iter(model.parameters()), None)
-    for (module, _), layer in zip(plan, layers):
+    for (path, _, action), layer in zip(plan, layers):
         if ref is not None:
             layer.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         layer.train(model.training)
-        _attach_after(module, layer)
+        _attach(model, path, layer, action)
     return model
