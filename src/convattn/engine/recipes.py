@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
@@ -103,7 +104,7 @@ def _image_side(fields: dict[str, Any]) -> int | None:
 
 def _fixed(values: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def recipe(fields: dict[str, Any]) -> dict[str, Any]:
-        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
+        return copy.deepcopy(values)
 
     recipe.__doc__ = ", ".join(f"{k}={v}" for k, v in values.items())
     return recipe
@@ -112,8 +113,10 @@ def _fixed(values: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]
 #: ``{model: {recipe name: fn(fields given so far) -> TrainConfig values}}``; ``default`` is used when none is named.
 RECIPES: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     "simple_cnn": {"default": _fixed(_SMALL_CNN)},
-    "gated_cnn": {"default": _fixed(_SMALL_CNN)},
-    "gated_mlp": {"default": _fixed(_SMALL_CNN)},
+    # the model's two 32/64 blocks under-fit digits (83 % training accuracy after 10 epochs):
+    # three blocks, as simple_cnn
+    "gated_cnn": {"default": _fixed({**_SMALL_CNN, "model_kwargs": {"widths": [32, 64, 128]}})},
+    "gated_mlp": {"default": _fixed({**_SMALL_CNN, "lr": 1e-3})},
     # the spatial-transformer paper trains the localisation network at a lower rate
     "stn_cnn": {"default": _fixed({**_SMALL_CNN, "lr_mult": {"localization": 0.1}})},
     "aacn": {"staged": _aacn_staged, "joint": _fixed(_SMALL_CNN)},

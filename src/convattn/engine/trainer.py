@@ -222,8 +222,9 @@ class StagePlan:
     """Which stage runs at each epoch; plain-data state so it checkpoints.
 
     ``sequential``: each stage once, in order. ``alternate``: cycle through the
-    stages (those with ``once: true``, which come first, only in the first cycle); after each completed stage, a validation loss lower than the best so far
-    resets a counter, otherwise it grows; stop when it reaches ``patience`` or when
+    stages (those with ``once: true``, which come first, only in the first cycle);
+    after each completed stage, a validation loss lower than the best so far resets a
+    counter, otherwise it grows; stop when it reaches ``patience`` or when
     ``max_epochs`` epochs have run.
     """
 
