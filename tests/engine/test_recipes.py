@@ -75,12 +75,12 @@ def test_init_from_a_plain_run_into_its_attention_variants(tmp_path):
     plain = create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8))
     run = _run(tmp_path, "simple_cnn", plain)
 
-    cbam = create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8), attention="cbam", identity_init=True)
-    report = init_from_run(cbam, run)
+    eca = create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8), attention="eca", identity_init=True)
+    report = init_from_run(eca, run)
     assert report["epochs"] == 3 and report["loaded"] == sorted(plain.state_dict())
     assert report["new"] and all(".attn." in k for k in report["new"])
     x = torch.randn(2, 1, 12, 12)
-    assert torch.allclose(cbam.eval()(x), plain.eval()(x), atol=1e-6)  # identity-initialised CBAM: same outputs
+    assert torch.allclose(eca.eval()(x), plain.eval()(x), atol=1e-6)  # identity-initialised layers: same outputs
 
     aacn = create_model("aacn", num_classes=3, in_chans=1, backbone_kwargs={"widths": (4, 8)})
     report = init_from_run(aacn, run)
@@ -89,6 +89,6 @@ def test_init_from_a_plain_run_into_its_attention_variants(tmp_path):
     assert torch.equal(aacn.stages["stage2"].conv.weight, plain.stages[1].conv.weight)
 
     with pytest.raises(ConfigError, match="superset"):  # an attention run into the plain model
-        init_from_run(create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8)), _run(tmp_path, "cbam", cbam))
+        init_from_run(create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8)), _run(tmp_path, "eca", eca))
     with pytest.raises(ConfigError, match="another shape"):
         init_from_run(create_model("simple_cnn", num_classes=5, in_chans=1, widths=(4, 8)), run)
