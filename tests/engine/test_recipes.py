@@ -92,3 +92,33 @@ def test_init_from_a_plain_run_into_its_attention_variants(tmp_path):
         init_from_run(create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8)), _run(tmp_path, "eca", eca))
     with pytest.raises(ConfigError, match="another shape"):
         init_from_run(create_model("simple_cnn", num_classes=5, in_chans=1, widths=(4, 8)), run)
+
+
+def test_staged_run_with_a_once_stage_records_each_stage(tmp_path, monkeypatch):
+    import json
+
+    import standin
+
+    from convattn.engine import load_checkpoint, train
+
+    standin.install(monkeypatch)
+    stages = [{"name": "features", "epochs": 1, "train": ["backbone", "decision"], "once": True},
+              {"name": "attention", "epochs": 1, "train": ["attention", "decision"], "alpha": 0.1},
+              {"name": "decision", "epochs": 1, "train": ["decision"]}]
+    cfg = TrainConfig(epochs=4, batch_size=16, lr=0.2, progress=False, device="cpu", out=str(tmp_path / "run"),
+                      stages=stages, stage_mode="alternate", patience=5)
+    result = train(cfg)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["features", "attention", "decision", "attention"]
+    assert rows[1]["frozen_groups"] == ["backbone"] and rows[2]["train_groups"] == ["decision"]
+    assert [r["alpha"] for r in rows] == [0.0, 0.1, 0.0, 0.1]
+    assert [(s["name"], s["first_epoch"], s["frozen"]) for s in result["stages"]] == [
+        ("features", 1, ["attention"]), ("attention", 2, ["backbone"]), ("decision", 3, ["attention", "backbone"]),
+        ("attention", 4, ["backbone"])]
+    # the backbone only moves in the first epoch: rerun that epoch alone and compare
+    train(cfg.replace(epochs=1, out=str(tmp_path / "one")))
+    first = load_checkpoint(tmp_path / "one" / "last.pt")["model"]
+    final = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    for k in first:
+        if k.startswith("backbone"):
+            assert torch.equal(first[k], final[k]), k
