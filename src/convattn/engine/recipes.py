@@ -116,7 +116,7 @@ RECIPES: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
     # the model's two 32/64 blocks under-fit digits (83 % training accuracy after 10 epochs):
     # three blocks, as simple_cnn
     "gated_cnn": {"default": _fixed({**_SMALL_CNN, "model_kwargs": {"widths": [32, 64, 128]}})},
-    "gated_mlp": {"default": _fixed({**_SMALL_CNN, "lr": 1e-3})},
+    "gated_mlp": {"default": _fixed({**_SMALL_CNN, "lr": 1e-3, "model_kwargs": {"hidden": [512, 256]}})},
     # the spatial-transformer paper trains the localisation network at a lower rate
     "stn_cnn": {"default": _fixed({**_SMALL_CNN, "lr_mult": {"localization": 0.1}})},
     "aacn": {"staged": _aacn_staged, "joint": _fixed(_SMALL_CNN)},
