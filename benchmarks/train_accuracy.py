@@ -3,9 +3,15 @@
 1. cluttered-digits (embedded, 60×60): ``simple_cnn`` plain, with CBAM after each
    block (blended in from the identity), behind a spatial transformer (``stn_cnn``:
    scale + translation, 40×40 view, localisation net at 1/10 the lr), and as the
-   multi-branch attention network (``aacn``, attention heads on every block) - the
-   demo's recipe (``convattn.cli.demo.RECIPE`` / ``VARIANTS``: AdamW, lr 5e-3, cosine,
-   batch 32) on 6,000 training images for 6 epochs.
+   multi-branch attention network (``aacn``, attention heads on every block, all
+   branches trained together from scratch) - the demo's recipe
+   (``convattn.cli.demo.RECIPE`` / ``VARIANTS``: AdamW, lr 5e-3, cosine, batch 32) on
+   6,000 training images for 6 epochs - and ``aacn-staged``, AACN's staged recipe
+   (``convattn train --model aacn --recipe staged``) within the same epoch budget: the
+   feature branch trained as the plain backbone for ⌈2/3⌉ of the epochs (its own
+   run, ``plain-e<N>-s<seed>``), then ``--init-from`` that run the attention + decision
+   branches (feature branch frozen, α·L_attn) and the decision branch alone, one
+   epoch each, alternating for the remaining epochs.
    Default: 3 seeds × 4 variants; ``--jobs 2 --threads 1`` trains two runs at once
    (the faster way on a 2-core CPU).
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
@@ -36,7 +42,11 @@ from tabulate import tabulate
 from convattn.cli.demo import RECIPE, VARIANTS, train_or_reuse
 from convattn.exceptions import DatasetNotFoundError
 
-CLUTTERED_VARIANTS = {**VARIANTS, "aacn": {"model": "aacn", "attention": None}}
+CLUTTERED_VARIANTS = {
+    **VARIANTS,
+    "aacn": {"model": "aacn", "attention": None},
+    "aacn-staged": {"model": "aacn", "attention": None, "recipe": "staged"},
+}
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -51,8 +61,8 @@ def _row(name: str, desc: str, accs: list[float], params: int, epoch_time: float
             "epoch_time": epoch_time}
 
 
-def _train_one(cfg_dict: dict, force: bool, threads: int | None) -> tuple[dict, str, float]:
-    """One run (in this process or a worker process): ``(results, how, seconds)``."""
+def _train_one(cfg_dicts: list[dict], force: bool, threads: int | None) -> tuple[dict, str, float]:
+    """One variant's runs, in order (in this process or a worker process): ``(last results, how, seconds)``."""
     import torch
 
     from convattn.engine import TrainConfig
@@ -60,13 +70,16 @@ def _train_one(cfg_dict: dict, force: bool, threads: int | None) -> tuple[dict, 
     if threads:
         torch.set_num_threads(threads)
     t = time.perf_counter()
-    res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
-    return res, how, time.perf_counter() - t
+    hows = []
+    for cfg_dict in cfg_dicts:
+        res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
+        hows.append(how)
+    return res, "+".join(hows), time.perf_counter() - t
 
 
 def run_cluttered(args: argparse.Namespace) -> list[dict]:
     jobs = [(v, seed) for seed in args.seed_list for v in args.variants]  # seed by seed: partial results cover every variant
-    configs = {job: _config(args, *job).to_dict() for job in jobs}
+    configs = {job: [c.to_dict() for c in _configs(args, *job)] for job in jobs}
     done: dict[tuple[str, int], dict] = {}
 
     def report(job, res, how, secs):
@@ -95,15 +108,26 @@ def run_cluttered(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _config(args: argparse.Namespace, variant: str, seed: int):
+def _configs(args: argparse.Namespace, variant: str, seed: int) -> list:
+    """The runs of one variant and seed, in training order (the last one is scored)."""
     from convattn.engine import TrainConfig
+    from convattn.engine.recipes import AACN_FEATURE_SHARE, resolve_config
 
-    return TrainConfig(
-        **{**RECIPE, **CLUTTERED_VARIANTS[variant]},
-        out=str(Path(args.out) / "cluttered-digits" / f"{variant}-s{seed}"),
-        epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
+    root = Path(args.out) / "cluttered-digits"
+    common = dict(
+        train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
         seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
     )
+    spec = CLUTTERED_VARIANTS[variant]
+    if spec.get("recipe") != "staged":
+        return [TrainConfig(**{**RECIPE, **spec}, out=str(root / f"{variant}-s{seed}"), epochs=args.epochs, **common)]
+    # the feature branch as the plain backbone: its epochs count toward the budget
+    features = max(1, min(args.epochs - 1, math.ceil(AACN_FEATURE_SHARE * args.epochs)))
+    plain = TrainConfig(**{**RECIPE, **VARIANTS["plain"]}, out=str(root / f"plain-e{features}-s{seed}"),
+                        epochs=features, **common)
+    staged, _ = resolve_config({**RECIPE, **spec, "init_from": plain.out, "epochs": args.epochs - features,
+                                "out": str(root / f"{variant}-s{seed}"), **common})
+    return [plain, staged]
 
 
 def run_fashion(args: argparse.Namespace) -> list[dict]:
@@ -177,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         p.error("--jobs and --threads take integers >= 1")
+    if args.epochs < 1 or ("aacn-staged" in args.variants and args.epochs < 2):
+        p.error("--epochs takes an integer >= 1 (>= 2 with aacn-staged: features, then attention / decision)")
     unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")

@@ -133,3 +133,40 @@ def test_real_model_and_dataset(tmp_path, capsys):
 def test_mapping_fields_take_key_value_pairs(capsys):
     cfg = _print_config(capsys, "--model", "stn_cnn", "--lr-mult", "localization=0.1")
     assert cfg["lr_mult"] == {"localization": 0.1}
+
+
+def test_print_config_names_the_source_of_each_value(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("batch_size: 8\n")
+    assert cli.main(["train", "--model", "gated_cnn", "--config", str(cfg), "--lr", "0.01", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    lines = {line.split(":")[0]: line for line in text.splitlines() if not line.startswith((" ", "-"))}
+    assert lines["lr"] == "lr: 0.01  # flag"
+    assert lines["batch_size"] == f"batch_size: 8  # config file {cfg}"
+    assert lines["optimizer"] == "optimizer: adamw  # recipe gated_cnn/default"
+    assert lines["seed"] == "seed: 0  # default"
+    assert yaml.safe_load(text)["weight_decay"] == 1e-4  # still plain YAML
+    staged = _print_config(capsys, "--model", "aacn", "--epochs", "6")
+    assert staged["recipe"] == "staged" and [s["name"] for s in staged["stages"]] == ["features", "attention", "decision"]
+    assert _print_config(capsys, "--model", "gated_cnn", "--recipe", "none")["optimizer"] == "sgd"
+
+
+def test_resume_of_a_finished_run_leaves_it_untouched(tmp_path, monkeypatch, capsys):
+    standin.install(monkeypatch)
+    run = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "1", "--batch-size", "32", "--no-progress", "--out", str(run)]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "already finished (1 epochs)" in captured.err and "test_acc" in captured.out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert json.loads((run / "results.json").read_text())["train_acc"] is not None
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert f"--init-from {run}" in capsys.readouterr().err
+    # a new run from its weights
+    assert cli.main(["train", "--init-from", str(run), "--epochs", "1", "--batch-size", "32", "--no-progress",
+                     "--out", str(tmp_path / "more")]) == 0
+    assert "loaded" in capsys.readouterr().err
+    report = json.loads((tmp_path / "more" / "init_from.json").read_text())
+    assert report["new"] == [] and report["loaded"] and report["checkpoint"].endswith("best.pt")

@@ -15,7 +15,7 @@ from convattn.engine import load_checkpoint
 RUNNER = Path(__file__).with_name("run_standin.py")
 # 96 training images / batch 16 = 6 steps per epoch; step checkpoints at steps 4, 8, 16
 ARGS = ["train", "--epochs", "3", "--batch-size", "16", "--lr", "0.2", "--warmup-epochs", "0.5",
-        "--save-every", "4", "--no-progress", "--device", "cpu", "--seed", "3"]
+        "--save-every", "4", "--no-progress", "--device", "cpu", "--seed", "3", "--recipe", "none"]
 
 
 def _start(out, *extra, kill_at=0):

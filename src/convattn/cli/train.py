@@ -1,8 +1,9 @@
 """``convattn train``: train a model; every ``TrainConfig`` field is a flag.
 
-Precedence: defaults < ``--config FILE.yaml`` < explicit flags. With ``--resume
-RUN_DIR`` the run's own config is the base and only fields that do not change the
-numbers (``--out``, ``--workers``, ``--device``, ``--no-progress`` ...) may differ.
+Precedence: defaults < the model's recipe (``--recipe``) < ``--config FILE.yaml`` <
+explicit flags. With ``--resume RUN_DIR`` the run's own config is the base and only
+fields that do not change the numbers (``--out``, ``--workers``, ``--device``,
+``--no-progress`` ...) may differ.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ examples:
   convattn train --model efficientnet_b0 --attention cbam --placement replace --dataset cifar10
   convattn train --config run.yaml --lr 0.1 --attn-kwargs rd_ratio=0.25
   convattn train --resume runs/simple_cnn-cbam-cluttered-digits-20250101-120000
+  convattn train --model aacn --recipe staged --epochs 6 --print-config
+  convattn train --model aacn --init-from runs/plain --epochs 2   # feature branch from a plain run
+
+Without optimiser flags a model trains with its recipe (convattn.engine.recipes:
+gated_cnn / gated_mlp / simple_cnn / stn_cnn: AdamW 5e-3, batch 32; aacn: staged;
+resnet*: SGD 0.1, batch 128); --recipe none gives the bare defaults in brackets below.
   torchrun --nproc_per_node 2 -m convattn train --model resnet20 --dataset cifar10 --device cpu
 
 YAML files hold the same fields with underscores (batch_size: 128). dict-valued
@@ -119,21 +126,45 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace):
-    """Resolve the config: (checkpoint config when resuming) < --config YAML < explicit flags."""
+    """The resolved config (see :func:`config_and_sources`)."""
+    return config_and_sources(args)[0]
+
+
+def config_and_sources(args: argparse.Namespace):
+    """Resolve the config and where each value came from.
+
+    Resuming: checkpoint config < --config YAML < explicit flags. Otherwise:
+    defaults < recipe < --config YAML < explicit flags (``convattn.engine.recipes``).
+    """
     from ..engine.config import TrainConfig
+    from ..engine.recipes import resolve_config
 
     overrides = explicit_overrides(args)
-    base: dict[str, Any] = {}
+    file_fields: dict[str, Any] = {}
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise ConfigError(f"config file {args.config!r} does not exist")
+        file_fields = _yaml_fields(args.config)
     if getattr(args, "resume", None):
         from ..engine.checkpoint import load_checkpoint
         from ..engine.trainer import _resume_file
 
         base = dict(load_checkpoint(_resume_file(args.resume))["config"])
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise ConfigError(f"config file {args.config!r} does not exist")
-        base = {**base, **_yaml_fields(args.config)}
-    return TrainConfig.from_dict({**base, **overrides}, source="train options")
+        config = TrainConfig.from_dict({**base, **file_fields, **overrides}, source="train options")
+        sources = {k: "flag" if k in overrides else f"config file {args.config}" if k in file_fields else f"run {args.resume}"
+                   for k in TrainConfig.field_names()}
+        return config, sources
+    return resolve_config(overrides, file_fields=file_fields, file_name=args.config)
+
+
+def format_config(config, sources: dict[str, str]) -> str:
+    """The config as YAML, each field followed by a ``# source`` comment."""
+    lines = []
+    for key, value in config.to_dict().items():
+        text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=False, width=10_000).rstrip("\n")
+        first, sep, rest = text.partition("\n")
+        lines.append(f"{first}  # {sources.get(key, 'default')}" + (sep + rest if sep else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _yaml_fields(path: str) -> dict[str, Any]:
@@ -157,7 +188,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig fields; explicit flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or a last.pt) exactly where it stopped")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as YAML, each value with its source (default, recipe, config file, flag), and exit")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -168,9 +200,9 @@ def run(args: argparse.Namespace) -> int:
     Launch with torchrun for DistributedDataParallel (gloo on CPU, nccl on CUDA);
     only rank 0 logs and writes checkpoints.
     """
-    config = config_from_args(args)
+    config, sources = config_and_sources(args)
     if args.print_config:
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(format_config(config, sources), end="")
         return 0
     from ..engine import train
 
@@ -178,7 +210,12 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         from tabulate import tabulate
 
-        rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items()]
+        rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items() if not isinstance(v, (dict, list))]
         print(tabulate(rows, headers=["metric", "value"]))
+        if result.get("init_from"):
+            print(f"init_from     {result['init_from']['checkpoint']} ({result['init_from']['epochs']} epochs)")
+        for st in result.get("stages") or []:
+            print(f"stage {st['name']}: epochs {st['first_epoch']}-{st['first_epoch'] + st['epochs'] - 1}, "
+                  f"trains {', '.join(st['train'] or [])}; frozen {', '.join(st['frozen'] or []) or 'none'}")
         sys.stdout.flush()
     return 0

@@ -13,11 +13,16 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .inference import evaluate_run, plot_confusion, predict_images
 from .optim import WarmupSchedule, build_optimizer, param_groups_no_decay
-from .trainer import evaluate, load_run, logits_of, model_from_checkpoint, train
+from .recipes import get_recipe, list_recipes, resolve_config
+from .trainer import evaluate, init_from_run, load_run, logits_of, model_from_checkpoint, train
 
 __all__ = [
     "TrainConfig",
+    "resolve_config",
+    "get_recipe",
+    "list_recipes",
     "train",
+    "init_from_run",
     "evaluate",
     "evaluate_run",
     "predict_images",

@@ -27,7 +27,7 @@ SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 STAGE_MODES = ("sequential", "alternate")
-_STAGE_KEYS = {"name", "epochs", "train", "lr", "alpha"}
+_STAGE_KEYS = {"name", "epochs", "train", "lr", "alpha", "once"}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -59,6 +59,8 @@ class TrainConfig:
     attn_kwargs: dict = _f({}, "options of the attention layer, e.g. rd_ratio=0.25")
     placement: str | None = _f(None, "where insert_attn puts the attention: block, stage, conv or replace (swap the model's own SE); model default when unset")
     model_kwargs: dict = _f({}, "extra options of the model, e.g. dropout=0.1")
+    recipe: str | None = _f(None, "named recipe whose values fill the fields not given (convattn train: the model's default; none for bare defaults)")
+    init_from: str | None = _f(None, "run directory or checkpoint whose weights initialise the matching parameters (a plain run into its attention variant)")
     # data
     dataset: str = _f("cluttered-digits", "dataset name (convattn list datasets) or folder:PATH")
     data_dir: str | None = _f(None, "directory holding the dataset files")
@@ -86,7 +88,7 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value")
     alpha: float = _f(0.0, "weight of model.regularization(outputs) in the loss (models that have one)")
-    stages: list | None = _f(None, "staged schedule: list of {name, epochs, train: [groups], lr, alpha}")
+    stages: list | None = _f(None, "staged schedule: list of {name, epochs, train: [groups], lr, alpha, once}")
     stage_mode: str = _f("sequential", "sequential: run stages once; alternate: cycle until val loss stops improving")
     patience: int = _f(2, "alternate mode: stop after this many stage cycles without a better val loss")
     # execution
@@ -180,6 +182,14 @@ class TrainConfig:
             if self.model_kwargs.get("attn_where", self.placement) != self.placement:
                 raise bad("placement", f"the same as model_kwargs attn_where={self.model_kwargs['attn_where']!r}")
             self.model_kwargs = {**self.model_kwargs, "attn_where": self.placement}
+        for name in ("recipe", "init_from"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.lower() in ("", "none", "null"):
+                setattr(self, name, None)
+            elif value is not None and not isinstance(value, (str, os.PathLike)):
+                raise bad(name, "a string or None")
+            elif value is not None:
+                setattr(self, name, os.fspath(value))
         if isinstance(self.distort, str) and self.distort.lower() in ("", "none", "null"):
             self.distort = None
         if self.distort is not None and not isinstance(self.distort, str):
@@ -256,7 +266,14 @@ class TrainConfig:
                 if key in stage and stage[key] is not None:
                     if not _number(stage[key]) or stage[key] < 0 or (key == "lr" and stage[key] == 0):
                         raise ConfigError(f"{where}.{key} must be a number {'> 0' if key == 'lr' else '>= 0'}, got {stage[key]!r}")
+            once = stage.get("once", False)
+            if not isinstance(once, bool):
+                raise ConfigError(f"{where}.once must be true or false, got {once!r}")
+            if once and i > 0 and not self.stages[i - 1].get("once", False):
+                raise ConfigError(f"{where}: stages with once: true must come before the repeating ones")
             stage.setdefault("name", f"stage{i}")
+        if self.stage_mode == "alternate" and all(s.get("once", False) for s in self.stages):
+            raise ConfigError("TrainConfig.stages: alternate mode needs at least one stage without once: true")
 
 
 def _number(v: Any) -> bool:

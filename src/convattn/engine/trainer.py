@@ -53,6 +53,7 @@ __all__ = [
     "logits_of",
     "StagePlan",
     "METRIC_COLUMNS",
+    "init_from_run",
 ]
 
 METRIC_COLUMNS = [
@@ -62,16 +63,26 @@ METRIC_COLUMNS = [
 
 # ------------------------------------------------------------------- models
 def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
-    """The model of ``config`` for a dataset described by ``data_info`` (``convattn.models.create_model``)."""
-    from ..models import create_model
+    """The model of ``config`` for a dataset described by ``data_info`` (``convattn.models.create_model``).
 
+    Models whose factory takes ``image_size`` (``gated_mlp``) get the dataset's unless
+    ``model_kwargs`` sets it.
+    """
+    import inspect
+
+    from ..models import create_model
+    from ..models._registry import get_model_entry
+
+    kwargs = dict(config.model_kwargs)
+    if "image_size" in inspect.signature(get_model_entry(config.model)).parameters and data_info.get("image_size"):
+        kwargs.setdefault("image_size", tuple(int(s) for s in data_info["image_size"]))
     return create_model(
         config.model,
         num_classes=int(data_info["num_classes"]),
         in_chans=int(data_info["in_chans"]),
         attention=config.attention,
         attn_kwargs=dict(config.attn_kwargs) or None,
-        **config.model_kwargs,
+        **kwargs,
     )
 
 
@@ -211,8 +222,9 @@ class StagePlan:
     """Which stage runs at each epoch; plain-data state so it checkpoints.
 
     ``sequential``: each stage once, in order. ``alternate``: cycle through the
-    stages; after each completed stage, a validation loss lower than the best so far
-    resets a counter, otherwise it grows; stop when it reaches ``patience`` or when
+    stages (those with ``once: true``, which come first, only in the first cycle);
+    after each completed stage, a validation loss lower than the best so far resets a
+    counter, otherwise it grows; stop when it reaches ``patience`` or when
     ``max_epochs`` epochs have run.
     """
 
@@ -251,7 +263,9 @@ class StagePlan:
             self.best_loss, self.bad = val_loss, 0
         else:
             self.bad += 1
-        self.index = (self.index + 1) % len(self.stages)
+        self.index += 1
+        if self.index == len(self.stages):  # a new cycle skips the stages that run once
+            self.index = next(i for i, s in enumerate(self.stages) if not s.get("once", False))
         self.done = self.bad >= self.patience or (self.max_epochs is not None and self.epochs_done >= self.max_epochs)
 
     def state_dict(self) -> dict[str, Any]:
@@ -260,6 +274,61 @@ class StagePlan:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+# ---------------------------------------------------------------- init_from
+def init_from_run(model: nn.Module, source: str | os.PathLike) -> dict[str, Any]:
+    """Copy the weights of a finished run into ``model``, whose parameters must be a superset of the run's.
+
+    Models whose names differ from their backbone's (``aacn``) translate the run's
+    keys with ``model.adapt_state_dict(state)``. Every tensor of the run must find a
+    tensor of the same name and shape; the model's other tensors keep their
+    initialisation.
+
+    Args:
+        model: the model to initialise (in place).
+        source: a run directory (its ``best.pt``, else ``last.pt``) or a ``.pt`` file.
+
+    Returns:
+        ``{"source", "checkpoint", "epochs", "loaded": [keys], "new": [keys]}``.
+
+    Raises:
+        ConfigError: a run tensor the model lacks or holds with another shape.
+        CheckpointError: a missing or unreadable checkpoint.
+    """
+    path = resolve_checkpoint(source)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    state = dict(ckpt["model"])
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        state = adapt(state)
+    own = model.state_dict()
+    missing = [k for k in state if k not in own]
+    if missing:
+        raise ConfigError(
+            f"init_from {str(source)!r}: the model lacks {len(missing)} of the run's tensors "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); its parameters must be a superset "
+            f"of the run's (run model: {ckpt.get('config', {}).get('model')!r})"
+        )
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if state[k].shape != own[k].shape]
+    if wrong:
+        raise ConfigError(f"init_from {str(source)!r}: tensors of another shape (run vs model): {'; '.join(wrong[:3])}")
+    model.load_state_dict(state, strict=False)
+    return {
+        "source": str(source),
+        "checkpoint": str(path),
+        "epochs": int(ckpt.get("epoch", 0)),
+        "loaded": sorted(state),
+        "new": sorted(k for k in own if k not in state),
+    }
+
+
+def _key_summary(keys: list[str], limit: int = 4) -> str:
+    """``a.*, b.*`` for the top-level modules of ``keys`` (at most ``limit``)."""
+    heads = list(dict.fromkeys(k.split(".")[0] for k in keys))
+    if not heads:
+        return "none"
+    return ", ".join(h + ".*" for h in heads[:limit]) + (", ..." if len(heads) > limit else "")
 
 
 # ------------------------------------------------------------------ helpers
@@ -306,6 +375,45 @@ def _check_resume_config(config: TrainConfig, saved: dict[str, Any]) -> None:
             f"cannot resume with a different configuration ({detail}); only "
             f"{', '.join(sorted(RESUME_FREE_FIELDS))} may change when resuming"
         )
+
+
+def _finished_results(config: TrainConfig, resume: str | os.PathLike) -> dict[str, Any] | None:
+    """The saved results of a finished run (left untouched), or ``None`` when the run has epochs to go.
+
+    A finished run cannot be extended with other settings (more epochs change its
+    schedule); the error points to ``init_from``, which starts a new run from its weights.
+    """
+    path = _resume_file(resume)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if not (ckpt.get("plan") or {}).get("done"):
+        return None
+    saved = ckpt.get("config") or {}
+    try:
+        _check_resume_config(config, saved)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"run {str(path.parent)!r} is finished ({ckpt.get('epoch')} epochs) and {exc}; to train on from its "
+            f"weights, start a new run with --init-from {path.parent}"
+        ) from None
+    results = path.parent / "results.json"
+    try:
+        res = json.loads(results.read_text())
+    except (OSError, ValueError):
+        return None  # finished training but no valid results.json: the test evaluation runs again
+    print(f"run {str(path.parent)!r} is already finished ({ckpt.get('epoch')} epochs); nothing to do, "
+          "its files are unchanged", file=sys.stderr, flush=True)
+    return res
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf as ``null``, so results.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class _MetricsWriter:
@@ -412,6 +520,9 @@ class _Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.groups = self._param_groups()
+        self.init_report = None
+        if config.init_from and self.ckpt is None:
+            self.init_report = init_from_run(self.model, config.init_from)
         # data/dropout randomness differs per rank; model init above does not
         seed_everything(config.seed + ctx.rank)
 
@@ -514,6 +625,26 @@ class _Trainer:
         if self.config.compile:
             fwd = torch.compile(fwd)
         self.fwd = fwd
+
+    def _stage_groups(self) -> tuple[list[str], list[str]]:
+        """Parameter groups the current stage trains and freezes (``["all"]``, ``[]`` without groups)."""
+        train = self.plan.current.get("train")
+        if train is None:
+            return (["all"] if not self.groups else sorted(self.groups)), []
+        return list(train), sorted(g for g in self.groups if g not in train)
+
+    def _stage_summary(self) -> list[dict[str, Any]]:
+        """Consecutive epochs of one stage, from metrics.jsonl: ``[{name, epochs, first_epoch, train, frozen}]``."""
+        path = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+        runs: list[dict[str, Any]] = []
+        for row in rows:
+            if runs and runs[-1]["name"] == row.get("stage") and runs[-1]["train"] == row.get("train_groups"):
+                runs[-1]["epochs"] += 1
+                continue
+            runs.append({"name": row.get("stage"), "epochs": 1, "first_epoch": row.get("epoch"),
+                         "train": row.get("train_groups"), "frozen": row.get("frozen_groups")})
+        return runs
 
     # ------------------------------------------------------------ checkpoints
     def _rng_states(self) -> list[dict[str, Any]]:
@@ -669,14 +800,31 @@ class _Trainer:
                 self.run_dir, keep_before_epoch=self.epoch if self.ckpt is not None else None,
                 tensorboard=cfg.tensorboard,
             )
+            if self.init_report is not None:
+                rep = self.init_report
+                atomic_write_text(self.run_dir / "init_from.json", json.dumps(rep, indent=2) + "\n")
+                print(
+                    f"init_from {rep['checkpoint']} ({rep['epochs']} epochs): loaded {len(rep['loaded'])} tensors, "
+                    f"{len(rep['new'])} new: {_key_summary(rep['new'])} (list in {self.run_dir / 'init_from.json'})",
+                    file=sys.stderr, flush=True,
+                )
         self.ckpt = None  # free memory
         epoch_times: list[float] = []
         last: dict[str, Any] = {}
+        previous = self.run_dir / "metrics.jsonl"
+        if self.epoch > 0 and previous.is_file():  # resumed: the epochs already run count
+            for line in previous.read_text().splitlines():
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    continue
+                epoch_times.append(float(last.get("epoch_time", math.nan)))
         try:
             while not self.plan.done:
                 if self.opt_run_id != self.plan.run_id:
                     self._configure_stage()
                 stage_name = self.plan.current["name"]
+                trained, frozen = self._stage_groups()
                 tr = self._train_epoch()
                 D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
                 val = self._evaluate(self.val_loader)
@@ -689,6 +837,7 @@ class _Trainer:
                     "epoch": self.epoch, "stage": stage_name, "step": self.step, **{k: tr[k] for k in ("train_loss", "train_acc")},
                     "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
                     "epoch_time": tr["epoch_time"], "images_per_s": tr["images_per_s"],
+                    "train_groups": trained, "frozen_groups": frozen, "alpha": self.alpha,
                 }
                 epoch_times.append(tr["epoch_time"])
                 last = row
@@ -728,8 +877,12 @@ class _Trainer:
             "test_acc": test["accuracy"],
             "images_per_s": last.get("images_per_s", float("nan")),
         }
+        if self.config.stages:
+            result["stages"] = self._stage_summary()
+        if self.init_report is not None:
+            result["init_from"] = {k: self.init_report[k] for k in ("checkpoint", "epochs")}
         if self.ctx.is_main:
-            atomic_write_text(self.run_dir / "results.json", json.dumps(result, indent=2) + "\n")
+            atomic_write_text(self.run_dir / "results.json", json.dumps(_json_safe(result), indent=2) + "\n")
         return result
 
 
@@ -762,6 +915,10 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None) -> di
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train expects a TrainConfig, got {type(config).__name__}")
     config.validate()
+    if resume is not None:
+        finished = _finished_results(config, resume)
+        if finished is not None:
+            return finished
     ctx = D.setup(config.device)
     try:
         return _Trainer(config, ctx, resume).run()

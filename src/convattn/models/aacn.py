@@ -102,6 +102,8 @@ class AACN(nn.Module):
     ) -> None:
         super().__init__()
         stem, stages = split_backbone(backbone)
+        self._stem_names = ("conv1", "bn1") if not isinstance(backbone, SimpleCNN) else ()
+        self._stage_names = [name for name, _ in stages]
         chosen = {name for name, _ in _select_stages(stages, attn_stages)}
         self.stem = stem
         self.stages = nn.ModuleDict(stages)
@@ -129,6 +131,42 @@ class AACN(nn.Module):
             "attention": list(self.heads.parameters()),
             "decision": [*self.fc_features.parameters(), *self.fc_attention.parameters(), self.mix],
         }
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A plain backbone's state dict under this model's names (``init_from`` a plain run).
+
+        ``simple_cnn``'s ``stages.{i}.*`` become ``stages.stage{i+1}.*``; a ResNet's
+        ``conv1`` / ``bn1`` become ``stem.0`` / ``stem.1`` and ``layerN.*`` ``stages.layerN.*``;
+        the backbone's classifier ``fc.*`` becomes the feature branch's ``fc_features.*``.
+        A state dict of an ``aacn`` is returned unchanged.
+
+        Example:
+            >>> from convattn.models import create_model
+            >>> plain = create_model("simple_cnn", num_classes=10, in_chans=1)
+            >>> net = create_model("aacn", num_classes=10, in_chans=1)
+            >>> state = net.adapt_state_dict(plain.state_dict())
+            >>> sorted({k.split(".")[0] for k in set(net.state_dict()) - set(state)})  # new in aacn
+            ['fc_attention', 'heads', 'mix']
+            >>> _ = net.load_state_dict(state, strict=False)
+        """
+        if any(k.startswith(("fc_features.", "heads.")) for k in state):
+            return dict(state)
+        out = {}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head == "fc":
+                out["fc_features." + rest] = value
+            elif head in self._stem_names:
+                out[f"stem.{self._stem_names.index(head)}.{rest}"] = value
+            elif head == "stages" and not self._stem_names:
+                index, _, tail = rest.partition(".")
+                name = self._stage_names[int(index)] if index.isdigit() and int(index) < len(self._stage_names) else index
+                out[f"stages.{name}.{tail}"] = value
+            elif head in self._stage_names:
+                out[f"stages.{key}"] = value
+            else:
+                out[key] = value
+        return out
 
     def forward(self, x: torch.Tensor) -> dict[str, Any]:
         x = self.stem(x)
