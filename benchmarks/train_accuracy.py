@@ -3,16 +3,17 @@
 1. cluttered-digits (embedded, 60×60): ``simple_cnn`` plain, with CBAM after each
    block (blended in from the identity), behind a spatial transformer (``stn_cnn``:
    scale + translation, 40×40 view, localisation net at 1/10 the lr), and as the
-   multi-branch attention network (``aacn``, attention heads on every block, all
-   branches trained together from scratch) - the demo's recipe
+   multi-branch attention network (``aacn``, attention heads on every block) with its
+   staged recipe in one run (``convattn train --model aacn``: the feature branch for
+   ⌈2/3⌉ of the epochs, then the attention + decision branches with the features
+   frozen and α·L_attn, and the decision branch alone, alternating) - the demo's recipe
    (``convattn.cli.demo.RECIPE`` / ``VARIANTS``: AdamW, lr 5e-3, cosine, batch 32) on
-   6,000 training images for 6 epochs - and ``aacn-staged``, AACN's staged recipe
-   (``convattn train --model aacn --recipe staged``) within the same epoch budget: the
-   feature branch trained as the plain backbone for ⌈2/3⌉ of the epochs (its own
-   run, ``plain-e<N>-s<seed>``), then ``--init-from`` that run the attention + decision
-   branches (feature branch frozen, α·L_attn) and the decision branch alone, one
-   epoch each, alternating for the remaining epochs.
-   Default: 3 seeds × 4 variants; ``--jobs 2 --threads 1`` trains two runs at once
+   6,000 training images for 6 epochs; ``aacn-joint``, every branch trained together
+   from scratch (``--recipe joint``); and ``aacn-staged``, the staged recipe started
+   from a finished plain run within the same epoch budget: the plain backbone trained
+   for ⌈2/3⌉ of the epochs (its own run, ``plain-e<N>-s<seed>``), then ``--init-from``
+   that run the attention/decision stages for the remaining epochs.
+   Default: 3 seeds × 6 variants; ``--jobs 2 --threads 1`` trains two runs at once
    (the faster way on a 2-core CPU).
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
    when the files are under ``--data-dir`` (skipped with a message otherwise).
@@ -43,9 +44,9 @@ from convattn.cli.demo import RECIPE, VARIANTS, train_or_reuse
 from convattn.exceptions import DatasetNotFoundError
 
 CLUTTERED_VARIANTS = {
-    **VARIANTS,
-    "aacn": {"model": "aacn", "attention": None},
-    "aacn-staged": {"model": "aacn", "attention": None, "recipe": "staged"},
+    **VARIANTS,  # plain, cbam, stn and aacn (the staged recipe in one run, as in the demo)
+    "aacn-joint": {"model": "aacn", "attention": None, "recipe": "joint"},
+    "aacn-staged": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
 }
 
 
@@ -118,9 +119,11 @@ def _configs(args: argparse.Namespace, variant: str, seed: int) -> list:
         train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
         seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
     )
-    spec = CLUTTERED_VARIANTS[variant]
-    if spec.get("recipe") != "staged":
-        return [TrainConfig(**{**RECIPE, **spec}, out=str(root / f"{variant}-s{seed}"), epochs=args.epochs, **common)]
+    spec = dict(CLUTTERED_VARIANTS[variant])
+    if not spec.pop("from_plain", False):
+        config, _ = resolve_config({**RECIPE, **spec, "out": str(root / f"{variant}-s{seed}"), "epochs": args.epochs,
+                                    **common})
+        return [config]
     # the feature branch as the plain backbone: its epochs count toward the budget
     features = max(1, min(args.epochs - 1, math.ceil(AACN_FEATURE_SHARE * args.epochs)))
     plain = TrainConfig(**{**RECIPE, **VARIANTS["plain"]}, out=str(root / f"plain-e{features}-s{seed}"),

@@ -21,7 +21,7 @@ def fake_train(monkeypatch):
         d = pathlib.Path(out)
         d.mkdir(parents=True, exist_ok=True)
         config.to_yaml(d / "config.yaml")
-        acc = {"simple_cnn": 0.5, "stn_cnn": 0.7}[config.model] + (0.1 if config.attention else 0.0)
+        acc = {"simple_cnn": 0.5, "stn_cnn": 0.7, "aacn": 0.8}[config.model] + (0.1 if config.attention else 0.0)
         res = {"run_dir": str(d), "test_acc": acc, "params": 1234, "epoch_time": 1.5}
         (d / "results.json").write_text(json.dumps(res))
         return res
@@ -36,10 +36,14 @@ def fake_train(monkeypatch):
 def test_configs_share_the_recipe(tmp_path):
     cfgs = {v: demo.make_config(v, out=tmp_path / v, epochs=2, train_size=100) for v in demo.VARIANTS}
     assert {v: (c.model, c.attention) for v, c in cfgs.items()} == {
-        "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None)}
+        "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None), "aacn": ("aacn", None)}
     for c in cfgs.values():
         assert c.dataset == "cluttered-digits" and c.epochs == 2 and c.train_size == 100
         assert (c.optimizer, c.lr, c.batch_size) == (demo.RECIPE["optimizer"], demo.RECIPE["lr"], demo.RECIPE["batch_size"])
+    # AACN's staged recipe in the same budget: the feature branch once, then attention / decision alternating
+    aacn = cfgs["aacn"]
+    assert (aacn.recipe, aacn.stage_mode) == ("staged", "alternate")
+    assert [(s["name"], s["epochs"]) for s in aacn.stages] == [("features", 1), ("attention", 1), ("decision", 1)]
     with pytest.raises(ConfigError, match="unknown demo variant"):
         demo.make_config("se", out=tmp_path)
 
@@ -69,19 +73,19 @@ def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert len(fake_train) == 3
-    for v, acc in (("plain", "50.0"), ("cbam", "60.0"), ("stn", "70.0")):
+    assert len(fake_train) == 4
+    for v, acc in (("plain", "50.0"), ("cbam", "60.0"), ("stn", "70.0"), ("aacn", "80.0")):
         line = next(l for l in out.splitlines() if l.startswith(v))
         assert acc in line and str(tmp_path / v) in line and "1,234" in line
     # a second run reuses the finished runs
     assert main(argv) == 0
-    assert len(fake_train) == 3
-    assert "reused finished runs: plain, cbam, stn" in capsys.readouterr().out
+    assert len(fake_train) == 4
+    assert "reused finished runs: plain, cbam, stn, aacn" in capsys.readouterr().out
     # other settings in an existing run directory: an error, unless --force
     assert main(argv[:-2] + ["--epochs", "2", "--no-progress", "--variants", "plain"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(argv + ["--epochs", "2", "--variants", "plain", "--force"]) == 0
-    assert len(fake_train) == 4 and fake_train[-1][0].epochs == 2
+    assert len(fake_train) == 5 and fake_train[-1][0].epochs == 2
 
 
 def test_unfinished_run_is_resumed(tmp_path, fake_train):
@@ -124,14 +128,14 @@ def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert [(pathlib.Path(d).name, n) for d, n in scored] == [("plain", 7), ("cbam", 7), ("stn", 7)]
+    assert [(pathlib.Path(d).name, n) for d, n in scored] == [("plain", 7), ("cbam", 7), ("stn", 7), ("aacn", 7)]
     window = next(line for line in out.splitlines() if "stn:window" in line)
     assert window.split()[-3:] == ["75.0", "25.0", "12.5"] and window.startswith("stn")
     assert "Grad-CAM (stages.2.conv)" in out and "7 test images" in out and "8.0%" in out
     assert main(argv) == 0  # finished runs keep their scores
-    assert len(scored) == 3
+    assert len(scored) == 4
     assert main(argv[:7] + ["--loc-size", "9", "--no-viz", "--no-progress"]) == 0  # another sample: scored again
-    assert len(scored) == 6
+    assert len(scored) == 8
     assert main(argv[:7] + ["--loc-size", "0"]) == 2
     assert "--loc-size must be >= 1, got 0" in capsys.readouterr().err
 

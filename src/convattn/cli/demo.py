@@ -1,8 +1,9 @@
 """``convattn demo``: the same small CNN trained plain, with CBAM and behind a spatial
-transformer on the embedded cluttered-digits dataset (nothing to download), then a
+transformer, and AACN (attention-pooling heads on that backbone) with its staged recipe,
+on the embedded cluttered-digits dataset (nothing to download), then a
 table of test accuracy, parameters and time per epoch, a table of how well each
-run's attention finds the digit (CBAM's spatial maps, the transformer's sampling
-window and Grad-CAM against the digit's box), attention-map figures per run and an
+run's attention finds the digit (CBAM's spatial maps, AACN's heads, the transformer's
+sampling window and Grad-CAM against the digit's box), attention-map figures per run and an
 HTML report. ``make demo`` runs it.
 
 Re-running it reuses finished runs with the same settings and resumes unfinished ones;
@@ -35,6 +36,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (at first the whole canvas), the classifier reads it; the localisation net learns at 1/10 the lr
     "stn": {"model": "stn_cnn", "attention": None, "model_kwargs": {"out_size": [40, 40], "transform": "attention"},
             "lr_mult": {"localization": 0.1}},
+    # AACN's staged recipe in the same epoch budget: the feature branch first (the backbone, heads at
+    # their average-pooling initialisation), then attention + decision with the features frozen and
+    # the decision branch alone, alternating (convattn train --model aacn --recipe staged)
+    "aacn": {"model": "aacn", "attention": None, "recipe": "staged"},
 }
 
 #: The recipe shared by every variant (and by benchmarks/train_accuracy.py).
@@ -96,18 +101,22 @@ examples:
 
 
 def make_config(variant: str, *, out: str | Path, **overrides: Any):
-    """The ``TrainConfig`` of one demo / benchmark variant (``RECIPE`` + the variant + ``overrides``)."""
-    from ..engine import TrainConfig
+    """The ``TrainConfig`` of one demo / benchmark variant: ``RECIPE`` + the variant + ``overrides`` over
+    the model's recipe (:func:`convattn.engine.resolve_config`; it supplies AACN's stages)."""
+    from ..engine import resolve_config
 
     if variant not in VARIANTS:
         raise ConfigError(f"unknown demo variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    fields = {**RECIPE, **VARIANTS[variant], **overrides, "out": str(out)}
-    return TrainConfig(**fields)
+    config, _ = resolve_config({**RECIPE, **VARIANTS[variant], **overrides, "out": str(out)})
+    return config
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's result; fields added since a run was saved take their defaults."""
+    from ..engine import TrainConfig
+
     ignore = {"out", "progress", "tensorboard", "workers", "device", "save_every"}
-    return {k: v for k, v in cfg.items() if k not in ignore}
+    return {k: v for k, v in {**TrainConfig().to_dict(), **cfg}.items() if k not in ignore}
 
 
 def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]:
@@ -146,7 +155,7 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="train plain / CBAM / spatial-transformer CNNs on cluttered digits and compare",
+        help="train plain / CBAM / spatial-transformer / AACN CNNs on cluttered digits and compare",
         description=__doc__,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
