@@ -11,7 +11,8 @@ Four parts, each printed as a table:
    and backward (input and parameter gradients) in float32 and under float16 and
    bfloat16 autocast, against the same layer in float64 on the CPU. Reported: the
    largest relative error (``‖a − b‖ / ‖b‖``) over the output and all gradients.
-   Limits: 1e-4 in float32 (TF32 is switched off), 5e-2 under autocast.
+   Limits: 1e-4 in float32 (TF32 is switched off), 5e-2 under float16 and 1e-1 under
+   bfloat16 autocast (8 bits of mantissa against float16's 11).
 2. **Fused attention**: each self-attention layer runs forward and backward with SDPA
    restricted to the flash and memory-efficient kernels (``sdpa_kernel``); SDPA raises
    if it would have to fall back to its O(N²) math path. The profiler's kernel names
@@ -42,7 +43,10 @@ import convattn
 
 SELF_ATTENTION = ["self_attn", "non_local", "non_local1d", "non_local3d", "danet", "danet_pam", "mhsa",
                   "halo", "aa_conv", "bottleneck_attn"]
+# Layers whose SDPA call carries a learned additive bias (HaloNet's relative logits).
+LEARNED_BIAS = {"halo"}
 C = 16
+LIMITS = {"fp32": 1e-4, "fp16": 5e-2, "bf16": 1e-1}  # bfloat16 keeps 8 bits of mantissa, float16 11
 
 
 def _shape(info, b: int, spatial: tuple[int, int], c: int) -> tuple[int, ...]:
@@ -55,8 +59,10 @@ def _shape(info, b: int, spatial: tuple[int, int], c: int) -> tuple[int, ...]:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``‖a − b‖ / ‖b‖``, with ``‖b‖`` floored at 1e-3: some gradients are zero in exact
+    arithmetic (a convolution's bias before batch norm) and only rounding noise otherwise."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+    return float((a - b).norm() / b.norm().clamp_min(1e-3))
 
 
 def _fwd_bwd(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -69,7 +75,7 @@ def _fwd_bwd(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def check_correctness(device: torch.device, spatial: tuple[int, int]) -> list[str]:
-    print(f"\n1. correctness against float64 on the CPU (relative error; limits fp32 1e-4, autocast 5e-2)")
+    print("\n1. correctness against float64 on the CPU (relative error; limits fp32 1e-4, fp16 5e-2, bf16 1e-1)")
     print(f"{'layer':<16}{'float32':>10}{'fp16 amp':>10}{'bf16 amp':>10}")
     failures = []
     for name in convattn.list_attn():
@@ -92,7 +98,7 @@ def check_correctness(device: torch.device, spatial: tuple[int, int]) -> list[st
             except Exception as e:  # reported in the table, counted as a failure
                 err, mode = float("nan"), f"{mode}: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
             errors.append(err)
-            limit = 1e-4 if mode == "fp32" else 5e-2
+            limit = LIMITS[mode.split(":")[0]]
             if not err <= limit:
                 failures.append(f"{name} {mode}: relative error {err:.2e} > {limit:.0e}")
         print(f"{name:<16}" + "".join(f"{e:>10.1e}" for e in errors), flush=True)
@@ -113,9 +119,12 @@ def check_fused_attention(device: torch.device, spatial: tuple[int, int]) -> lis
                 with sdpa_kernel(backends), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
                     with torch.profiler.profile(activities=_activities(device)) as prof:
                         _fwd_bwd(layer, x)
-                kernels = sorted({e.name for e in prof.key_averages() if _is_attention_kernel(e.name)})
+                kernels = sorted({e.key for e in prof.key_averages() if _is_attention_kernel(e.key)})
                 print(f"{name:<16}{str(dtype).split('.')[-1]:<10} ok   {', '.join(k[:60] for k in kernels[:3])}")
             except RuntimeError as e:
+                if device.type == "cpu" and name in LEARNED_BIAS:
+                    print(f"{name:<16}{str(dtype).split('.')[-1]:<10} math (a learned bias: the CPU flash kernel has no mask gradient)")
+                    continue
                 failures.append(f"{name} {dtype}: {str(e).splitlines()[0][:160]}")
                 print(f"{name:<16}{str(dtype).split('.')[-1]:<10} FAIL {str(e).splitlines()[0][:100]}")
     return failures
@@ -176,7 +185,7 @@ def layer_cost(device: torch.device, shape: tuple[int, ...], repeats: int) -> No
         print(f"{name:<12}{res[0]:>10.2f}{res[1]:>10.2f}{res[0] / res[1]:>8.2f}", flush=True)
 
 
-def network_step(device: torch.device, batch: int, size: int, repeats: int) -> None:
+def network_step(device: torch.device, batch: int, size: int, repeats: int) -> list[str]:
     import timm
     import torchvision
 
@@ -193,6 +202,7 @@ def network_step(device: torch.device, batch: int, size: int, repeats: int) -> N
     x = torch.randn(batch, 3, size, size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    failures = []
     for label, net in nets.items():
         net = net.to(device).to(memory_format=torch.channels_last).train()
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -205,9 +215,14 @@ def network_step(device: torch.device, batch: int, size: int, repeats: int) -> N
             scaler.step(opt)
             scaler.update()
 
-        ms = _time(step, device, repeats, warmup=2)
-        print(f"{label:<40}{ms:>10.1f} ms{batch / ms * 1e3:>10.0f} img/s", flush=True)
+        try:
+            ms = _time(step, device, repeats, warmup=2)
+            print(f"{label:<40}{ms:>10.1f} ms{batch / ms * 1e3:>10.0f} img/s", flush=True)
+        except RuntimeError as e:
+            failures.append(f"{label}: {str(e).splitlines()[0][:160]}")
+            print(f"{label:<40} FAIL {str(e).splitlines()[0][:100]}", flush=True)
         net.cpu()
+    return failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = check_correctness(device, spatial)
     failures += check_fused_attention(device, (16, 16) if device.type == "cuda" else spatial)
     layer_cost(device, cost_shape, repeats)
-    network_step(device, batch, size, repeats)
+    failures += network_step(device, batch, size, repeats)
     if failures:
         print(f"\n{len(failures)} check(s) failed:")
         for f in failures:
