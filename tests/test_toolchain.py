@@ -37,6 +37,17 @@ for _n in NAMES:
 FAMILY_REPS = set(_FAMILY_FIRST.values())
 BY_FAMILY = [pytest.param(n, marks=() if n in FAMILY_REPS else pytest.mark.slow) for n in NAMES]
 
+# Inductor's generated grid_sample backward differs from eager's kernel by up to 5e-4 in the
+# input gradient when the sampling grid leaves [-1, 1] (AOTAutograd without Inductor is exact).
+_INDUCTOR_GRID_SAMPLE = pytest.mark.xfail(
+    reason="Inductor's grid_sample backward differs from eager outside the image", strict=True
+)
+COMPILE_CASES = [
+    pytest.param(n, "inductor", marks=[m for m in (
+        () if n in FAMILY_REPS else (pytest.mark.slow,)) + ((_INDUCTOR_GRID_SAMPLE,) if n == "stn" else ())])
+    for n in NAMES
+] + [pytest.param("stn", "aot_eager")]
+
 
 def _shape(info, b: int, spatial: tuple[int, int], c: int = C) -> tuple[int, ...]:
     n = info.ndim - 2
@@ -202,20 +213,22 @@ def test_vmap_grad_per_sample_gradients_equal_a_loop(name):
 # --------------------------------------------------------------------------- compilers and tracers
 
 
-@pytest.mark.parametrize("name", BY_FAMILY)
-def test_compile_fullgraph_forward_backward_equal_eager(name):
+@pytest.mark.parametrize("name,backend", COMPILE_CASES)
+def test_compile_fullgraph_forward_backward_equal_eager(name, backend):
     info = convattn.get_attn_info(name)
     layer = _build(name)
     torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True)
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     x = torch.randn(_shape(info, 2, (6, 5)))
     xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_e, out_c = layer(xe), compiled(xc)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
+    # One after the other: training-mode batch norm updates its running statistics in place.
+    out_e = layer(xe)
     out_e.square().sum().backward()
     grads_e = [p.grad.clone() for p in layer.parameters()]
     layer.zero_grad()
+    out_c = compiled(xc)
     out_c.square().sum().backward()
+    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-5)
     for p, g in zip(layer.parameters(), grads_e):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4)
