@@ -88,9 +88,11 @@ class RelPosEmb2d(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys widened so that ``q' k'ᵀ = q kᵀ + bias`` (see the module docstring)."""
         a_h, a_w = self.query_logits(q, height, width)
-        ys = torch.arange(height, device=q.device).repeat_interleave(width)
-        xs = torch.arange(width, device=q.device).repeat(height)
-        eye_h = torch.eye(height, dtype=k.dtype, device=k.device)[ys]
-        eye_w = torch.eye(width, dtype=k.dtype, device=k.device)[xs]
-        onehot = torch.cat([eye_h, eye_w], dim=-1).expand(k.shape[:-1] + (height + width,))
+        pos = torch.arange(height * width, device=q.device)
+        ys = torch.div(pos, width, rounding_mode="floor")  # row of position n = y·W + x
+        xs = pos - ys * width
+        # One-hot rows by comparison (ONNX Runtime has no float EyeLike); expand keeps N and H + W.
+        eye_h = (ys[:, None] == torch.arange(height, device=k.device)).to(k.dtype)
+        eye_w = (xs[:, None] == torch.arange(width, device=k.device)).to(k.dtype)
+        onehot = torch.cat([eye_h, eye_w], dim=-1).expand(k.shape[:-2] + (-1, -1))
         return torch.cat([q, a_h, a_w], dim=-1), torch.cat([k, onehot], dim=-1)
