@@ -37,6 +37,22 @@ for _n in NAMES:
 FAMILY_REPS = set(_FAMILY_FIRST.values())
 BY_FAMILY = [pytest.param(n, marks=() if n in FAMILY_REPS else pytest.mark.slow) for n in NAMES]
 
+# Open gaps (docs/compatibility.md): strict, so that a fix shows up as XPASS and the mark goes.
+_GAPS = {
+    ("halo", "export"): "HaloNet's block count is specialised to the traced H×W",
+    ("halo", "onnx-dynamo"): "HaloNet's block count is specialised to the traced H×W",
+    ("halo", "onnx-torchscript"): "the TorchScript ONNX exporter cannot unfold a dynamic-size input",
+}
+
+
+def _with_gaps(workflow: str, names=NAMES) -> list:
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(reason=_GAPS[n, workflow], strict=True))
+        if (n, workflow) in _GAPS else n
+        for n in names
+    ]
+
+
 # Inductor's generated grid_sample backward differs from eager's kernel by up to 5e-4 in the
 # input gradient when the sampling grid leaves [-1, 1] (AOTAutograd without Inductor is exact).
 _INDUCTOR_GRID_SAMPLE = pytest.mark.xfail(
@@ -238,7 +254,7 @@ def _dynamic(x: torch.Tensor) -> dict[int, object]:
     return {i: torch.export.Dim.DYNAMIC for i in [0, *range(2, x.dim())]}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _with_gaps("export"))
 def test_export_with_dynamic_batch_and_size(name):
     info = convattn.get_attn_info(name)
     layer = _build(name).eval()
@@ -253,9 +269,9 @@ def test_export_with_dynamic_batch_and_size(name):
 def test_fx_symbolic_trace(name):
     info = convattn.get_attn_info(name)
     layer = _build(name)
-    graph = torch.fx.symbolic_trace(layer)
-    for mode in (True, False):
-        layer.train(mode), graph.train(mode)
+    for mode in (True, False):  # a graph bakes in the mode it was traced in (as torchvision's extractor knows)
+        layer.train(mode)
+        graph = torch.fx.symbolic_trace(layer)
         x = torch.randn(_shape(info, 2, (7, 5)))
         torch.manual_seed(1)
         want = layer(x)
@@ -263,15 +279,13 @@ def test_fx_symbolic_trace(name):
         torch.testing.assert_close(graph(x), want)
 
 
-def test_create_feature_extractor_on_a_torchvision_resnet_with_layers():
+@pytest.mark.parametrize("name", ["se", "cbam", "eca", "coord", "non_local", "self_attn", "halo"])
+def test_create_feature_extractor_on_a_torchvision_resnet_with_layers(name):
     from torchvision.models import resnet18
     from torchvision.models.feature_extraction import create_feature_extractor
 
     net = resnet18(num_classes=10)
-    convattn.insert_attn(net, "se", where="layer1")
-    convattn.insert_attn(net, "cbam", where="layer2")
-    convattn.insert_attn(net, "non_local", where="layer3")
-    convattn.insert_attn(net, "self_attn", where="layer4")
+    convattn.insert_attn(net, name)
     net.eval()
     extractor = create_feature_extractor(net, return_nodes={"layer3": "c4", "layer4": "c5", "fc": "logits"})
     x = torch.randn(2, 3, 64, 48)
@@ -301,8 +315,16 @@ def _onnx_run(path, x: torch.Tensor):
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
 
 
-@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name,dynamo",
+    [
+        pytest.param(n, exporter == "dynamo", id=f"{n}-{exporter}",
+                     marks=pytest.mark.xfail(reason=_GAPS[n, f"onnx-{exporter}"], strict=True)
+                     if (n, f"onnx-{exporter}") in _GAPS else ())
+        for n in NAMES
+        for exporter in ("dynamo", "torchscript")
+    ],
+)
 def test_onnx_export_matches_onnxruntime(name, dynamo, tmp_path):
     pytest.importorskip("onnx")
     if dynamo:

@@ -99,6 +99,12 @@ class _AttnAfter:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.attn(super().forward(*args, **kwargs))  # type: ignore[misc]
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        # torch.fx traces into the wrapped module's forward (it is no longer a torch.nn leaf);
+        # batch norm's input check branches on the proxy's dim(), so it runs on real tensors only.
+        if not isinstance(input, torch.fx.Proxy):
+            super()._check_input_dim(input)  # type: ignore[misc]
+
     def __reduce_ex__(self, protocol: int) -> tuple:
         # The subclass is built at run time; pickle/deepcopy rebuild it from the base class.
         return (_rebuild_wrapped, (self._base_cls,), self.__dict__)
