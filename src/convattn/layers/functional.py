@@ -122,8 +122,7 @@ def _needs_double_backward_support(*tensors: torch.Tensor | None) -> bool:
     return (
         torch.is_grad_enabled()
         and any(t.requires_grad for t in present)
-        and not is_tracing()
-        and not torch.onnx.is_in_onnx_export()
+        and not is_tracing()  # also both ONNX exporters (jit.trace / torch.export underneath)
         and _get_current_dispatch_mode() is None
         and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in present)
     )
