@@ -11,7 +11,6 @@ these tests keep true.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import pytest
 import torch

@@ -119,7 +119,7 @@ class _NonLocalNd(RecordsAttention):
         name = type(self).__name__
         check_input(name, x, self.channels, ndim=self._dims + 2)
         self._check_sub_sample(x)
-        b, spatial = x.shape[0], x.shape[2:]
+        spatial = x.shape[2:]
 
         def tokens(t: torch.Tensor, pool: bool = False) -> torch.Tensor:
             if pool and self.pool is not None:
