@@ -7,7 +7,8 @@ One command, a few minutes on one GPU::
 
 Four parts, each printed as a table:
 
-1. **Correctness**: every registered layer (defaults, as in the contract tests), forward
+1. **Correctness**: every registered layer (defaults, as in the contract tests; eval mode,
+   since batch statistics over two samples amplify rounding beyond any fixed limit), forward
    and backward (input and parameter gradients) in float32 and under float16 and
    bfloat16 autocast, against the same layer in float64 on the CPU. Reported: the
    largest relative error (``‖a − b‖ / ‖b‖``) over the output and all gradients.
@@ -58,11 +59,12 @@ def _shape(info, b: int, spatial: tuple[int, int], c: int) -> tuple[int, ...]:
     return (b, c, *spatial)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """``‖a − b‖ / ‖b‖``, with ``‖b‖`` floored at 1e-3: some gradients are zero in exact
-    arithmetic (a convolution's bias before batch norm) and only rounding noise otherwise."""
+def _rel(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
+    """``‖a − b‖ / ‖b‖``, with ``‖b‖`` floored at ``1e-3 · scale`` (the largest norm among the
+    layer's output and gradients): some gradients are zero in exact arithmetic (a
+    convolution's bias before batch norm) and only rounding noise otherwise."""
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-3))
+    return float((a - b).norm() / max(float(b.norm()), 1e-3 * scale))
 
 
 def _fwd_bwd(layer: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -81,7 +83,7 @@ def check_correctness(device: torch.device, spatial: tuple[int, int]) -> list[st
     for name in convattn.list_attn():
         info = convattn.get_attn_info(name)
         torch.manual_seed(0)
-        layer = convattn.create_attn(name, C)
+        layer = convattn.create_attn(name, C).eval()
         with torch.no_grad():
             for p in layer.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
@@ -94,7 +96,8 @@ def check_correctness(device: torch.device, spatial: tuple[int, int]) -> list[st
             try:
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     got = _fwd_bwd(dev_layer, x.to(device))
-                err = max(_rel(g, r) for g, r in zip(got, ref))
+                scale = max(float(r.detach().norm()) for r in ref)
+                err = max(_rel(g, r, scale) for g, r in zip(got, ref))
             except Exception as e:  # reported in the table, counted as a failure
                 err, mode = float("nan"), f"{mode}: {type(e).__name__}: {str(e).splitlines()[0][:100]}"
             errors.append(err)
