@@ -165,7 +165,9 @@ def layer_cost(device: torch.device, shape: tuple[int, ...], repeats: int) -> No
     from timm.layers.cbam import CbamModule
 
     c = shape[1]
-    print(f"\n3. layer cost, forward + backward, input {shape}, float16 autocast on {device.type} (ms, median of {repeats})")
+    amp = torch.float16 if device.type == "cuda" else torch.bfloat16
+    print(f"\n3. layer cost, forward + backward, input {shape}, {str(amp).split('.')[-1]} autocast on {device.type} "
+          f"(ms, median of {repeats})")
     print(f"{'layer':<12}{'convattn':>10}{'timm':>10}{'ratio':>8}")
     pairs = [
         ("se", convattn.create_attn("se", c), SEModule(c, rd_ratio=1 / 16)),
@@ -173,7 +175,6 @@ def layer_cost(device: torch.device, shape: tuple[int, ...], repeats: int) -> No
         ("non_local", convattn.create_attn("non_local", c), NonLocalAttn(c)),
     ]
     x = torch.randn(shape, device=device).to(memory_format=torch.channels_last).requires_grad_()
-    amp = torch.float16 if device.type == "cuda" else torch.bfloat16
     for name, ours, theirs in pairs:
         res = []
         for m in (ours, theirs):
