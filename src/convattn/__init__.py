@@ -17,10 +17,9 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import layers  # registers every layer
-from .engine import TrainConfig, evaluate, load_checkpoint, load_run, train
 from .exceptions import (
     CheckpointError,
     ConfigError,
@@ -30,19 +29,44 @@ from .exceptions import (
     ShapeError,
 )
 from .layers import RecordsAttention, record_attention
-from .models import attn_positions, create_model, insert_attn, list_models, register_model
 from .registry import AttnInfo, create_attn, get_attn_info, list_attn, register_attn
+
+if TYPE_CHECKING:
+    from .engine import TrainConfig, evaluate, load_checkpoint, load_run, train
+    from .models import attn_positions, create_model, insert_attn, list_models, register_model
 
 __version__ = "0.1.0"
 
-# Sub-packages that pull in heavier dependencies (matplotlib, Grad-CAM) load on first use.
-_LAZY = ("bench", "data", "eval", "viz")
+# `import convattn` and building layers stay light: the networks (torchvision), the
+# training engine (yaml, tqdm, PIL, torchvision datasets) and the sub-packages that
+# pull in matplotlib or Grad-CAM load on first use.
+_LAZY_MODULES = ("bench", "data", "engine", "eval", "models", "viz")
+_LAZY_NAMES = {
+    "TrainConfig": "engine",
+    "evaluate": "engine",
+    "load_checkpoint": "engine",
+    "load_run": "engine",
+    "train": "engine",
+    "attn_positions": "models",
+    "create_model": "models",
+    "insert_attn": "models",
+    "list_models": "models",
+    "register_model": "models",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
+    if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip __getattr__
+        return value
     raise AttributeError(f"module 'convattn' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_LAZY_MODULES))
 
 
 __all__ = [

@@ -27,9 +27,14 @@ class PooledBatchNorm2d(nn.BatchNorm2d):
         torch.Size([1, 8, 1, 1])
     """
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if not isinstance(input, torch.fx.Proxy):  # symbolic tracing: no shape to check
+            super()._check_input_dim(input)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        single = x.shape[0] * x[0, 0].numel() == 1
-        if self.training and single and self.running_mean is not None:
+        # An FX graph takes the ordinary batch-norm path (a proxy has no batch size).
+        traced = isinstance(x, torch.fx.Proxy)
+        if self.training and self.running_mean is not None and not traced and x.shape[0] * x[0, 0].numel() == 1:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )

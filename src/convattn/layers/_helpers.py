@@ -6,6 +6,7 @@ import difflib
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..exceptions import ConfigError, DTypeError, ShapeError
@@ -20,6 +21,8 @@ __all__ = [
     "check_odd",
     "check_choice",
     "check_input",
+    "is_tracing",
+    "HardSigmoid",
 ]
 
 
@@ -44,6 +47,23 @@ def reduced_channels(
     return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
 
 
+class HardSigmoid(nn.Module):
+    """``relu6(x + 3) / 6``: the values and gradients of ``nn.Hardsigmoid``, twice differentiable.
+
+    PyTorch's fused ``hardsigmoid_backward`` has no derivative, so a gradient penalty
+    (``create_graph=True``) through ``nn.Hardsigmoid`` fails; ``"hard_sigmoid"``
+    resolves to this module instead.
+
+    Example:
+        >>> x = torch.linspace(-4, 4, 9)
+        >>> torch.equal(HardSigmoid()(x), nn.Hardsigmoid()(x))
+        True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,
@@ -53,8 +73,8 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "swish": nn.SiLU,
     "mish": nn.Mish,
     "sigmoid": nn.Sigmoid,
-    "hard_sigmoid": nn.Hardsigmoid,
-    "hardsigmoid": nn.Hardsigmoid,
+    "hard_sigmoid": HardSigmoid,
+    "hardsigmoid": HardSigmoid,
     "hard_swish": nn.Hardswish,
     "hardswish": nn.Hardswish,
     "tanh": nn.Tanh,
@@ -124,14 +144,29 @@ def check_choice(layer: str, name: str, value: object, choices: Sequence[object]
 _DIM_NAMES = {3: "(B, {c}, L)", 4: "(B, {c}, H, W)", 5: "(B, {c}, T, H, W)"}
 
 
+def is_tracing(x: object = None) -> bool:
+    """Whether the layer runs under a tracer rather than on real tensors.
+
+    True inside ``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``
+    (and so ONNX export with ``dynamo=False``), and when ``x`` is a
+    ``torch.fx.Proxy`` (``torch.fx.symbolic_trace``, torchvision's
+    ``create_feature_extractor``). Input checks are skipped there: a tracer's
+    values have no concrete shape to check, and a check would be baked into the
+    traced program.
+    """
+    return (
+        isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()
+    )
+
+
 def check_input(
     layer: str, x: torch.Tensor, channels: int | None, ndim: int = 4, min_size: int = 1
 ) -> None:
     """Validate a layer's input tensor; raise ``ShapeError`` / ``DTypeError`` naming the layer.
 
-    Skipped while ``torch.export`` / ``torch.compile`` trace the layer.
+    Skipped under tracers (see :func:`is_tracing`); in eager mode it always runs.
     """
-    if torch.compiler.is_compiling():
+    if is_tracing(x):
         return
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")

@@ -67,7 +67,9 @@ class RecordsAttention(nn.Module):
         super().__init__()
         self.recording = False
 
-    @torch.compiler.disable
+    # torch._disable_dynamo imports torch._dynamo on first call, not at import time
+    # (``torch.compiler.disable`` as a decorator costs seconds of `import convattn`).
+    @torch._disable_dynamo
     def emit(self, name: str, attn: torch.Tensor) -> None:
         """Store ``attn`` (detached) for the active ``record_attention`` context."""
         entry = self.__dict__.get(_SINK_ATTR)

@@ -72,27 +72,27 @@ class RelPosEmb2d(nn.Module):
     def query_logits(self, q: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``a^H (..., N, H)`` and ``a^W (..., N, W)``: each query against every key row / column."""
         th, tw = self.tables(height, width)
-        lead = q.shape[:-2]
-        q5 = q.reshape(*lead, height, width, q.shape[-1])
+        q5 = q.unflatten(-2, (height, width))
         a_h = torch.einsum("...yxd,ykd->...yxk", q5, th.to(q.dtype))
         a_w = torch.einsum("...yxd,xkd->...yxk", q5, tw.to(q.dtype))
-        n = height * width
-        return a_h.reshape(*lead, n, height), a_w.reshape(*lead, n, width)
+        return a_h.flatten(-3, -2), a_w.flatten(-3, -2)
 
     def bias(self, q: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Explicit relative logits ``(..., N, N)`` (key index ``j = j_y·W + j_x``)."""
         a_h, a_w = self.query_logits(q, height, width)
         full = a_h[..., :, None] + a_w[..., None, :]
-        return full.reshape(*q.shape[:-1], height * width)
+        return full.flatten(-2)
 
     def augment(
         self, q: torch.Tensor, k: torch.Tensor, height: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys widened so that ``q' k'ᵀ = q kᵀ + bias`` (see the module docstring)."""
         a_h, a_w = self.query_logits(q, height, width)
-        ys = torch.arange(height, device=q.device).repeat_interleave(width)
-        xs = torch.arange(width, device=q.device).repeat(height)
-        eye_h = torch.eye(height, dtype=k.dtype, device=k.device)[ys]
-        eye_w = torch.eye(width, dtype=k.dtype, device=k.device)[xs]
-        onehot = torch.cat([eye_h, eye_w], dim=-1).expand(*k.shape[:-1], height + width)
+        pos = torch.arange(height * width, device=q.device)
+        ys = torch.div(pos, width, rounding_mode="floor")  # row of position n = y·W + x
+        xs = pos - ys * width
+        # One-hot rows by comparison (ONNX Runtime has no float EyeLike); expand keeps N and H + W.
+        eye_h = (ys[:, None] == torch.arange(height, device=k.device)).to(k.dtype)
+        eye_w = (xs[:, None] == torch.arange(width, device=k.device)).to(k.dtype)
+        onehot = torch.cat([eye_h, eye_w], dim=-1).expand(k.shape[:-2] + (-1, -1))
         return torch.cat([q, a_h, a_w], dim=-1), torch.cat([k, onehot], dim=-1)

@@ -88,7 +88,8 @@ class CrissCrossAttention(RecordsAttention):
         q, k, v = self.query(x), self.key(x), self.value(x)
         # Column scores (B, W, H, H) and row scores (B, H, W, W).
         e_col = torch.matmul(q.permute(0, 3, 2, 1), k.permute(0, 3, 1, 2))
-        eye = torch.eye(h, dtype=torch.bool, device=x.device)
+        rows = torch.arange(h, device=x.device)
+        eye = rows[:, None] == rows  # (ONNX Runtime has no boolean EyeLike)
         e_col = e_col.masked_fill(eye, float("-inf"))
         e_row = torch.matmul(q.permute(0, 2, 3, 1), k.permute(0, 2, 1, 3))
         attn = torch.cat([e_col.permute(0, 2, 1, 3), e_row], dim=-1).softmax(dim=-1)  # (B, H, W, H+W)

@@ -4,6 +4,23 @@
 memory O(N)) unless the attention matrix itself is asked for, in which case it
 computes the explicit ``softmax(Q Kᵀ · scale + bias) V`` and returns the matrix.
 The two paths agree to 1e-5 in float32 (tested).
+
+Whatever the layout of its arguments, ``attention`` hands SDPA 4-D
+``(batch, heads, N, d)`` tensors (leading dimensions folded into the batch), the
+only form every exporter accepts (ONNX with ``dynamo=True`` rejects 3-D and 5-D).
+
+Second-order gradients: the fused CPU and CUDA backward kernels have no derivative,
+so a gradient penalty (``torch.autograd.grad(..., create_graph=True)``) through
+plain SDPA fails. In eager autograd ``attention`` therefore runs SDPA inside
+``_FusedAttention``: its forward records the fused kernel's own graph, and its
+backward replays that graph (the fused backward, same speed and O(N) memory) unless
+the backward itself is being differentiated (grad mode on during backward, i.e.
+``create_graph=True``); then it returns the same gradients written as plain,
+differentiable tensor operations (O(N²) memory, that step only). Under tracers and
+transforms (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ONNX export,
+``torch.func``, dispatch modes such as ``FlopCounterMode``) and without autograd,
+SDPA is called directly. ``torch.fx.symbolic_trace`` records ``attention`` as one
+call (callers register it with ``torch.fx.wrap``).
 """
 
 from __future__ import annotations
@@ -12,6 +29,9 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from ._helpers import is_tracing
 
 __all__ = ["attention", "attention_explicit"]
 
@@ -36,6 +56,87 @@ def attention_explicit(
     return torch.matmul(attn, v), attn
 
 
+def _attention_grads(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    scale: float,
+    grad_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Gradients of ``softmax(s·q kᵀ + bias) v`` as plain ops (differentiable again).
+
+    With ``P = softmax(S)``, ``O = P v`` and ``G = dL/dO``: ``dv = Pᵀ G``,
+    ``dS = P ⊙ (G vᵀ − rowsum(G ⊙ O))``, ``dq = s·dS k``, ``dk = s·dSᵀ q``,
+    ``dbias = dS`` summed to the bias's broadcast shape.
+    """
+    _, p = attention_explicit(q, k, v, scale, bias)
+    out = torch.matmul(p, v)
+    grad_out = grad_out.to(out.dtype)
+    dv = torch.matmul(p.transpose(-2, -1), grad_out)
+    dp = torch.matmul(grad_out, v.transpose(-2, -1))
+    ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
+    dq = torch.matmul(ds, k) * scale
+    dk = torch.matmul(ds.transpose(-2, -1), q) * scale
+    dbias = ds.sum_to_size(bias.shape) if bias is not None else None
+    return dq, dk, dv, dbias
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Fused SDPA whose backward is differentiable again (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale):  # type: ignore[override]
+        leaves = tuple(t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in (q, k, v, bias))
+        with torch.enable_grad():
+            out = F.scaled_dot_product_attention(*leaves[:3], attn_mask=leaves[3], scale=scale)
+        # The fused kernel's own graph, replayed (and released) by the first backward.
+        ctx.fused = (out, leaves)
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, bias)
+        return out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, bias = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():  # create_graph=True: a gradient penalty differentiates this
+            grads = _attention_grads(q, k, v, bias, ctx.scale, grad_out)
+            return (*(g if w else None for g, w in zip(grads, wanted)), None)
+        if ctx.fused is None:  # a second backward through a retained graph: run the kernel again
+            leaves = tuple(t.detach().requires_grad_(w) if t is not None else None for t, w in zip((q, k, v, bias), wanted))
+            with torch.enable_grad():
+                out = F.scaled_dot_product_attention(*leaves[:3], attn_mask=leaves[3], scale=ctx.scale)
+        else:
+            out, leaves = ctx.fused
+            ctx.fused = None
+        inputs = [t for t, w in zip(leaves, wanted) if w]
+        with torch.enable_grad():
+            found = iter(torch.autograd.grad(out, inputs, grad_out))
+        return (*(next(found) if w else None for w in wanted), None)
+
+
+def _needs_double_backward_support(*tensors: torch.Tensor | None) -> bool:
+    """Eager autograd on plain tensors: the case ``_FusedAttention`` is for."""
+    present = [t for t in tensors if t is not None]
+    return (
+        torch.is_grad_enabled()
+        and any(t.requires_grad for t in present)
+        and not is_tracing()  # also both ONNX exporters (jit.trace / torch.export underneath)
+        and _get_current_dispatch_mode() is None
+        and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in present)
+    )
+
+
+def _to_4d(t: torch.Tensor) -> torch.Tensor:
+    """``(..., N, d)`` -> ``(batch, heads, N, d)``: the layout SDPA and its exporters take."""
+    if t.dim() == 3:
+        return t.unsqueeze(1)
+    if t.dim() > 4:
+        return t.flatten(0, -4)
+    return t
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -47,7 +148,7 @@ def attention(
     """Scaled dot-product attention, fused unless ``need_weights``.
 
     Args:
-        q: queries ``(..., Nq, d)``.
+        q: queries ``(..., Nq, d)``, with 1 to 3 leading dimensions.
         k: keys ``(..., Nk, d)``.
         v: values ``(..., Nk, dv)``; ``dv`` may differ from ``d``.
         scale: logit scale; ``None`` means ``1/sqrt(d)``. SAGAN, non-local and
@@ -62,6 +163,12 @@ def attention(
     The CPU flash kernel wants equal query and value widths and unit-stride rows; when they differ the
     narrower of ``q/k`` and ``v`` is zero-padded (zeros change neither ``q kᵀ`` nor
     the kept output columns) and the output is sliced back.
+
+    Example:
+        >>> q, k, v = torch.randn(2, 16, 8), torch.randn(2, 12, 8), torch.randn(2, 12, 4)
+        >>> out, attn = attention(q, k, v)
+        >>> out.shape, attn is None
+        (torch.Size([2, 16, 4]), True)
     """
     if need_weights:
         out, attn = attention_explicit(q, k, v, scale, bias)
@@ -73,12 +180,23 @@ def attention(
         k = F.pad(k, (0, dv - d))
     elif dv < d:
         v = F.pad(v, (0, d - dv))
-    if bias is not None and bias.dtype != q.dtype:
-        bias = bias.to(q.dtype)
+    lead = q.shape[:-2]
+    if bias is not None:
+        if bias.dtype != q.dtype:
+            bias = bias.to(q.dtype)
+        if bias.dim() != 4 or q.dim() != 4:
+            bias = _to_4d(bias.expand(*lead, q.shape[-2], k.shape[-2]))
     # The fused CPU kernels need a unit-stride head dimension; otherwise SDPA silently
     # falls back to the O(N²) math path. Permuted 1×1-conv outputs are often strided.
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=s)
+    q, k, v = (_to_4d(t if t.stride(-1) == 1 else t.contiguous()) for t in (q, k, v))
+    if _needs_double_backward_support(q, k, v, bias):
+        out = _FusedAttention.apply(q, k, v, bias, s)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=s)
+    if len(lead) == 1:
+        out = out.squeeze(1)
+    elif len(lead) > 2:
+        out = out.unflatten(0, lead[:-1])
     if dv < d:
         out = out[..., :dv]
     return out, None

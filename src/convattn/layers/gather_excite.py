@@ -142,6 +142,6 @@ class GatherExcite(RecordsAttention):
         w = self.gate(self.mlp(g))
         if self.recording:
             self.emit("", w)
-        if w.shape[-2:] != (1, 1):
+        if self.extent != 0:  # a global gather gives (B, C, 1, 1), which broadcasts
             w = F.interpolate(w, size=x.shape[-2:], mode="nearest")
         return x * w

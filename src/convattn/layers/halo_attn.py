@@ -13,6 +13,9 @@ from ._recording import RecordsAttention
 from .bottleneck_attn import self_attention_dims
 from .functional import attention
 
+# One call in torch.fx graphs: its shape arithmetic runs on real tensors at run time.
+torch.fx.wrap("attention")
+
 __all__ = ["HaloAttn"]
 
 
@@ -138,7 +141,7 @@ class HaloAttn(RecordsAttention):
         bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, nh, nblk, bs * bs, win * win)
         if self.scale_pos_embed:
             bias = bias * self.scale
-        if self.mask_padding and (pad_h or pad_w or self.halo_size):
+        if self.mask_padding:
             valid = self._windows(x.new_ones(1, 1, h, w), pad_h, pad_w).reshape(nblk, win * win)
             bias = bias.masked_fill(valid[:, None, :] == 0, float("-inf"))
 

@@ -16,6 +16,9 @@ from ._recording import RecordsAttention
 from ._relpos import RelPosEmb2d
 from .functional import attention
 
+# One call in torch.fx graphs: its shape arithmetic runs on real tensors at run time.
+torch.fx.wrap("attention")
+
 __all__ = ["MultiHeadSelfAttention2d"]
 
 

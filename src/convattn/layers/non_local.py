@@ -38,9 +38,12 @@ from torch import nn
 
 from ..exceptions import ConfigError, ShapeError
 from ..registry import register_attn
-from ._helpers import check_channels, check_choice, check_input
+from ._helpers import check_channels, check_choice, check_input, is_tracing
 from ._recording import RecordsAttention
 from .functional import attention
+
+# One call in torch.fx graphs: its shape arithmetic runs on real tensors at run time.
+torch.fx.wrap("attention")
 
 __all__ = ["NonLocal1d", "NonLocal2d", "NonLocal3d", "MODES"]
 
@@ -103,7 +106,7 @@ class _NonLocalNd(RecordsAttention):
             nn.init.zeros_(self.W.bias)
 
     def _check_sub_sample(self, x: torch.Tensor) -> None:
-        if self.pool is None or torch.compiler.is_compiling():
+        if self.pool is None or is_tracing(x):
             return
         pooled = x.shape[2:] if self._dims < 3 else x.shape[3:]
         if min(pooled) < 2:
@@ -116,7 +119,7 @@ class _NonLocalNd(RecordsAttention):
         name = type(self).__name__
         check_input(name, x, self.channels, ndim=self._dims + 2)
         self._check_sub_sample(x)
-        b, spatial = x.shape[0], x.shape[2:]
+        spatial = x.shape[2:]
 
         def tokens(t: torch.Tensor, pool: bool = False) -> torch.Tensor:
             if pool and self.pool is not None:
@@ -143,7 +146,7 @@ class _NonLocalNd(RecordsAttention):
             y, attn = self._concatenation(theta, phi, g)
         if attn is not None:
             self.emit("", attn)
-        y = y.transpose(1, 2).reshape(b, self.inter_channels, *spatial)
+        y = y.transpose(1, 2).unflatten(2, spatial)
         z = self.W(y)
         if self.bn is not None:
             z = self.bn(z)

@@ -21,6 +21,9 @@ from ._helpers import check_channels, check_input, reduced_channels
 from ._recording import RecordsAttention
 from .functional import attention
 
+# One call in torch.fx graphs: its shape arithmetic runs on real tensors at run time.
+torch.fx.wrap("attention")
+
 __all__ = ["SelfAttention"]
 
 

@@ -54,7 +54,8 @@ class SimAM(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SimAM", x, self.channels)
-        n = max(x.shape[2] * x.shape[3] - 1, 1)
+        hw = x.shape[2] * x.shape[3]
+        n = hw - 1 + (hw == 1)  # max(H·W - 1, 1), written so that torch.fx can trace it
         d = (x - x.mean(dim=(2, 3), keepdim=True)).square()
         w = torch.sigmoid(d / (4 * (d.sum(dim=(2, 3), keepdim=True) / n + self.e_lambda)) + 0.5)
         if self.recording:

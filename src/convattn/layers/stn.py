@@ -121,7 +121,7 @@ class SpatialTransformer(RecordsAttention):
             act(),
             nn.Conv2d(c1, c2, loc_kernel_size, stride=2, padding=pad),
             act(),
-            nn.AdaptiveAvgPool2d(pool_size),
+            AdaptiveAvgPool2d(pool_size),
             nn.Flatten(1),
             nn.Linear(c2 * pool_size * pool_size, loc_hidden),
             act(),
@@ -148,7 +148,8 @@ class SpatialTransformer(RecordsAttention):
         if theta is None:
             theta = self.theta(x)
         h, w = self.out_size if self.out_size is not None else x.shape[-2:]
-        return F.affine_grid(theta, [x.shape[0], x.shape[1], h, w], align_corners=False)
+        return affine_grid(theta, h, w)
+
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
@@ -177,3 +178,51 @@ def params_to_theta(transform: str, p: torch.Tensor) -> torch.Tensor:
     else:
         raise ConfigError(f"unknown transform {transform!r}; expected one of {list(TRANSFORMS)}")
     return torch.stack(rows, dim=1).view(-1, 2, 3)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)`` written with plain ops.
+
+    Pixel centres at ``(2i + 1) / n - 1``, mapped through θ: the same numbers as
+    ``F.affine_grid``, whose output size is baked in as a constant by ``torch.export``
+    (this one keeps H×W dynamic).
+    """
+    opts = {"dtype": theta.dtype, "device": theta.device}
+    xs = (torch.arange(width, **opts) * 2 + 1) / width - 1
+    ys = (torch.arange(height, **opts) * 2 + 1) / height - 1
+    xs, ys = xs.expand(height, width), ys[:, None].expand(height, width)
+    base = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
+    grid = torch.matmul(base.flatten(0, 1), theta.transpose(1, 2))  # (B, H·W, 2)
+    return grid.unflatten(1, (height, width))
+
+
+class AdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d(size)`` as two matrix products, so that H×W stays dynamic on export.
+
+    Output cell ``i`` averages input rows ``⌊i·H/s⌋ .. ⌈(i+1)·H/s⌉ - 1`` (and the same for
+    columns), as ``adaptive_avg_pool2d`` does. The TorchScript ONNX exporter cannot
+    export ``adaptive_avg_pool2d`` with a dynamic input size; these products it can.
+
+    Example:
+        >>> x = torch.randn(2, 3, 7, 5)
+        >>> torch.allclose(AdaptiveAvgPool2d(3)(x), nn.AdaptiveAvgPool2d(3)(x), atol=1e-6)
+        True
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    @staticmethod
+    def _weights(n: int, size: int, like: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(size, device=like.device)
+        start = torch.div(i * n, size, rounding_mode="floor")
+        end = torch.div((i + 1) * n + size - 1, size, rounding_mode="floor")
+        j = torch.arange(n, device=like.device)
+        inside = (j[None, :] >= start[:, None]) & (j[None, :] < end[:, None])
+        return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)  # (size, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._weights(x.shape[-2], self.size, x)
+        cols = self._weights(x.shape[-1], self.size, x)
+        return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..exceptions import ConfigError
+from ..layers._helpers import is_tracing
 from ..layers.attn_pool import GatedAttentionHead
 from ._registry import register_model
 from .simple_cnn import ConvBlock, make_attention
@@ -78,7 +79,7 @@ class GatedMLP(nn.Module):
         self.fc = nn.Linear(head_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
+        if not is_tracing(x) and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
             from ..exceptions import ShapeError
 
             raise ShapeError(
