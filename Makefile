@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-accuracy clean
+.PHONY: install test test-full demo bench bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The suite plus Inductor compiles of every kind of layer in the toolchain matrix (a few minutes more).
+test-full: $(STAMP)
+	CONVATTN_FULL_MATRIX=1 $(PY) -m pytest
 
 demo: $(STAMP)
 	$(PY) -m convattn demo
