@@ -39,7 +39,7 @@ def test_configs_share_the_recipe(tmp_path):
         "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None), "aacn": ("aacn", None)}
     for c in cfgs.values():
         assert c.dataset == "cluttered-digits" and c.epochs == 2 and c.train_size == 100
-        assert (c.optimizer, c.lr, c.batch_size) == (demo.RECIPE["optimizer"], demo.RECIPE["lr"], demo.RECIPE["batch_size"])
+        assert (c.optimizer, c.lr, c.schedule, c.batch_size) == ("adamw", 5e-3, "cosine", 32)  # the models' recipe
     # AACN's staged recipe in the same budget: the feature branch once, then attention / decision alternating
     aacn = cfgs["aacn"]
     assert (aacn.recipe, aacn.stage_mode) == ("staged", "alternate")

@@ -24,8 +24,8 @@ from ..exceptions import ConfigError
 
 ORDER = 40
 
-#: The demo's variants: one backbone (``simple_cnn``), three ways of attending. Each entry is
-#: ``TrainConfig`` fields over ``RECIPE``; adding a run to the demo (and to
+#: The demo's variants: one backbone (``simple_cnn``), four ways of attending. Each entry is
+#: ``TrainConfig`` fields over the model's recipe; adding a run to the demo (and to
 #: ``benchmarks/train_accuracy.py``) is adding one entry.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "simple_cnn", "attention": None},
@@ -42,16 +42,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "aacn": {"model": "aacn", "attention": None, "recipe": "staged"},
 }
 
-#: The recipe shared by every variant (and by benchmarks/train_accuracy.py).
-RECIPE: dict[str, Any] = {
-    "dataset": "cluttered-digits",
-    "optimizer": "adamw",
-    "lr": 5e-3,
-    "weight_decay": 1e-4,
-    "warmup_epochs": 0.2,
-    "schedule": "cosine",
-    "batch_size": 32,
-}
+#: The demo's data; each variant trains with its model's default recipe
+#: (:mod:`convattn.engine.recipes`: AdamW, lr 5e-3, 0.2 warm-up epochs then cosine, batch 32).
+DATASET = "cluttered-digits"
 
 DEMO_EPOCHS = 6
 DEMO_TRAIN_SIZE = 6000
@@ -101,13 +94,13 @@ examples:
 
 
 def make_config(variant: str, *, out: str | Path, **overrides: Any):
-    """The ``TrainConfig`` of one demo / benchmark variant: ``RECIPE`` + the variant + ``overrides`` over
-    the model's recipe (:func:`convattn.engine.resolve_config`; it supplies AACN's stages)."""
+    """The ``TrainConfig`` of one demo / benchmark variant: the variant's fields and ``overrides`` over
+    its model's recipe (:func:`convattn.engine.resolve_config`; it supplies AACN's stages)."""
     from ..engine import resolve_config
 
     if variant not in VARIANTS:
         raise ConfigError(f"unknown demo variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    config, _ = resolve_config({**RECIPE, **VARIANTS[variant], **overrides, "out": str(out)})
+    config, _ = resolve_config({"dataset": DATASET, **VARIANTS[variant], **overrides, "out": str(out)})
     return config
 
 
