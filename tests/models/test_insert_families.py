@@ -174,6 +174,8 @@ def test_tools_keep_the_attention(family):
         n_bn = sum(type(m) is nn.BatchNorm2d for m in gm.modules())  # timm's BatchNormAct2d is traced through
         assert n_bn == 0 or sum(type(m) is nn.BatchNorm2d for m in fused.modules()) < n_bn
         same(fused)
+        # and traced through: the layers' own operations in the graph
+        same(torch.fx.symbolic_trace(copy.deepcopy(net)))
 
 
 def test_feature_extractor_keeps_the_attention():
@@ -191,6 +193,10 @@ def test_feature_extractor_keeps_the_attention():
     with torch.no_grad():
         torch.testing.assert_close(extractor(X)["c4"], feats["layer3"])
     assert sum(isinstance(m, tuple(layers)) for m in extractor.modules()) == 3  # layer1..layer3 blocks
+    # traced through the layers (their input checks let FX proxies pass): the same features
+    extractor = create_feature_extractor(net, {"layer3": "c4"})
+    with torch.no_grad():
+        torch.testing.assert_close(extractor(X)["c4"], feats["layer3"])
 
 
 def test_fuse_modules_on_wrapped_norm():
