@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, ShapeError
 from ..registry import register_attn
 from ._helpers import check_channels, check_input
 from ._recording import RecordsAttention
@@ -17,6 +17,12 @@ from .functional import attention
 torch.fx.wrap("attention")
 
 __all__ = ["HaloAttn"]
+
+
+def _exporting() -> bool:
+    """Inside ``torch.export`` tracing (``torch.compiler.is_exporting``, where this torch has it)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
 
 
 @register_attn(
@@ -122,6 +128,12 @@ class HaloAttn(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("HaloAttn", x, self.channels)
         b, _, h, w = x.shape
+        if _exporting() and not (isinstance(h, int) and isinstance(w, int)):
+            raise ShapeError(
+                "HaloAttn expects a static H×W under torch.export (and ONNX export with dynamo=True), got "
+                f"dynamic sizes ({h}, {w}): its block count is fixed when the program is traced. Export at the "
+                "deployment size (a dynamic batch works)"
+            )
         bs, win, nh, dqk, dv = self.block_size, self.win_size, self.num_heads, self.dim_qk, self.dim_v
         pad_h, pad_w = (-h) % bs, (-w) % bs
         gh, gw = (h + pad_h) // bs, (w + pad_w) // bs
