@@ -32,3 +32,14 @@ def test_cli_flag(capsys):
                  "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "placement: replace" in out and "attn_where: replace" in out
+
+
+def test_placement_on_a_model_that_places_its_own_attention():
+    from convattn.engine.trainer import build_model
+
+    info = {"num_classes": 10, "in_chans": 1, "image_size": (28, 28)}
+    cfg = TrainConfig(model="simple_cnn", attention="se", placement="block")
+    with pytest.raises(ConfigError, match="placement applies to networks .* got placement='block' for 'simple_cnn'"):
+        build_model(cfg, info)
+    net = build_model(TrainConfig(model="resnet18", attention="se", placement="stage"), info)
+    assert any(type(m).__name__ == "SqueezeExcite" for m in net.modules())

@@ -74,7 +74,14 @@ def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
     from ..models._registry import get_model_entry
 
     kwargs = dict(config.model_kwargs)
-    if "image_size" in inspect.signature(get_model_entry(config.model)).parameters and data_info.get("image_size"):
+    params = inspect.signature(get_model_entry(config.model)).parameters
+    if config.placement is not None and "attn_where" not in params:
+        raise ConfigError(
+            f"placement applies to networks that insert_attn places layers in (convattn list models: the "
+            f"torchvision / timm networks, resnet*), got placement={config.placement!r} for {config.model!r}, "
+            "which places its attention itself"
+        )
+    if "image_size" in params and data_info.get("image_size"):
         kwargs.setdefault("image_size", tuple(int(s) for s in data_info["image_size"]))
     return create_model(
         config.model,
