@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import DATASET, VARIANTS, train_or_reuse
+from convattn.cli.demo import DATASET, VARIANTS, train_or_reuse, train_runs
 from convattn.exceptions import DatasetNotFoundError
 
 CLUTTERED_VARIANTS = {
@@ -71,25 +71,9 @@ def _row(name: str, desc: str, accs: list[float], params: int, epoch_time: float
             "epoch_time": epoch_time}
 
 
-def _train_one(cfg_dicts: list[dict], force: bool, threads: int | None) -> tuple[dict, str, float]:
-    """One variant's runs, in order (in this process or a worker process): ``(last results, how, seconds)``."""
-    import torch
-
-    from convattn.engine import TrainConfig
-
-    if threads:
-        torch.set_num_threads(threads)
-    t = time.perf_counter()
-    hows = []
-    for cfg_dict in cfg_dicts:
-        res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
-        hows.append(how)
-    return res, "+".join(hows), time.perf_counter() - t
-
-
 def run_cluttered(args: argparse.Namespace) -> list[dict]:
     jobs = [(v, seed) for seed in args.seed_list for v in args.variants]  # seed by seed: partial results cover every variant
-    configs = {job: [c.to_dict() for c in _configs(args, *job)] for job in jobs}
+    configs = {job: _configs(args, *job) for job in jobs}
     done: dict[tuple[str, int], dict] = {}
 
     def report(job, res, how, secs):
@@ -97,17 +81,7 @@ def run_cluttered(args: argparse.Namespace) -> list[dict]:
         print(f"[bench] cluttered-digits {job[0]} seed {job[1]}: test acc {100 * res['test_acc']:.2f} % "
               f"({how}, {secs:.0f} s)", file=sys.stderr, flush=True)
 
-    if args.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_one, configs[job], args.force, args.threads): job for job in jobs}
-            for fut in as_completed(futures):
-                report(futures[fut], *fut.result())
-    else:
-        for job in jobs:
-            report(job, *_train_one(configs[job], args.force, args.threads))
+    train_runs(configs, jobs=args.jobs, threads=args.threads, force=args.force, on_done=report)
     rows = []
     for v in args.variants:
         results = [done[(v, seed)] for seed in args.seed_list]

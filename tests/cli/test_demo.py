@@ -29,7 +29,7 @@ def fake_train(monkeypatch):
     import convattn.engine
 
     monkeypatch.setattr(convattn.engine, "train", train)
-    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.0)  # no half-second sampling per run
+    monkeypatch.setattr(demo, "usable_cores", lambda: 1)  # one run at a time, in this process (the fake stays in place)
     return calls
 
 
@@ -140,17 +140,38 @@ def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys
     assert "--loc-size must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_threads_follow_what_else_runs(monkeypatch):
-    import os
+def test_jobs_and_threads_share_the_cores(monkeypatch):
+    import argparse
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    monkeypatch.setattr(demo, "_busy_cores", lambda: 0.2)
-    assert demo.auto_threads() == cores
-    monkeypatch.setattr(demo, "_busy_cores", lambda: 1.0)
-    assert demo.auto_threads() == 1
-    monkeypatch.undo()
-    measured = demo._busy_cores(0.05)  # the real reading: a share of the machine's cores
-    assert measured is None or 0.0 <= measured <= (os.cpu_count() or 1) + 1e-9
+    monkeypatch.setattr(demo, "usable_cores", lambda: 2)
+    auto = argparse.Namespace(jobs=0, threads=0, device="cpu")
+    assert demo._jobs_and_threads(auto, 4) == (2, 1)  # two runs at a time, one thread each
+    assert demo._jobs_and_threads(auto, 1) == (1, 2)
+    assert demo._jobs_and_threads(argparse.Namespace(jobs=1, threads=0, device="cpu"), 4) == (1, 2)
+    assert demo._jobs_and_threads(argparse.Namespace(jobs=3, threads=5, device="cpu"), 4) == (3, 5)
+    monkeypatch.setattr(demo, "usable_cores", lambda: 16)
+    assert demo._jobs_and_threads(auto, 4) == (4, 4)
+
+
+def test_runs_train_in_parallel_processes(tmp_path, capfd):
+    """Two real (tiny) runs in two worker processes: each writes its run, lines are prefixed by its name."""
+    from convattn.engine import TrainConfig
+
+    chains = {v: [TrainConfig(model="simple_cnn", dataset="cluttered-digits", train_size=16, val_size=8, test_size=8,
+                              image_size=28, epochs=1, batch_size=8, seed=i, progress=False, tensorboard=False,
+                              out=str(tmp_path / v))]
+              for i, v in enumerate(("a", "b"))}
+    ended = []
+    res = demo.train_runs(chains, jobs=2, threads=1, on_done=lambda k, r, how, s: ended.append((k, how)))
+    assert sorted(ended) == [("a", "trained"), ("b", "trained")]
+    for v in ("a", "b"):
+        assert res[v][0]["run_dir"] == str(tmp_path / v) and (tmp_path / v / "results.json").is_file()
+    err = capfd.readouterr().err
+    assert all(any(line.startswith(f"[{v}] epoch 1") for line in err.splitlines()) for v in ("a", "b")), err
+    again = demo.train_runs(chains, jobs=1)  # finished runs are reused
+    assert {k: how for k, (_, how, _) in again.items()} == {"a": "reused", "b": "reused"}
+    with pytest.raises(ConfigError, match="jobs must be >= 1"):
+        demo.train_runs(chains, jobs=0)
 
 
 def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):
@@ -167,11 +188,11 @@ def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):
     demo.train_or_reuse, saved = spy, demo.train_or_reuse
     try:
         argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-localization",
-                "--no-viz", "--no-progress", "--variants", "plain,stn", "--threads", "3"]
+                "--no-viz", "--no-progress", "--variants", "plain,stn", "--jobs", "1", "--threads", "3"]
         assert main(argv) == 0
     finally:
         demo.train_or_reuse = saved
     assert seen == [3, 3] and torch.get_num_threads() == before
-    assert "3 thread(s) per run" in capsys.readouterr().out
+    assert "1 run(s) at a time, 3 thread(s) each" in capsys.readouterr().out
     assert main(argv[:-1] + ["-1"]) == 2
     assert "--threads must be >= 0" in capsys.readouterr().err

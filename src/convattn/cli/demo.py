@@ -52,42 +52,115 @@ DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
 DEMO_LOC_SIZE = 500
 
-# Threads per run, chosen before each run (--threads 0, the default): every core this process may
-# use when the machine is otherwise idle, one when something else keeps at least half a core busy.
-# On the 2-core machine shared with other jobs, two threads per training step waited on each other
-# and made steps 2.7-3x slower than one thread did.
-BUSY_CORES = 0.5
+# On 2 cores, two runs with one thread each finish the demo in about 0.7x the time of the same
+# runs one after another with two threads (simple_cnn on cluttered digits: 21.7 s per epoch with
+# two threads, 29 s with one), and one thread per run is what keeps steps fast when another process
+# shares the machine: two threads of one step wait on each other, 2.7-3x slower than one thread.
+#: The demo's runs, longest first (seconds per epoch), so that parallel runs end together.
+LONGEST_FIRST = ("cbam", "plain", "aacn", "stn")
 
 
-def _busy_cores(sample_s: float = 0.5) -> float | None:
-    """Cores kept busy by other processes over ``sample_s`` seconds (``/proc/stat``); ``None`` where unreadable."""
-    def read() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]) - idle, sum(fields[:8])
-
-    try:
-        busy0, total0 = read()
-        time.sleep(sample_s)
-        busy1, total1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    cpus = os.cpu_count() or 1
-    return cpus * (busy1 - busy0) / max(total1 - total0, 1)
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_threads() -> int:
-    """All usable cores when the machine is idle, one when other work keeps ``BUSY_CORES`` busy."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = _busy_cores()
-    if busy is None:
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return 1 if busy >= BUSY_CORES else cores
+class _Prefixed:
+    """A text stream that starts every line written to ``stream`` with ``prefix``."""
+
+    def __init__(self, stream: Any, prefix: str) -> None:
+        self.stream, self.prefix, self.at_start = stream, prefix, True
+
+    def write(self, text: str) -> int:
+        for piece in text.splitlines(keepends=True):
+            self.stream.write((self.prefix if self.at_start else "") + piece)
+            self.at_start = piece.endswith(("\n", "\r"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _train_chain(cfg_dicts: list[dict], force: bool, threads: int | None, prefix: str | None) -> tuple[dict, str, float]:
+    """Train ``cfg_dicts`` in order (each may start from the one before): ``(last results, how, seconds)``."""
+    import torch
+
+    from ..engine import TrainConfig
+
+    if prefix is not None:
+        sys.stderr = _Prefixed(sys.stderr, prefix)
+    if threads:
+        torch.set_num_threads(threads)
+    start, hows, res = time.perf_counter(), [], {}
+    for cfg_dict in cfg_dicts:
+        res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
+        hows.append(how)
+    return res, "+".join(hows), time.perf_counter() - start
+
+
+def _label(key: Any) -> str:
+    return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def train_runs(
+    chains: dict[Any, list],
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    force: bool = False,
+    on_done: Callable[[Any, dict, str, float], None] | None = None,
+) -> dict[Any, tuple[dict[str, Any], str, float]]:
+    """Train each chain of ``TrainConfig`` s (in order, in one process), ``jobs`` chains at a time.
+
+    ``jobs > 1`` trains in that many spawned worker processes, each with ``threads`` torch
+    threads and its log lines prefixed by its key; ``jobs == 1`` trains here (``threads``, when
+    given, is set for the runs and restored). Chains start in the order given. Finished
+    identical runs are reused and unfinished ones resumed (:func:`train_or_reuse`).
+
+    Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
+    by "+", seconds)}``; ``on_done(key, results, how, seconds)`` is called as each chain ends.
+    """
+    if jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {jobs}")
+    dicts = {key: [c.to_dict() for c in cfgs] for key, cfgs in chains.items()}
+    done: dict[Any, tuple[dict[str, Any], str, float]] = {}
+
+    def finish(key: Any, out: tuple[dict[str, Any], str, float]) -> None:
+        done[key] = out
+        if on_done is not None:
+            on_done(key, *out)
+
+    if jobs == 1 or len(dicts) <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        try:
+            for key, cfgs in dicts.items():
+                finish(key, _train_chain(cfgs, force, threads, None))
+        finally:
+            torch.set_num_threads(before)
+        return done
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(jobs, len(dicts)), mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_train_chain, cfgs, force, threads, f"[{_label(key)}] "): key for key, cfgs in dicts.items()}
+        try:
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+        except BaseException:  # a failed run or Ctrl-C: start nothing more (running runs keep their last.pt)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return done
+
 
 _EPILOG = """\
 examples:
-  convattn demo                      # about 10 minutes on a 2-core CPU
+  convattn demo                      # under 10 minutes on a 2-core CPU (two runs at a time)
+  convattn demo --jobs 1 --threads 2  # one run at a time
   convattn demo --epochs 2 --train-size 1000 --variants plain,stn
   convattn demo --out runs/demo2 --force
 """
@@ -162,9 +235,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-size", type=int, default=DEMO_TEST_SIZE, help=f"test images (default: {DEMO_TEST_SIZE})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs trained at once, each in its own process; 0 (default): one per CPU core, "
+                        "up to the number of variants (1 on CUDA)")
     p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads per run (torch.set_num_threads); 0 (default): all cores when the machine is "
-                        "idle, 1 when something else is running, decided before each run")
+                   help="CPU threads per run (torch.set_num_threads); 0 (default): the cores shared out among "
+                        "the --jobs runs (one each on 2 cores)")
     p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
     p.add_argument("--loc-size", type=int, default=DEMO_LOC_SIZE,
                    help=f"test images whose digit boxes the attention maps are scored against (default: {DEMO_LOC_SIZE})")
@@ -228,15 +304,19 @@ def run(args: argparse.Namespace) -> int:
     for name in ("epochs", "train_size", "val_size", "test_size", "loc_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.threads < 0:
-        raise ConfigError(f"--threads must be >= 0 (0: automatic), got {args.threads}")
-    import torch
+    for name in ("jobs", "threads"):
+        if getattr(args, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0 (0: automatic), got {getattr(args, name)}")
+    return _run(args, variants)
 
-    before = torch.get_num_threads()
-    try:
-        return _run(args, variants)
-    finally:
-        torch.set_num_threads(before)
+
+def _jobs_and_threads(args: argparse.Namespace, runs: int) -> tuple[int, int]:
+    """``--jobs`` / ``--threads``, with 0 replaced by one run per core (one on CUDA) and the cores shared out."""
+    from ..engine.distributed import resolve_device
+
+    cores = usable_cores()
+    jobs = args.jobs or (1 if resolve_device(args.device).type == "cuda" else max(1, min(cores, runs)))
+    return jobs, args.threads or max(1, cores // jobs)
 
 
 def _run(args: argparse.Namespace, variants: list[str]) -> int:
@@ -245,23 +325,27 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     out = Path(args.out)
     rows = []
     start = time.perf_counter()
-    import torch
-
-    used = set()
+    jobs, threads = _jobs_and_threads(args, len(variants))
+    configs = {}
     for v in variants:
-        threads = args.threads or auto_threads()
-        torch.set_num_threads(threads)
-        used.add(threads)
-        cfg = make_config(
+        configs[v] = make_config(
             v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
             test_size=args.test_size, seed=args.seed, device=args.device,
-            progress=not args.no_progress, tensorboard=False,
+            progress=not args.no_progress and jobs == 1, tensorboard=False,
         )
+        cfg = configs[v]
         print(f"[demo] {v}: {cfg.model}" + (f" + {cfg.attention}" if cfg.attention else "")
-              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images, {threads} thread(s) -> {cfg.out}",
-              file=sys.stderr)
-        res, how = train_or_reuse(cfg, force=args.force)
-        rows.append({"variant": v, "run_dir": res.get("run_dir", cfg.out), "how": how, **res})
+              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+    print(f"[demo] {jobs} run(s) at a time, {threads} thread(s) each", file=sys.stderr, flush=True)
+
+    def done(v: str, res: dict[str, Any], how: str, secs: float) -> None:
+        print(f"[demo] {v}: {how} in {secs:.0f} s, test accuracy {100 * res['test_acc']:.1f}%", file=sys.stderr, flush=True)
+
+    order = sorted(variants, key=lambda v: LONGEST_FIRST.index(v) if v in LONGEST_FIRST else len(LONGEST_FIRST))
+    results = train_runs({v: [configs[v]] for v in order}, jobs=jobs, threads=threads, force=args.force, on_done=done)
+    for v in variants:
+        res, how, _ = results[v]
+        rows.append({"variant": v, "run_dir": res.get("run_dir", configs[v].out), "how": how, **res})
     table = [
         (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]].get("attention") or "-",
          f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
@@ -270,7 +354,7 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     print(tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
                    disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left")))
     print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
-          f"seed {args.seed}, {'/'.join(map(str, sorted(used)))} thread(s) per run); training {time.perf_counter() - start:.0f} s")
+          f"seed {args.seed}, {jobs} run(s) at a time, {threads} thread(s) each); training {time.perf_counter() - start:.0f} s")
     reused = [r["variant"] for r in rows if r["how"] == "reused"]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")

