@@ -12,7 +12,7 @@ are reused, so an interrupted benchmark continues where it stopped.
 Examples::
 
     python benchmarks/recipe_defaults.py --dataset digits --image-size 28
-    python benchmarks/recipe_defaults.py --dataset cluttered-digits --train-size 3000 --epochs 6
+    python benchmarks/recipe_defaults.py --dataset cluttered-digits --train-size 6000 --epochs 6 --jobs 2 --threads 1
     python benchmarks/recipe_defaults.py --models simple_cnn,gated_cnn --seeds 1 --markdown
 """
 
@@ -27,14 +27,14 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import train_or_reuse
+from convattn.cli.demo import train_runs
 
 
 def _config(args: argparse.Namespace, model: str, seed: int):
     from convattn.engine.recipes import resolve_config
 
     flags = {"model": model, "dataset": args.dataset, "seed": seed, "device": args.device,
-             "progress": not args.no_progress, "tensorboard": False,
+             "progress": not args.no_progress and args.jobs == 1, "tensorboard": False,
              "out": str(Path(args.out) / args.dataset / f"{model}-s{seed}")}
     for name in ("image_size", "epochs", "train_size", "val_size", "test_size"):
         if getattr(args, name) is not None:
@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="3", help="number of seeds (3 -> 0,1,2) or a comma list (default: 3)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/bench_recipes", help="run directories (default: runs/bench_recipes)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: torch's choice; with --jobs N use cores / N)")
     p.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
@@ -64,27 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or not seeds:
         p.error("--models and --seeds must name at least one model and seed")
-    if args.threads is not None:
-        if args.threads < 1:
-            p.error("--threads takes an integer >= 1")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        p.error("--jobs and --threads take integers >= 1")
 
     start = time.perf_counter()
+    configs = {(model, seed): [_config(args, model, seed)] for model in models for seed in seeds}
+
+    def report(job, res, how, secs):
+        print(f"[bench] {args.dataset} {job[0]} seed {job[1]}: test acc {100 * res['test_acc']:.2f} % "
+              f"val acc {100 * res['val_acc']:.2f} % train acc {100 * res['train_acc']:.2f} % ({how}, {secs:.0f} s)",
+              file=sys.stderr, flush=True)
+
+    done = train_runs(configs, jobs=args.jobs, threads=args.threads, force=args.force, on_done=report)
     rows, base, first = [], None, None
     for model in models:
-        accs, params, times, cfg = [], 0, [], None
-        for seed in seeds:
-            cfg = _config(args, model, seed)
-            t = time.perf_counter()
-            res, how = train_or_reuse(cfg, force=args.force)
-            print(f"[bench] {args.dataset} {model} seed {seed}: test acc {100 * res['test_acc']:.2f} % "
-                  f"val acc {100 * res['val_acc']:.2f} % train acc {100 * res['train_acc']:.2f} % ({how}, {time.perf_counter() - t:.0f} s)",
-                  file=sys.stderr, flush=True)
-            accs.append(100 * res["test_acc"])
-            params = res["params"]
-            times.append(res["epoch_time"])
+        results = [done[(model, seed)][0] for seed in seeds]
+        cfg = configs[(model, seeds[-1])][0]
+        accs = [100 * r["test_acc"] for r in results]
+        params, times = results[0]["params"], [r["epoch_time"] for r in results]
         mean = statistics.fmean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         if base is None:
