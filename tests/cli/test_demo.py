@@ -160,16 +160,17 @@ def test_runs_train_in_parallel_processes(tmp_path, capfd):
     chains = {v: [TrainConfig(model="simple_cnn", dataset="cluttered-digits", train_size=16, val_size=8, test_size=8,
                               image_size=28, epochs=1, batch_size=8, seed=i, progress=False, tensorboard=False,
                               out=str(tmp_path / v))]
-              for i, v in enumerate(("a", "b"))}
+              for i, v in enumerate(("a", "b", "c"))}  # three chains: one worker trains two, one prefix each
     ended = []
     res = demo.train_runs(chains, jobs=2, threads=1, on_done=lambda k, r, how, s: ended.append((k, how)))
-    assert sorted(ended) == [("a", "trained"), ("b", "trained")]
-    for v in ("a", "b"):
+    assert sorted(ended) == [("a", "trained"), ("b", "trained"), ("c", "trained")]
+    for v in ("a", "b", "c"):
         assert res[v][0]["run_dir"] == str(tmp_path / v) and (tmp_path / v / "results.json").is_file()
     err = capfd.readouterr().err
-    assert all(any(line.startswith(f"[{v}] epoch 1") for line in err.splitlines()) for v in ("a", "b")), err
+    epochs = [line.split(" epoch 1")[0] for line in err.splitlines() if " epoch 1 " in line]
+    assert sorted(epochs) == ["[a]", "[b]", "[c]"], err
     again = demo.train_runs(chains, jobs=1)  # finished runs are reused
-    assert {k: how for k, (_, how, _) in again.items()} == {"a": "reused", "b": "reused"}
+    assert {k: how for k, (_, how, _) in again.items()} == {"a": "reused", "b": "reused", "c": "reused"}
     with pytest.raises(ConfigError, match="jobs must be >= 1"):
         demo.train_runs(chains, jobs=0)
 

@@ -90,14 +90,18 @@ def _train_chain(cfg_dicts: list[dict], force: bool, threads: int | None, prefix
 
     from ..engine import TrainConfig
 
+    stderr = sys.stderr
     if prefix is not None:
-        sys.stderr = _Prefixed(sys.stderr, prefix)
+        sys.stderr = _Prefixed(stderr, prefix)
     if threads:
         torch.set_num_threads(threads)
     start, hows, res = time.perf_counter(), [], {}
-    for cfg_dict in cfg_dicts:
-        res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
-        hows.append(how)
+    try:
+        for cfg_dict in cfg_dicts:
+            res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
+            hows.append(how)
+    finally:  # a worker process trains the next chain with the next prefix
+        sys.stderr = stderr
     return res, "+".join(hows), time.perf_counter() - start
 
 
