@@ -52,10 +52,10 @@ DEMO_VAL_SIZE = 1000
 DEMO_TEST_SIZE = 2000
 DEMO_LOC_SIZE = 500
 
-# On 2 cores, two runs with one thread each finish the demo in about 0.7x the time of the same
-# runs one after another with two threads (simple_cnn on cluttered digits: 21.7 s per epoch with
-# two threads, 29 s with one), and one thread per run is what keeps steps fast when another process
-# shares the machine: two threads of one step wait on each other, 2.7-3x slower than one thread.
+# On 2 cores, two runs at a time with one thread each trained the demo in 434 s from a fresh clone,
+# against 558 s for the same runs one after another with two threads; and one thread per run keeps
+# steps fast when another process shares the machine (two threads of one step then wait on each
+# other, 2.7-3x slower than one thread). docs/demo.md has the measurements.
 #: The demo's runs, longest first (seconds per epoch), so that parallel runs end together.
 LONGEST_FIRST = ("cbam", "plain", "aacn", "stn")
 
@@ -126,6 +126,8 @@ def train_runs(
 
     Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
     by "+", seconds)}``; ``on_done(key, results, how, seconds)`` is called as each chain ends.
+    A script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard that
+    spawned processes require.
     """
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
