@@ -16,28 +16,5 @@ Example:
     ([1.0], [1.0])
 """
 
-from ._localization import (
-    box_mask,
-    box_share,
-    energy_in_box,
-    format_localization,
-    localization,
-    localize_run,
-    pointing_game,
-    to_image_frame,
-    window_corners,
-    window_scores,
-)
-
-__all__ = [
-    "box_mask",
-    "box_share",
-    "energy_in_box",
-    "format_localization",
-    "localization",
-    "localize_run",
-    "pointing_game",
-    "to_image_frame",
-    "window_corners",
-    "window_scores",
-]
+from ._localization import *  # noqa: F403  (the names in its __all__)
+from ._localization import __all__  # noqa: F401
