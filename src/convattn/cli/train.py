@@ -28,11 +28,12 @@ examples:
   convattn train --resume runs/simple_cnn-cbam-cluttered-digits-20250101-120000
   convattn train --model aacn --recipe staged --epochs 6 --print-config
   convattn train --model aacn --init-from runs/plain --epochs 2   # feature branch from a plain run
+  torchrun --nproc_per_node 2 -m convattn train --model resnet20 --dataset cifar10 --device cpu
 
 Without optimiser flags a model trains with its recipe (convattn.engine.recipes:
-gated_cnn / gated_mlp / simple_cnn / stn_cnn: AdamW 5e-3, batch 32; aacn: staged;
-resnet*: SGD 0.1, batch 128); --recipe none gives the bare defaults in brackets below.
-  torchrun --nproc_per_node 2 -m convattn train --model resnet20 --dataset cifar10 --device cpu
+gated_cnn / simple_cnn / stn_cnn: AdamW 5e-3, batch 32; gated_mlp: AdamW 1e-3, batch 32;
+aacn: staged; resnet*: SGD 0.1, batch 128); --recipe none gives the bare defaults in
+brackets below.
 
 YAML files hold the same fields with underscores (batch_size: 128). dict-valued
 options take KEY=VALUE pairs whose values are read as YAML (rd_ratio=0.25,

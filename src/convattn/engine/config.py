@@ -92,7 +92,7 @@ class TrainConfig:
     stage_mode: str = _f("sequential", "sequential: run stages once; alternate: cycle until val loss stops improving")
     patience: int = _f(2, "alternate mode: stop after this many stage cycles without a better val loss")
     # execution
-    amp: str = _f("off", "mixed precision: off, auto (bf16 on CPU, fp16 on CUDA), bf16 or fp16")
+    amp: str = _f("off", "mixed precision: off, auto (bf16 on CPU and on CUDA GPUs that support it, else fp16), bf16 or fp16")
     channels_last: bool = _f(False, "use the channels_last memory format")
     compile: bool = _f(False, "torch.compile the model")
     device: str = _f("auto", "auto, cpu or cuda")
