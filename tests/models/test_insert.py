@@ -348,3 +348,23 @@ def test_deepcopy_pickle_export_train_mode():
     insert_attn(net2, "se")
     layer = net2.layer1[0].bn2.attn[0]
     assert not layer.training and layer.fc1.weight.dtype == torch.float64
+
+
+def test_bare_state_dict_loads_into_a_wrapped_module_with_an_attn_child():
+    """Keys saved before insertion map onto ``.module`` even where the module's own child is called ``attn``."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+            self.attn = convattn.create_attn("se", 8)
+
+        def forward(self, x):
+            return self.attn(self.conv(x))
+
+    bare = Block()
+    wrapped = WithAttention(Block(), convattn.create_attn("eca", 8))
+    res = wrapped.load_state_dict(bare.state_dict(), strict=False)
+    assert res.unexpected_keys == [] and all(k.startswith("attn.") for k in res.missing_keys)
+    for k, v in bare.state_dict().items():
+        torch.testing.assert_close(wrapped.module.state_dict()[k], v)
+    wrapped.load_state_dict(wrapped.state_dict())  # its own keys load unchanged

@@ -92,14 +92,14 @@ class WithAttention(nn.Module):
             return getattr(modules["module"], name)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # keys of the bare module ("bn2.weight") belong to the wrapped one ("bn2.module.weight")
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            rest = key[len(prefix):]
-            if rest.split(".", 1)[0] in ("module", "attn"):
-                continue
-            target = f"{prefix}module.{rest}"
-            if target not in state_dict:
-                state_dict[target] = state_dict.pop(key)
+        # a state dict saved before insertion holds the bare module's keys ("bn2.weight"): they belong
+        # to the wrapped one ("bn2.module.weight"), even where the module has a child named "attn"
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        if not any(k.startswith(f"{prefix}module.") for k in keys):
+            inner = set(self.module.state_dict(keep_vars=True))
+            for key in keys:
+                if key[len(prefix):] in inner:
+                    state_dict[f"{prefix}module.{key[len(prefix):]}"] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
