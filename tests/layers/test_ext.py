@@ -424,3 +424,21 @@ def test_recorded_gates_carry_gradients_through_the_kernels(name):
         ref = torch.autograd.grad(loss(), list(layer.parameters()))
     for u, v in zip(ours, ref):
         torch.testing.assert_close(u, v)
+
+
+def test_built_library_in_a_read_only_cache_loads_without_the_lock(cache, monkeypatch):
+    """A cache filled by ``convattn kernels build`` in an image and mounted read-only: no lock is taken."""
+    target = _ext._library_file("convattn_se")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"")
+    real_access = os.access
+    monkeypatch.setattr(_ext.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+
+    def no_lock(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(_ext, "_BuildLock", no_lock)
+    assert _ext._compile("convattn_se") == target
+    target.unlink()
+    with pytest.raises(PermissionError):  # nothing built there: the build has to take the lock
+        _ext._compile("convattn_se")

@@ -244,6 +244,8 @@ def _compile(library: str) -> Path:
     """Build ``library`` into its folder unless already built; returns the shared library's path."""
     target = _library_file(library)
     folder = target.parent
+    if target.exists() and not os.access(folder, os.W_OK):  # a read-only cache (a built image): no lock to take,
+        return target  # and nothing can be building there
     with _BuildLock(folder, _build_timeout()):
         if target.exists():  # built by another process while this one waited
             return target
