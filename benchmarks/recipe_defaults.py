@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/bench_recipes", help="run directories (default: runs/bench_recipes)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default: 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: torch's choice; with --jobs N use cores / N)")
+                   help="torch threads per run (default: torch's choice with --jobs 1, the cores shared out among the runs otherwise)")
     p.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")

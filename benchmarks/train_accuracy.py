@@ -177,7 +177,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1,
                    help="cluttered-digits runs trained at once, in worker processes (default: 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: torch's choice; with --jobs N use cores / N)")
+                   help="torch threads per run (default: torch's choice with --jobs 1, the cores shared out among the runs otherwise)")
     p.add_argument("--markdown", action="store_true", help="print GitHub Markdown tables")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")

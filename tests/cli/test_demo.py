@@ -173,6 +173,9 @@ def test_runs_train_in_parallel_processes(tmp_path, capfd):
     assert {k: how for k, (_, how, _) in again.items()} == {"a": "reused", "b": "reused", "c": "reused"}
     with pytest.raises(ConfigError, match="jobs must be >= 1"):
         demo.train_runs(chains, jobs=0)
+    other = {"a": [TrainConfig.from_dict({**chains["a"][0].to_dict(), "epochs": 2})], "b": chains["b"]}
+    with pytest.raises(ConfigError, match="holds a run with other settings"):  # a worker's error stops the pool
+        demo.train_runs(other, jobs=2)
 
 
 def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):

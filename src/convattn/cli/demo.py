@@ -105,6 +105,11 @@ def _train_chain(cfg_dicts: list[dict], force: bool, threads: int | None, prefix
     return res, "+".join(hows), time.perf_counter() - start
 
 
+def _train_keyed(item: tuple) -> tuple[Any, tuple[dict, str, float]]:
+    key, *args = item
+    return key, _train_chain(*args)
+
+
 def _label(key: Any) -> str:
     return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
 
@@ -120,7 +125,8 @@ def train_runs(
     """Train each chain of ``TrainConfig`` s (in order, in one process), ``jobs`` chains at a time.
 
     ``jobs > 1`` trains in that many spawned worker processes, each with ``threads`` torch
-    threads and its log lines prefixed by its key; ``jobs == 1`` trains here (``threads``, when
+    threads (default: the usable cores shared out) and its log lines prefixed by its key; a
+    failing run stops the others; ``jobs == 1`` trains here (``threads``, when
     given, is set for the runs and restored). Chains start in the order given. Finished
     identical runs are reused and unfinished ones resumed (:func:`train_or_reuse`).
 
@@ -150,16 +156,16 @@ def train_runs(
             torch.set_num_threads(before)
         return done
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(min(jobs, len(dicts)), mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_chain, cfgs, force, threads, f"[{_label(key)}] "): key for key, cfgs in dicts.items()}
-        try:
-            for fut in as_completed(futures):
-                finish(futures[fut], fut.result())
-        except BaseException:  # a failed run or Ctrl-C: start nothing more (running runs keep their last.pt)
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    jobs = min(jobs, len(dicts))
+    if threads is None:
+        threads = max(1, usable_cores() // jobs)
+    work = [(key, cfgs, force, threads, f"[{_label(key)}] ") for key, cfgs in dicts.items()]
+    # leaving the block terminates the workers: a failed run or Ctrl-C starts nothing more
+    # (runs cut short keep their last.pt and resume)
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for key, out in pool.imap_unordered(_train_keyed, work, chunksize=1):
+            finish(key, out)
     return done
 
 
