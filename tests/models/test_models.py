@@ -279,18 +279,18 @@ def test_gated_models():
 
 @pytest.mark.parametrize("name", ["gated_mlp", "gated_cnn"])
 def test_gated_head_rectifies_the_classifier(name):
-    """logits = fc(f) + W_r · proj(dropout(concat_k f ⊙ σ(W_k f + b_k))) + b_r, W_r and b_r zero at init."""
+    """logits = fc(f) + W_p · dropout(concat_k f ⊙ σ(W_k f + b_k)) + b_p, W_p and b_p zero at init."""
     torch.manual_seed(0)
-    net = create_model(name, num_classes=5, in_chans=1, num_heads=3, head_dim=6, dropout=0.0).eval()
+    net = create_model(name, num_classes=5, in_chans=1, num_heads=3, dropout=0.0).eval()
     x = torch.randn(4, 1, 28, 28)
     f = net.features(x) if name == "gated_mlp" else net.pool(net.stages(x)).flatten(1)
     plain = f @ net.fc.weight.T + net.fc.bias
     torch.testing.assert_close(net(x), plain)  # training starts from the plain classifier
     with torch.no_grad():
-        for p in net.rectify.parameters():
+        for p in net.head.proj.parameters():
             p.normal_()
     d = f.shape[1]
     gates = torch.sigmoid(f @ net.head.gates.weight.T + net.head.gates.bias)
     heads = torch.cat([f * gates[:, k * d:(k + 1) * d] for k in range(3)], dim=1)
-    rect = (heads @ net.head.proj.weight.T + net.head.proj.bias) @ net.rectify.weight.T + net.rectify.bias
+    rect = heads @ net.head.proj.weight.T + net.head.proj.bias
     torch.testing.assert_close(net(x), plain + rect)
