@@ -69,3 +69,19 @@ def test_eval_is_reachable_lazily():
             "f = convattn.eval.localization; print(f.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "convattn.eval._localization"
+
+
+def test_size_keeps_the_first_images_of_the_split(stn_run):
+    """``--size N`` scores the first N images of the split the run was tested on, not N other images."""
+    import torch
+
+    from convattn.engine.inference import load_run_split
+
+    full = load_run_split(stn_run, boxes=True).dataset
+    part = load_run_split(stn_run, size=3, boxes=True).dataset
+    assert len(full) == 8 and len(part) == 3
+    for i in range(3):
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(part[i], full[i]))
+    assert len(load_run_split(stn_run, size=50).dataset) == 8
+    with pytest.raises(Exception, match="size must be a positive number of images, got 0"):
+        load_run_split(stn_run, size=0)

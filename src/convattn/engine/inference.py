@@ -6,10 +6,11 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from ..exceptions import ConfigError, DatasetNotFoundError
 from .._io import atomic_write_bytes, atomic_write_text
@@ -18,7 +19,7 @@ from .data import make_eval_loader
 from .distributed import resolve_device
 from .trainer import _eval_sums, _summary, logits_of, model_from_checkpoint
 
-__all__ = ["evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images"]
+__all__ = ["load_run_split", "evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images"]
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
@@ -53,6 +54,76 @@ def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: st
     return atomic_write_bytes(path, buf.getvalue())
 
 
+class RunSplit(NamedTuple):
+    """What :func:`load_run_split` returns."""
+
+    checkpoint: Path
+    model: nn.Module  # in eval mode, with the checkpoint's ``data_info``
+    config: Any  # the run's TrainConfig with the evaluation's overrides
+    dataset: Dataset
+    class_names: list[str]  # the evaluated dataset's
+
+
+def load_run_split(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    size: int | None = None,
+    batch_size: int | None = None,
+    workers: int = 0,
+    boxes: bool = False,
+) -> "RunSplit":
+    """A trained run's model and a split of its dataset (or of ``dataset``), for evaluation.
+
+    The split is built as the run built it and ``size`` keeps its first ``size`` images, so
+    the same images are evaluated whatever ``size`` is. ``boxes`` yields ``(image, label, box)``.
+
+    Returns:
+        a :class:`RunSplit`; its ``config`` carries the ``dataset`` / ``data_dir`` /
+        ``batch_size`` / ``workers`` overrides.
+
+    Raises:
+        ConfigError: bad ``split`` or ``size``; the dataset's classes differ from the model's;
+            ``boxes`` on a dataset without object boxes.
+    """
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"split must be train, val or test, got {split!r}")
+    if size is not None and size < 1:
+        raise ConfigError(f"size must be a positive number of images, got {size}")
+    ckpt_path = resolve_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path)
+    model, config = model_from_checkpoint(ckpt)
+    model.data_info = info = dict(ckpt["data_info"])
+    changes: dict[str, Any] = {"workers": workers}
+    if dataset is not None:
+        changes["dataset"] = dataset
+    if data_dir is not None:
+        changes["data_dir"] = str(data_dir)
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    config = config.replace(**changes)
+    from . import trainer
+
+    datasets, data_info = trainer.build_datasets(config, splits=(split,))
+    if data_info["num_classes"] != info["num_classes"]:
+        raise ConfigError(
+            f"dataset {config.dataset!r} has {data_info['num_classes']} classes but the model was trained "
+            f"for {info['num_classes']}"
+        )
+    ds = datasets[split]
+    if boxes:
+        if not callable(getattr(ds, "with_boxes", None)) or getattr(ds, "boxes", None) is None:
+            raise ConfigError(f"localization needs object boxes; dataset {config.dataset!r} has none "
+                              "(cluttered-digits has them)")
+        ds = ds.with_boxes()
+    if size is not None and size < len(ds):
+        ds = Subset(ds, range(size))
+    names = list(data_info.get("class_names") or info["class_names"])
+    return RunSplit(ckpt_path, model, config, ds, names)
+
+
 def evaluate_run(
     path: str | os.PathLike,
     *,
@@ -72,7 +143,8 @@ def evaluate_run(
         dataset: dataset name (default: the one the run was trained on).
         data_dir: where its files are (default: the run's).
         split: ``train``, ``val`` or ``test``.
-        size: evaluate on only this many images.
+        size: evaluate on only the first ``size`` images of the split (the same images
+            whatever ``size`` is).
         batch_size: default the run's.
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader workers.
@@ -82,36 +154,15 @@ def evaluate_run(
     Returns:
         ``evaluate``'s dict plus ``"class_names"``, ``"confusion_png"``, ``"json"``.
     """
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be train, val or test, got {split!r}")
-    ckpt_path = resolve_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path)
-    model, config = model_from_checkpoint(ckpt)
-    info = dict(ckpt["data_info"])
-    changes: dict[str, Any] = {"workers": workers}
-    if dataset is not None:
-        changes["dataset"] = dataset
-    if data_dir is not None:
-        changes["data_dir"] = data_dir
-    if batch_size is not None:
-        changes["batch_size"] = batch_size
-    if size is not None:
-        changes[f"{split}_size"] = size
-    config = config.replace(**changes)
-    from . import trainer
-
-    datasets, data_info = trainer.build_datasets(config, splits=(split,))
-    if data_info["num_classes"] != info["num_classes"]:
-        raise ConfigError(
-            f"dataset {config.dataset!r} has {data_info['num_classes']} classes but the model was trained "
-            f"for {info['num_classes']}"
-        )
+    ckpt_path, model, config, ds, names = load_run_split(
+        path, dataset=dataset, data_dir=data_dir, split=split, size=size, batch_size=batch_size, workers=workers
+    )
+    info = model.data_info
     dev = resolve_device(device)
     model.to(dev)
-    loader = make_eval_loader(datasets[split], config, pin_memory=dev.type == "cuda")
+    loader = make_eval_loader(ds, config, pin_memory=dev.type == "cuda")
     loss_sum, confusion = _eval_sums(model, loader, dev, num_classes=info["num_classes"])
     result = _summary(loss_sum, confusion)
-    names = data_info.get("class_names") or info["class_names"]
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent
     png = plot_confusion(
         confusion, names, out / f"confusion_{split}.png",

@@ -459,32 +459,16 @@ def localize_run(
     from torch.utils.data import DataLoader
 
     from .._io import atomic_write_text
-    from ..engine.checkpoint import resolve_checkpoint
     from ..engine.distributed import resolve_device
-    from ..engine import load_run
-    from ..engine.trainer import build_datasets
+    from ..engine.inference import load_run_split
 
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"split must be train, val or test, got {split!r}")
-    ckpt = resolve_checkpoint(path)
-    model, config = load_run(ckpt)
-    changes: dict[str, Any] = {"workers": workers}
-    if dataset is not None:
-        changes["dataset"] = dataset
-    if data_dir is not None:
-        changes["data_dir"] = str(data_dir)
-    if size is not None:
-        changes[f"{split}_size"] = size
-    config = config.replace(**changes)
-    datasets, _ = build_datasets(config, splits=(split,))
-    ds = datasets[split]
-    if not callable(getattr(ds, "with_boxes", None)) or getattr(ds, "boxes", None) is None:
-        raise ConfigError(f"--localization needs object boxes; dataset {config.dataset!r} has none "
-                          "(cluttered-digits has them)")
+    ckpt, model, config, ds, _ = load_run_split(
+        path, dataset=dataset, data_dir=data_dir, split=split, size=size, batch_size=batch_size,
+        workers=workers, boxes=True,
+    )
     dev = resolve_device(device)
     model.to(dev)
-    loader = DataLoader(ds.with_boxes(), batch_size=batch_size or config.batch_size, shuffle=False,
-                        num_workers=workers)
+    loader = DataLoader(ds, batch_size=config.batch_size, shuffle=False, num_workers=workers)
     result = {"dataset": config.dataset, "split": split, **localization(model, loader, cam=cam, cam_layer=cam_layer, tolerance=tolerance,
                                              device=dev, progress=progress)}
     results_path = ckpt.parent / "results.json"
