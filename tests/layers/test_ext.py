@@ -409,20 +409,31 @@ def test_eval_batchnorm_is_folded_exactly():
 
 
 @pytest.mark.parametrize("name", ["se", "cbam"])
-def test_recorded_gates_carry_gradients_through_the_kernels(name):
+def test_kernel_gates_are_recorded_detached_and_leave_the_gradients_alone(name):
+    """The ops' gate outputs are not differentiable (layers record them detached); recording on the
+    kernel path gives the plain path's maps and gradients."""
     require(f"convattn_{name}")
     layer, x = convattn.create_attn(name, 8, bias=True).double(), torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    x.requires_grad_(True)
+    ops = getattr(torch.ops, f"convattn_{name}")
+    params = [p for p in layer.parameters()]
+    out, *rest = ops.forward(x, *params)
+    assert out.requires_grad and rest and not any(t.requires_grad for t in rest)
 
-    def loss():
+    def run():
         with convattn.record_attention(layer) as maps:
             y = layer(x)
-        return y.square().sum() + sum(m.sum() for m in maps.values())
+        assert maps and not any(m.requires_grad for m in maps.values())
+        return maps, torch.autograd.grad(y.square().sum(), [x, *params])
 
-    ours = torch.autograd.grad(loss(), list(layer.parameters()))
+    maps, grads = run()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CONVATTN_EXTENSIONS", "0")
-        ref = torch.autograd.grad(loss(), list(layer.parameters()))
-    for u, v in zip(ours, ref):
+        ref_maps, ref_grads = run()
+    assert maps.keys() == ref_maps.keys()
+    for k in maps:
+        torch.testing.assert_close(maps[k], ref_maps[k])
+    for u, v in zip(grads, ref_grads):
         torch.testing.assert_close(u, v)
 
 

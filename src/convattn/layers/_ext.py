@@ -55,6 +55,7 @@ __all__ = [
     "call",
     "extensions_enabled",
     "kernels",
+    "layer_op_registrar",
     "plain_only",
     "status",
     "use_kernels",
@@ -396,6 +397,42 @@ def autograd_backward(formula: Callable, inputs: tuple, need: tuple, grads: tupl
     return tuple(next(result) if n else None for n in need)
 
 
+def layer_op_registrar(library: str, formula: Callable, fake: Callable, backward_fake: Callable) -> Callable[[Any], None]:
+    """The ``register`` of :func:`kernels` for a whole-layer op pair: ``library::forward(x, *params)
+    -> (out, *saved)`` and its kernel backward ``library::backward(x, dout, *params, *saved, need_dx)
+    -> (dx, *dparams)``.
+
+    ``saved`` (the gates, which layers record detached, and intermediates) is not differentiable.
+    The kernel backward runs when no graph of the gradient is asked for; otherwise (``create_graph=True``)
+    autograd differentiates ``formula(x, *params)`` (the op in PyTorch ops; its first output is ``out``),
+    so gradients of gradients reach every input. ``fake`` / ``backward_fake`` give the ops' shapes.
+    """
+
+    def setup_context(ctx, inputs, output):
+        ctx.num_inputs = len(inputs)
+        ctx.save_for_backward(*inputs, *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, dout, *_):
+        saved, need = ctx.saved_tensors, ctx.needs_input_grad
+        inputs, extra = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
+        if dout is None:
+            return (None,) * len(inputs)
+        if not torch.is_grad_enabled():
+            op = getattr(torch.ops, library).backward.default
+            grads = call(op, inputs[0], dout, *inputs[1:], *extra, need[0])
+            return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
+        return autograd_backward(formula, inputs, need, (dout,))
+
+    def register(ops) -> None:
+        torch.library.register_fake(f"{library}::forward", fake)
+        torch.library.register_fake(f"{library}::backward", backward_fake)
+        torch.library.register_autograd(f"{library}::forward", backward, setup_context=setup_context)
+
+    return register
+
+
 def plain_only() -> bool:
     """Whether layers must run plain PyTorch ops whatever the input: inside ``torch.compile`` /
     ``torch.export`` tracing, ``torch.jit.trace`` (and so ONNX export), a ``torch.func`` transform
@@ -436,10 +473,20 @@ def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> boo
 _CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def call(op: Any, *args: Any) -> Any:
     """Run a kernel op taken by :func:`use_kernels`. Where no gradient is to be recorded (grad mode
     off, or no argument requiring one) its CPU kernel is called directly, without the detour through
-    the Python autograd formula that the dispatcher would take only to find nothing to record."""
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+    the Python autograd formula that the dispatcher would take only to find nothing to record. Under a
+    dispatch mode or with tensor subclasses (fake and functional tensors while tracing a backward) the
+    op is dispatched in full, so the tracer sees it."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if (
+        (torch.is_grad_enabled() and any(a.requires_grad for a in tensors))
+        or _get_current_dispatch_mode() is not None
+        or any(type(a) not in _PLAIN_TENSORS for a in tensors)
+    ):
         return op(*args)
     return op.redispatch(_CPU, *args)

@@ -68,7 +68,7 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import autograd_backward, call, kernels, plain_only, use_kernels
+from ._ext import call, kernels, layer_op_registrar, plain_only, use_kernels
 from ._recording import RecordsAttention
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
@@ -92,7 +92,7 @@ def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor
 def _cbam_paper(x, w1, b1, w2, b2, wc, bc):
     """Channel-first CBAM in the paper's configuration (ReLU MLP, sigmoid gates, k×k convolution with
     bias), in PyTorch ops from the parameters: ``(out, g, a)``. The formula of the ``convattn_cbam``
-    kernels, differentiated by autograd where they cannot be (see ``_cbam_backward``)."""
+    kernels, differentiated by autograd where they cannot be (gradients of gradients)."""
     flat = x.flatten(2)
     pooled = torch.cat((flat.mean(-1), flat.amax(-1)))
     hidden = torch.relu(F.linear(pooled, w1, b1))
@@ -125,30 +125,7 @@ def _cbam_backward_fake(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, s
     )
 
 
-def _cbam_setup_context(ctx, inputs, output):
-    _, g, a, pooled, hidden, stats = output
-    ctx.save_for_backward(*inputs, g, a, pooled, hidden, stats)
-    ctx.mark_non_differentiable(pooled, hidden, stats)
-    ctx.set_materialize_grads(False)
-
-
-def _cbam_backward(ctx, dout, dg, da, *_):
-    """The kernel backward when only ``out`` has a gradient and no graph of the gradient is asked for;
-    otherwise (``create_graph=True``, gradients through the recorded gates) autograd's backward of the
-    same formula in PyTorch ops, itself differentiable."""
-    saved = ctx.saved_tensors
-    inputs, need = saved[:7], ctx.needs_input_grad  # x, w1, b1, w2, b2, wc, bc
-    if dg is None and da is None and dout is not None and not torch.is_grad_enabled():
-        grads = call(torch.ops.convattn_cbam.backward.default, inputs[0], dout, *inputs[1:], *saved[7:], need[0])
-        return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
-    return autograd_backward(_cbam_paper, inputs, need, (dout, dg, da))
-
-
-def _register_cbam(ops) -> None:
-    """The fake (shape) and autograd formulas of the ``convattn_cbam`` ops (called once, on first load)."""
-    torch.library.register_fake("convattn_cbam::forward", _cbam_fake)
-    torch.library.register_fake("convattn_cbam::backward", _cbam_backward_fake)
-    torch.library.register_autograd("convattn_cbam::forward", _cbam_backward, setup_context=_cbam_setup_context)
+_register_cbam = layer_op_registrar("convattn_cbam", _cbam_paper, _cbam_fake, _cbam_backward_fake)
 
 
 def cbam_ops():

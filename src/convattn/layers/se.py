@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from ._ext import autograd_backward, call, kernels, use_kernels
+from ._ext import call, kernels, layer_op_registrar, use_kernels
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
 from ._recording import RecordsAttention
 
@@ -16,7 +16,7 @@ __all__ = ["SqueezeExcite"]
 
 def _se_relu_sigmoid(x, w1, b1, w2, b2):
     """SE with a ReLU and a sigmoid in PyTorch ops, from the parameters: ``(out, g)``. The formula of
-    the ``convattn_se`` kernels, differentiated by autograd where they cannot be (see ``_se_backward``)."""
+    the ``convattn_se`` kernels, differentiated by autograd where they cannot be (gradients of gradients)."""
     z = x.mean((2, 3))
     g = torch.sigmoid(F.linear(torch.relu(F.linear(z, w1.flatten(1), b1)), w2.flatten(1), b2))
     return x * g[:, :, None, None], g
@@ -38,32 +38,7 @@ def _se_backward_fake(x, dout, w1, b1, w2, b2, g, z, hidden, need_dx):
     )
 
 
-def _se_setup_context(ctx, inputs, output):
-    x, w1, b1, w2, b2 = inputs
-    _, g, z, hidden = output
-    ctx.save_for_backward(x, w1, b1, w2, b2, g, z, hidden)
-    ctx.mark_non_differentiable(z, hidden)
-    ctx.set_materialize_grads(False)
-
-
-def _se_backward(ctx, dout, dg, _dz, _dhidden):
-    """The kernel backward when only ``out`` has a gradient and no graph of the gradient is asked for;
-    otherwise (``create_graph=True``, a gradient through the recorded gate) autograd's backward of the
-    same formula in PyTorch ops, itself differentiable."""
-    x, w1, b1, w2, b2, g, z, hidden = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if dg is None and dout is not None and not torch.is_grad_enabled():
-        grads = call(torch.ops.convattn_se.backward.default, x, dout, w1, b1, w2, b2, g, z, hidden, need[0])
-        shapes = (x, w1, b1, w2, b2)
-        return tuple(d.view_as(p) if n else None for d, p, n in zip(grads, shapes, need))
-    return autograd_backward(_se_relu_sigmoid, (x, w1, b1, w2, b2), need, (dout, dg))
-
-
-def _register_se(ops) -> None:
-    """The fake (shape) and autograd formulas of the ``convattn_se`` ops (called once, on first load)."""
-    torch.library.register_fake("convattn_se::forward", _se_fake)
-    torch.library.register_fake("convattn_se::backward", _se_backward_fake)
-    torch.library.register_autograd("convattn_se::forward", _se_backward, setup_context=_se_setup_context)
+_register_se = layer_op_registrar("convattn_se", _se_relu_sigmoid, _se_fake, _se_backward_fake)
 
 
 def se_ops():
