@@ -17,6 +17,7 @@ from torch import nn
 
 from convattn.exceptions import ConfigError
 from convattn.models import IdentityBlend, WithAttention, attn_positions, insert_attn
+from convattn.models._wrappers import AttentionChain
 from convattn.models._families import is_existing_attention
 from convattn.models.insert import _is_attention
 
@@ -355,3 +356,19 @@ def test_second_layer_at_a_wrapped_position_and_replace_after_insert():
     with torch.no_grad():
         assert net(X).shape == (2, 4)
     assert operator.eq(len(attn_positions(net, "block")), 11)
+
+
+@pytest.mark.parametrize("family", [f for f, (_, counts) in FAMILIES.items() if counts.get("replace")])
+def test_block_layer_after_a_replacement_follows_it(family):
+    """``replace`` then ``block``: the added layer refines the replacement's output, as it refines
+    the block's own attention when nothing was replaced."""
+    net = copy.deepcopy(_plain(family))
+    replaced = len(attn_positions(net, "replace"))
+    insert_attn(net, "eca", where="replace")
+    insert_attn(net, "se", where="block")
+    after_eca = [m for m in net.modules() if isinstance(m, WithAttention) and isinstance(m.module, AttentionChain)
+                 and type(m.module[0]).__name__ == "EfficientChannelAttn"]
+    assert len(after_eca) == replaced
+    assert all(type(w.attn[0]).__name__ == "SqueezeExcite" for w in after_eca)
+    with torch.no_grad():
+        assert net(X).shape[0] == 2

@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import nn
 
-from ._wrappers import is_inserted, unwrap
+from ._wrappers import AttentionChain, is_inserted, unwrap
 
 __all__ = ["Family", "FAMILIES", "EXISTING_ATTENTION", "family_of", "is_existing_attention"]
 
@@ -77,16 +77,18 @@ def _is_depthwise(m: nn.Module) -> bool:
 
 
 def _seq_dw_or_se(attr: str) -> Callable[[nn.Module], str]:
-    """torchvision MobileNet / EfficientNet: the SE after the depthwise unit, else the depthwise unit."""
+    """torchvision MobileNet / EfficientNet: the SE after the depthwise unit (or the chain that
+    ``where="replace"`` put in its place), else the depthwise unit."""
 
     def anchor(block: nn.Module) -> str:
-        kids = [(n, unwrap(m)) for n, m in getattr(block, attr).named_children() if not is_inserted(m)]
+        kids = [(n, unwrap(m)) for n, m in getattr(block, attr).named_children()]
         for i, (name, m) in enumerate(kids):
             if _is_depthwise(m):
-                if i + 1 < len(kids) and is_existing_attention(kids[i + 1][1]):
+                nxt = kids[i + 1][1] if i + 1 < len(kids) else None
+                if nxt is not None and (is_existing_attention(nxt) or isinstance(nxt, AttentionChain)):
                     return f"{attr}.{kids[i + 1][0]}"
                 return f"{attr}.{name}"
-        return f"{attr}.{kids[0][0]}"
+        return f"{attr}.{next(n for n, m in kids if not is_inserted(m))}"
 
     return anchor
 

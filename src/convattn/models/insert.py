@@ -352,6 +352,9 @@ def _existing_attention(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _preceding_width(model: nn.Module, target: nn.Module, *, container: bool = False) -> tuple[int | None, int | None]:
     """Width and rank of ``target``'s output: its own, its last inner norm/conv, or the nearest before it."""
+    if isinstance(target, AttentionChain):  # put in place of a model's attention by where="replace"
+        first = target[0].layer if isinstance(target[0], IdentityBlend) else target[0]
+        return int(first.channels), None
     if is_existing_attention(target):
         for m in target.modules():
             if isinstance(m, (nn.Conv2d, nn.Conv3d)) and m.in_channels > 1:
