@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from ._ext import autograd_backward
 from ._helpers import is_tracing
 
 __all__ = ["attention", "attention_explicit"]
@@ -56,32 +57,6 @@ def attention_explicit(
     return torch.matmul(attn, v), attn
 
 
-def _attention_grads(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor | None,
-    scale: float,
-    grad_out: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Gradients of ``softmax(s·q kᵀ + bias) v`` as plain ops (differentiable again).
-
-    With ``P = softmax(S)``, ``O = P v`` and ``G = dL/dO``: ``dv = Pᵀ G``,
-    ``dS = P ⊙ (G vᵀ − rowsum(G ⊙ O))``, ``dq = s·dS k``, ``dk = s·dSᵀ q``,
-    ``dbias = dS`` summed to the bias's broadcast shape.
-    """
-    _, p = attention_explicit(q, k, v, scale, bias)
-    out = torch.matmul(p, v)
-    grad_out = grad_out.to(out.dtype)
-    dv = torch.matmul(p.transpose(-2, -1), grad_out)
-    dp = torch.matmul(grad_out, v.transpose(-2, -1))
-    ds = p * (dp - (grad_out * out).sum(-1, keepdim=True))
-    dq = torch.matmul(ds, k) * scale
-    dk = torch.matmul(ds.transpose(-2, -1), q) * scale
-    dbias = ds.sum_to_size(bias.shape) if bias is not None else None
-    return dq, dk, dv, dbias
-
-
 class _FusedAttention(torch.autograd.Function):
     """Fused SDPA whose backward is differentiable again (see the module docstring)."""
 
@@ -101,8 +76,10 @@ class _FusedAttention(torch.autograd.Function):
         q, k, v, bias = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():  # create_graph=True: a gradient penalty differentiates this
-            grads = _attention_grads(q, k, v, bias, ctx.scale, grad_out)
-            return (*(g if w else None for g, w in zip(grads, wanted)), None)
+            def explicit(q, k, v, bias):
+                return (attention_explicit(q, k, v, ctx.scale, bias)[0],)
+
+            return (*autograd_backward(explicit, (q, k, v, bias), wanted, (grad_out.to(q.dtype),)), None)
         if ctx.fused is None:  # a second backward through a retained graph: run the kernel again
             leaves = tuple(t.detach().requires_grad_(w) if t is not None else None for t, w in zip((q, k, v, bias), wanted))
             with torch.enable_grad():
