@@ -32,15 +32,14 @@ The script exits 1 if a correctness or fused-kernel check fails.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import convattn
+from convattn.bench.measure import time_fn
 
 SELF_ATTENTION = ["self_attn", "non_local", "non_local1d", "non_local3d", "danet", "danet_pam", "mhsa",
                   "halo", "aa_conv", "bottleneck_attn"]
@@ -145,21 +144,6 @@ def _is_attention_kernel(name: str) -> bool:
     return any(k in low for k in ("flash", "efficient_attention", "fmha", "mem_eff", "attention_forward", "attention_backward"))
 
 
-def _time(fn, device: torch.device, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def layer_cost(device: torch.device, shape: tuple[int, ...], repeats: int) -> None:
     from timm.layers import NonLocalAttn, SEModule
     from timm.layers.cbam import CbamModule
@@ -185,7 +169,7 @@ def layer_cost(device: torch.device, shape: tuple[int, ...], repeats: int) -> No
                     out = m(x)
                 out.float().mean().backward()
 
-            res.append(_time(step, device, repeats))
+            res.append(time_fn(step, repeats=repeats, device=device)["median"])
         print(f"{name:<12}{res[0]:>10.2f}{res[1]:>10.2f}{res[0] / res[1]:>8.2f}", flush=True)
 
 
@@ -220,7 +204,7 @@ def network_step(device: torch.device, batch: int, size: int, repeats: int) -> l
             scaler.update()
 
         try:
-            ms = _time(step, device, repeats, warmup=2)
+            ms = time_fn(step, repeats=repeats, warmup=2, device=device)["median"]
             print(f"{label:<40}{ms:>10.1f} ms{batch / ms * 1e3:>10.0f} img/s", flush=True)
         except RuntimeError as e:
             failures.append(f"{label}: {str(e).splitlines()[0][:160]}")
