@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from torch import nn
 
 from ._registry import register_model
-from .insert import insert_attn
+from .resnet import _add_attention
 
 __all__ = ["TORCHVISION_MODELS", "TIMM_MODELS"]
 
@@ -51,11 +51,7 @@ def _factory(build: Callable[[int, int], nn.Module], doc: str) -> Callable[..., 
         attn_stages: Sequence[int | str] | None = None,
         identity_init: bool = False,
     ) -> nn.Module:
-        model = build(num_classes, in_chans)
-        if attention is not None:
-            insert_attn(model, attention, where=attn_where, stages=attn_stages, identity_init=identity_init,
-                        **(attn_kwargs or {}))
-        return model
+        return _add_attention(build(num_classes, in_chans), attention, attn_kwargs, attn_where, attn_stages, identity_init)
 
     factory.__doc__ = doc
     return factory
