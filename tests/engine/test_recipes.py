@@ -39,11 +39,19 @@ def test_mappings_merge_key_by_key():
 def test_aacn_staged_recipe_shares_the_epoch_budget():
     stages = resolve_config({"model": "aacn", "epochs": 6})[0].stages
     assert [(s["name"], s["epochs"], s["train"]) for s in stages] == [
-        ("features", 4, ["backbone", "decision"]), ("attention", 1, ["attention", "decision"]), ("decision", 1, ["decision"])]
+        ("features", 4, ["backbone", "decision"]), ("attention", 1, ["attention", "decision"]),
+        ("decision", 1, ["backbone", "decision"])]
     assert stages[0]["once"] and stages[1]["alpha"] > 0 and stages[2]["alpha"] == 0
     cfg = resolve_config({"model": "aacn", "epochs": 2, "init_from": "runs/plain"})[0]
     assert [s["name"] for s in cfg.stages] == ["attention", "decision"] and cfg.stage_mode == "alternate"
     assert get_recipe("aacn", "joint")["optimizer"] == "adamw" and "stages" not in get_recipe("aacn", "joint")
+
+
+def test_small_cnn_recipes_train_channels_last():
+    for model in ("simple_cnn", "gated_cnn", "stn_cnn", "aacn"):
+        cfg, src = resolve_config({"model": model})
+        assert cfg.channels_last and src["channels_last"] == f"recipe {model}/{cfg.recipe}"
+    assert not resolve_config({"model": "simple_cnn", "channels_last": False})[0].channels_last
 
 
 def test_once_stages_run_in_the_first_cycle_only():
