@@ -6,8 +6,9 @@
    multi-branch attention network (``aacn``, attention heads on every block) with its
    staged recipe in one run (``convattn train --model aacn``: the feature branch for
    ⌈2/3⌉ of the epochs, then the attention + decision branches with the features
-   frozen and α·L_attn, and the decision branch alone, alternating) - the demo's recipe
-   (``convattn.cli.demo.VARIANTS`` with each model's default recipe: AdamW, lr 5e-3, cosine, batch 32) on
+   frozen and α·L_attn, and the feature + decision branches with the attention frozen,
+   alternating) - the demo's recipe (``convattn.cli.demo.VARIANTS`` with each model's
+   default recipe: AdamW, lr 5e-3, cosine, batch 32, channels_last) on
    6,000 training images for 6 epochs; ``aacn-joint``, every branch trained together
    from scratch (``--recipe joint``); and ``aacn-staged``, the staged recipe started
    from a finished plain run within the same epoch budget: the plain backbone trained

@@ -38,7 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
             "lr_mult": {"localization": 0.1}},
     # AACN's staged recipe in the same epoch budget: the feature branch first (the backbone, heads at
     # their average-pooling initialisation), then attention + decision with the features frozen and
-    # the decision branch alone, alternating (convattn train --model aacn --recipe staged)
+    # features + decision with the attention frozen, alternating (convattn train --model aacn --recipe staged)
     "aacn": {"model": "aacn", "attention": None, "recipe": "staged"},
 }
 
