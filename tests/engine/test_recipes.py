@@ -42,6 +42,9 @@ def test_aacn_staged_recipe_shares_the_epoch_budget():
         ("features", 4, ["backbone", "decision"]), ("attention", 1, ["attention", "decision"]),
         ("decision", 1, ["backbone", "decision"])]
     assert stages[0]["once"] and stages[1]["alpha"] > 0 and stages[2]["alpha"] == 0
+    assert resolve_config({"model": "aacn"})[0].model_kwargs == {"attn_stages": [-1]}
+    heads = create_model("aacn", num_classes=10, in_chans=1, **get_recipe("aacn", "staged", {})["model_kwargs"]).heads
+    assert list(heads) == ["stage3"]
     cfg = resolve_config({"model": "aacn", "epochs": 2, "init_from": "runs/plain"})[0]
     assert [s["name"] for s in cfg.stages] == ["attention", "decision"] and cfg.stage_mode == "alternate"
     assert get_recipe("aacn", "joint")["optimizer"] == "adamw" and "stages" not in get_recipe("aacn", "joint")

@@ -309,8 +309,9 @@ def test_errors():
         insert_attn(net, "sse")
     with pytest.raises(ConfigError, match="unknown option"):
         insert_attn(net, "se", rd_ratoi=0.5)
-    with pytest.raises(ConfigError, match="stages expects 1-based"):
-        insert_attn(net, "se", stages=(5,))
+    for bad in (5, 0, -5):
+        with pytest.raises(ConfigError, match=r"stages expects 1-based stage numbers 1..4, -1 for the last"):
+            insert_attn(net, "se", stages=(bad,))
     with pytest.raises(ConfigError, match="found no"):
         insert_attn(net, "se", where="nothing.*")
     with pytest.raises(ConfigError, match="found no positions"):
@@ -368,3 +369,9 @@ def test_bare_state_dict_loads_into_a_wrapped_module_with_an_attn_child():
     for k, v in bare.state_dict().items():
         torch.testing.assert_close(wrapped.module.state_dict()[k], v)
     wrapped.load_state_dict(wrapped.state_dict())  # its own keys load unchanged
+
+
+def test_negative_stages_count_from_the_end():
+    net = torchvision.models.resnet18(weights=None)
+    assert attn_positions(net, "stage", stages=(-1,)) == attn_positions(net, "stage", stages=(4,))
+    assert attn_positions(net, "block", stages=(-2, -1)) == attn_positions(net, "block", stages=("layer3", "layer4"))

@@ -64,8 +64,9 @@ AACN_FEATURE_SHARE = 2 / 3
 def _aacn_staged(fields: dict[str, Any]) -> dict[str, Any]:
     """AACN's staged recipe for the ``epochs`` budget in ``fields``.
 
-    (a) ``features``: the feature branch with the decision branch (the heads stay at
-    their initialisation, where they average-pool), ``AACN_FEATURE_SHARE`` of the
+    Attention heads on the backbone's last stage. (a) ``features``: the feature branch
+    with the decision branch (the heads stay at their initialisation, where they
+    average-pool), ``AACN_FEATURE_SHARE`` of the
     epochs, once; skipped when ``init_from`` gives trained backbone weights;
     (b) ``attention``: heads + decision with the feature branch frozen, with
     ``α·L_attn``; (c) ``decision``: the decision branch with the attention branch frozen
@@ -80,7 +81,11 @@ def _aacn_staged(fields: dict[str, Any]) -> dict[str, Any]:
     if not fields.get("init_from"):
         features = max(1, min(epochs - 1, math.ceil(AACN_FEATURE_SHARE * epochs)))
         stages.insert(0, {"name": "features", "epochs": features, "train": ["backbone", "decision"], "once": True})
-    return {**_SMALL_CNN, "stages": stages, "stage_mode": "alternate", "patience": 2}
+    # heads on the last stage only: on cluttered digits the earlier stages' heads neither point at
+    # the digit nor help (mean best validation accuracy, seeds 0-2, 12 epochs: all three stages
+    # 86.4 %, the last two 86.4 %, the last one 87.6 %; docs/training.md)
+    return {**_SMALL_CNN, "model_kwargs": {"attn_stages": [-1]}, "stages": stages, "stage_mode": "alternate",
+            "patience": 2}
 
 
 def _resnet_imagenet(fields: dict[str, Any]) -> dict[str, Any]:

@@ -450,8 +450,8 @@ def attn_positions(model: nn.Module, where: Where = "block", *, stages: Sequence
         where: ``"block"``, ``"stage"``, ``"conv"``, ``"replace"``, a module-path glob
             or a callable ``fn(path, module) -> bool``.
         stages: for ``"block"`` and ``"stage"``: 1-based stage numbers (stage ``i`` is
-            ``layer{i}`` in a ResNet; ``"res4"`` means the papers' res4 = ``layer3``),
-            default all.
+            ``layer{i}`` in a ResNet; ``-1`` the last stage; ``"res4"`` means the papers'
+            res4 = ``layer3``), default all.
 
     Returns:
         :class:`AttnPositions`, a list of :class:`AttnPosition` ``(path, width, module,
@@ -515,14 +515,14 @@ def _select(n: int, names: list[str], wanted: Sequence[int | str] | None) -> lis
         if isinstance(w, bool):
             idx = None
         elif isinstance(w, int):
-            idx = w
+            idx = w if w > 0 else n + 1 + w if w < 0 else None  # -1: the last stage
         elif isinstance(w, str) and re.fullmatch(r"(layer|stage)?\d+", w):
             idx = int(re.sub(r"\D", "", w))
         elif isinstance(w, str) and re.fullmatch(r"res\d+", w):
             idx = int(w[3:]) - 1  # the papers' res2..res5 are layer1..layer4
         if idx is None or not 1 <= idx <= n:
             raise ConfigError(
-                f"insert_attn: stages expects 1-based stage numbers 1..{n} (or 'layerN' / 'resN' names), "
+                f"insert_attn: stages expects 1-based stage numbers 1..{n}, -1 for the last (or 'layerN' / 'resN' names), "
                 f"got {w!r}; the model's stages are {names}"
             )
         chosen.append(idx - 1)
@@ -531,7 +531,7 @@ def _select(n: int, names: list[str], wanted: Sequence[int | str] | None) -> lis
 
 def _select_stages(stages: list[tuple[str, nn.Module]], wanted: Sequence[int | str] | None
                    ) -> list[tuple[str, nn.Module]]:
-    """The ``(path, module)`` stages picked by 1-based numbers / ``layerN`` / ``resN`` names."""
+    """The ``(path, module)`` stages picked by 1-based numbers (negative from the end) / ``layerN`` / ``resN`` names."""
     return [stages[i] for i in _select(len(stages), [p for p, _ in stages], wanted)]
 
 
@@ -672,7 +672,7 @@ def insert_attn(
             module-path glob, or a callable ``fn(path, module) -> bool`` selecting
             the modules to insert after.
         stages: with ``"block"``/``"stage"``: which stages, 1-based (stage ``i`` is
-            ``layer{i}`` in a ResNet); ``"layer3"`` and the papers' ``"res4"``
+            ``layer{i}`` in a ResNet; ``-1`` the last); ``"layer3"`` and the papers' ``"res4"``
             (= ``layer3``) are accepted too. The non-local paper's res3 + res4 is
             ``stages=(2, 3)``.
         identity_init: wrap each layer in :class:`IdentityBlend`
