@@ -3,7 +3,7 @@
 1. cluttered-digits (embedded, 60×60): ``simple_cnn`` plain, with CBAM after each
    block (blended in from the identity), behind a spatial transformer (``stn_cnn``:
    scale + translation, 40×40 view, localisation net at 1/10 the lr), and as the
-   multi-branch attention network (``aacn``, attention heads on every block) with its
+   multi-branch attention network (``aacn``, attention heads after the last block) with its
    staged recipe in one run (``convattn train --model aacn``: the feature branch for
    ⌈2/3⌉ of the epochs, then the attention + decision branches with the features
    frozen and α·L_attn, and the feature + decision branches with the attention frozen,
