@@ -71,8 +71,9 @@ def test_eval_is_reachable_lazily():
     assert out.strip() == "convattn.eval._localization"
 
 
-def test_size_keeps_the_first_images_of_the_split(stn_run):
-    """``--size N`` scores the first N images of the split the run was tested on, not N other images."""
+def test_size_takes_images_of_the_split_the_run_was_tested_on(stn_run):
+    """``--size N`` scores N of the images the run was tested on (a fixed subset, nested across
+    sizes), not N other images."""
     import torch
 
     from convattn.engine.inference import load_run_split
@@ -80,8 +81,10 @@ def test_size_keeps_the_first_images_of_the_split(stn_run):
     full = load_run_split(stn_run, boxes=True).dataset
     part = load_run_split(stn_run, size=3, boxes=True).dataset
     assert len(full) == 8 and len(part) == 3
-    for i in range(3):
-        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(part[i], full[i]))
+    assert part.indices == load_run_split(stn_run, size=3).dataset.indices
+    assert set(part.indices) < set(load_run_split(stn_run, size=5).dataset.indices)
+    for i, j in enumerate(part.indices):
+        assert all(torch.equal(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(part[i], full[j]))
     assert len(load_run_split(stn_run, size=50).dataset) == 8
     with pytest.raises(Exception, match="size must be a positive number of images, got 0"):
         load_run_split(stn_run, size=0)

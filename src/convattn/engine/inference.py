@@ -77,8 +77,9 @@ def load_run_split(
 ) -> "RunSplit":
     """A trained run's model and a split of its dataset (or of ``dataset``), for evaluation.
 
-    The split is built as the run built it and ``size`` keeps its first ``size`` images, so
-    the same images are evaluated whatever ``size`` is. ``boxes`` yields ``(image, label, box)``.
+    The split is built as the run built it (the images its test accuracy was measured on) and
+    ``size`` keeps a fixed random subset of it: the same images on every call, those for a
+    smaller ``size`` among a larger one's. ``boxes`` yields ``(image, label, box)``.
 
     Returns:
         a :class:`RunSplit`; its ``config`` carries the ``dataset`` / ``data_dir`` /
@@ -119,7 +120,10 @@ def load_run_split(
                               "(cluttered-digits has them)")
         ds = ds.with_boxes()
     if size is not None and size < len(ds):
-        ds = Subset(ds, range(size))
+        # one fixed shuffle of the split: the images for a smaller size are among a larger one's,
+        # and a split stored class by class (image folders) still gives every class
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))
+        ds = Subset(ds, order[:size].sort().values.tolist())
     names = list(data_info.get("class_names") or info["class_names"])
     return RunSplit(ckpt_path, model, config, ds, names)
 
@@ -143,8 +147,8 @@ def evaluate_run(
         dataset: dataset name (default: the one the run was trained on).
         data_dir: where its files are (default: the run's).
         split: ``train``, ``val`` or ``test``.
-        size: evaluate on only the first ``size`` images of the split (the same images
-            whatever ``size`` is).
+        size: evaluate on a fixed random subset of ``size`` images of the split
+            (:func:`load_run_split`).
         batch_size: default the run's.
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader workers.

@@ -450,8 +450,9 @@ def localize_run(
 
     With ``save``, the result (and ``"split"``) is stored under ``"localization"`` in the
     run's ``results.json`` (when the run has one; written atomically, other keys kept).
-    ``dataset`` / ``data_dir`` evaluate on another dataset than the run's; ``size`` on the first
-    ``size`` images of the split; the other arguments are :func:`localization`'s.
+    ``dataset`` / ``data_dir`` evaluate on another dataset than the run's; ``size`` on a fixed
+    random subset of the split (:func:`convattn.engine.inference.load_run_split`); the other
+    arguments are :func:`localization`'s.
 
     Raises:
         ConfigError: the run's dataset has no boxes (only ``cluttered-digits`` has them).
