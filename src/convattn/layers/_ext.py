@@ -420,8 +420,10 @@ def layer_op_registrar(library: str, formula: Callable, fake: Callable, backward
         if dout is None:
             return (None,) * len(inputs)
         if not torch.is_grad_enabled():
+            # dispatched in full (not `call`): when a backward is traced (AOT autograd), its fake
+            # tensors must reach the op's fake formula
             op = getattr(torch.ops, library).backward.default
-            grads = call(op, inputs[0], dout, *inputs[1:], *extra, need[0])
+            grads = op(inputs[0], dout, *inputs[1:], *extra, need[0])
             return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
         return autograd_backward(formula, inputs, need, (dout,))
 
@@ -473,20 +475,10 @@ def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> boo
 _CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
-
-
 def call(op: Any, *args: Any) -> Any:
     """Run a kernel op taken by :func:`use_kernels`. Where no gradient is to be recorded (grad mode
     off, or no argument requiring one) its CPU kernel is called directly, without the detour through
-    the Python autograd formula that the dispatcher would take only to find nothing to record. Under a
-    dispatch mode or with tensor subclasses (fake and functional tensors while tracing a backward) the
-    op is dispatched in full, so the tracer sees it."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    if (
-        (torch.is_grad_enabled() and any(a.requires_grad for a in tensors))
-        or _get_current_dispatch_mode() is not None
-        or any(type(a) not in _PLAIN_TENSORS for a in tensors)
-    ):
+    the Python autograd formula that the dispatcher would take only to find nothing to record."""
+    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return op(*args)
     return op.redispatch(_CPU, *args)
