@@ -32,8 +32,8 @@ MAPPING_FIELDS = ("model_kwargs", "attn_kwargs", "lr_mult")
 # AdamW at 5e-3 with a short warm-up, cosine, batch 32: what trains the small CNNs of
 # this package on the cluttered-digits and digits sets in a few epochs on a CPU
 # (the demo's recipe; docs/training.md has the measurements). channels_last: a CPU
-# training step of the demo's models takes 1.15-1.7x less time (max-pooling and the
-# oneDNN convolutions are much faster in that layout; docs/training.md).
+# training step of these models takes about 1.4x less time (max-pooling and the oneDNN
+# convolutions are faster in that layout; docs/training.md).
 _SMALL_CNN = {
     "optimizer": "adamw",
     "lr": 5e-3,
