@@ -1,6 +1,8 @@
 """``convattn demo``: configs, the comparison table, reuse / resume of runs (training is faked)."""
 
+import functools
 import json
+import os
 
 import pytest
 import yaml
@@ -128,7 +130,8 @@ def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert [(pathlib.Path(d).name, n) for d, n in scored] == [("plain", 7), ("cbam", 7), ("stn", 7), ("aacn", 7)]
+    # each run is scored after it trains, in the order they start
+    assert [(pathlib.Path(d).name, n) for d, n in scored] == [("stn", 7), ("plain", 7), ("cbam", 7), ("aacn", 7)]
     window = next(line for line in out.splitlines() if "stn:window" in line)
     assert window.split()[-3:] == ["75.0", "25.0", "12.5"] and window.startswith("stn")
     assert "Grad-CAM (stages.2.conv)" in out and "7 test images" in out and "8.0%" in out
@@ -162,10 +165,17 @@ def test_runs_train_in_parallel_processes(tmp_path, capfd):
                               out=str(tmp_path / v))]
               for i, v in enumerate(("a", "b", "c"))}  # three chains: one worker trains two, one prefix each
     ended = []
-    res = demo.train_runs(chains, jobs=2, threads=1, on_done=lambda k, r, how, s: ended.append((k, how)))
+    # `prepare` runs before its chain, `after` (here: draw the run's figures) after each run, in the workers
+    prepare = {"b": functools.partial(os.makedirs, str(tmp_path / "prepared"))}
+    after = functools.partial(demo._score_and_draw, loc_size=None, device="cpu", viz=True)
+    res = demo.train_runs(chains, jobs=2, threads=1, on_done=lambda k, r, how, s: ended.append((k, how)),
+                          prepare=prepare, after=after)
     assert sorted(ended) == [("a", "trained"), ("b", "trained"), ("c", "trained")]
+    assert (tmp_path / "prepared").is_dir()
     for v in ("a", "b", "c"):
         assert res[v][0]["run_dir"] == str(tmp_path / v) and (tmp_path / v / "results.json").is_file()
+        assert res[v][0]["figures"].endswith(f"figures in {tmp_path / v / 'figures'}")
+        assert any((tmp_path / v / "figures").glob("*.png"))
     err = capfd.readouterr().err
     epochs = [line.split(" epoch 1")[0] for line in err.splitlines() if " epoch 1 " in line]
     assert sorted(epochs) == ["[a]", "[b]", "[c]"], err
@@ -176,6 +186,29 @@ def test_runs_train_in_parallel_processes(tmp_path, capfd):
     other = {"a": [TrainConfig.from_dict({**chains["a"][0].to_dict(), "epochs": 2})], "b": chains["b"]}
     with pytest.raises(ConfigError, match="holds a run with other settings"):  # a worker's error stops the pool
         demo.train_runs(other, jobs=2)
+
+
+def test_kernels_are_built_beside_the_run_that_needs_them(tmp_path, monkeypatch):
+    """Two at a time, plain's worker builds CBAM's kernels before it trains, while STN trains in the other;
+    CBAM starts next, in STN's worker. One at a time, CBAM's run builds them itself."""
+    seen = {}
+
+    def train_runs(chains, **kw):
+        seen["order"], seen["prepare"] = list(chains), kw["prepare"]
+        return {v: ({"run_dir": str(tmp_path / v), "test_acc": 0.5, "params": 1, "epoch_time": 1.0}, "trained", 1.0)
+                for v in chains}
+
+    monkeypatch.setattr(demo, "train_runs", train_runs)
+    argv = ["demo", "--out", str(tmp_path), "--no-localization", "--no-viz", "--no-progress", "--device", "cpu"]
+    assert main(argv + ["--jobs", "2"]) == 0
+    assert seen["order"] == ["stn", "plain", "cbam", "aacn"]
+    assert list(seen["prepare"]) == ["plain"]
+    build = seen["prepare"]["plain"]
+    assert build.func is demo._build_kernels and build.args == (("convattn_cbam",),)
+    assert main(argv + ["--jobs", "2", "--variants", "cbam,aacn"]) == 0
+    assert seen["order"] == ["cbam", "aacn"] and seen["prepare"] == {}
+    assert main(argv + ["--jobs", "1"]) == 0
+    assert seen["prepare"] == {}
 
 
 def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):

@@ -17,6 +17,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,14 @@ DEMO_LOC_SIZE = 500
 # against 558 s for the same runs one after another with two threads; and one thread per run keeps
 # steps fast when another process shares the machine (two threads of one step then wait on each
 # other, 2.7-3x slower than one thread). docs/demo.md has the measurements.
-#: The demo's runs, longest first (seconds per epoch), so that parallel runs end together.
-LONGEST_FIRST = ("cbam", "plain", "aacn", "stn")
+#: The order the demo's runs start in. Two at a time, the longest (CBAM: its epochs and its kernels'
+#: build) goes beside the others: STN (the shortest) and CBAM in one worker, plain and AACN in the
+#: other, which builds CBAM's kernels before it trains plain, so that they are ready when CBAM starts.
+START_ORDER = ("stn", "plain", "cbam", "aacn")
+
+#: The C++ kernel libraries a variant's layers run (:mod:`convattn.layers._ext`); the run that starts
+#: just before it builds them first, in its own worker.
+KERNELS = {"cbam": ("convattn_cbam",)}
 
 
 def usable_cores() -> int:
@@ -84,8 +92,16 @@ class _Prefixed:
         return False
 
 
-def _train_chain(cfg_dicts: list[dict], force: bool, threads: int | None, prefix: str | None) -> tuple[dict, str, float]:
-    """Train ``cfg_dicts`` in order (each may start from the one before): ``(last results, how, seconds)``."""
+def _train_chain(
+    cfg_dicts: list[dict],
+    force: bool,
+    threads: int | None,
+    prefix: str | None,
+    prepare: Callable[[], Any] | None = None,
+    after: Callable[[dict], dict] | None = None,
+) -> tuple[dict, str, float]:
+    """``prepare()``, then train ``cfg_dicts`` in order (each may start from the one before), each run's
+    results passed through ``after``: ``(last results, how, seconds)``."""
     import torch
 
     from ..engine import TrainConfig
@@ -97,8 +113,12 @@ def _train_chain(cfg_dicts: list[dict], force: bool, threads: int | None, prefix
         torch.set_num_threads(threads)
     start, hows, res = time.perf_counter(), [], {}
     try:
+        if prepare is not None:
+            prepare()
         for cfg_dict in cfg_dicts:
             res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
+            if after is not None:
+                res = after(res)
             hows.append(how)
     finally:  # a worker process trains the next chain with the next prefix
         sys.stderr = stderr
@@ -121,6 +141,8 @@ def train_runs(
     threads: int | None = None,
     force: bool = False,
     on_done: Callable[[Any, dict, str, float], None] | None = None,
+    prepare: dict[Any, Callable[[], Any]] | None = None,
+    after: Callable[[dict], dict] | None = None,
 ) -> dict[Any, tuple[dict[str, Any], str, float]]:
     """Train each chain of ``TrainConfig`` s (in order, in one process), ``jobs`` chains at a time.
 
@@ -129,6 +151,9 @@ def train_runs(
     failing run stops the others; ``jobs == 1`` trains here (``threads``, when
     given, is set for the runs and restored). Chains start in the order given. Finished
     identical runs are reused and unfinished ones resumed (:func:`train_or_reuse`).
+    ``prepare[key]()`` runs before that chain's first run, and ``after(results)`` after each
+    run, in the process that trains it, its return value taking the results' place (with
+    ``jobs > 1`` both must pickle: module-level functions, or ``functools.partial`` of one).
 
     Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
     by "+", seconds)}``; ``on_done(key, results, how, seconds)`` is called as each chain ends.
@@ -138,6 +163,7 @@ def train_runs(
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     dicts = {key: [c.to_dict() for c in cfgs] for key, cfgs in chains.items()}
+    prepare = prepare or {}
     done: dict[Any, tuple[dict[str, Any], str, float]] = {}
 
     def finish(key: Any, out: tuple[dict[str, Any], str, float]) -> None:
@@ -151,7 +177,7 @@ def train_runs(
         before = torch.get_num_threads()
         try:
             for key, cfgs in dicts.items():
-                finish(key, _train_chain(cfgs, force, threads, None))
+                finish(key, _train_chain(cfgs, force, threads, None, prepare.get(key), after))
         finally:
             torch.set_num_threads(before)
         return done
@@ -160,7 +186,7 @@ def train_runs(
     jobs = min(jobs, len(dicts))
     if threads is None:
         threads = max(1, usable_cores() // jobs)
-    work = [(key, cfgs, force, threads, f"[{_label(key)}] ") for key, cfgs in dicts.items()]
+    work = [(key, cfgs, force, threads, f"[{_label(key)}] ", prepare.get(key), after) for key, cfgs in dicts.items()]
     # leaving the block terminates the workers: a failed run or Ctrl-C starts nothing more
     # (runs cut short keep their last.pt and resume)
     with mp.get_context("spawn").Pool(jobs) as pool:
@@ -263,36 +289,57 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _figures(rows: list[dict[str, Any]], out: Path) -> tuple[list[str], str | None]:
-    """Attention figures per run and the HTML report, when ``convattn.viz`` provides them."""
-    try:
-        from ..viz import visualize_run, write_report
-    except ImportError as exc:
-        return [f"figures skipped: convattn.viz is not available ({exc})"], None
-    notes = []
-    for row in rows:
-        run_dir = Path(row["run_dir"])
-        fig_dir = run_dir / "figures"
-        paths = visualize_run(run_dir, count=8, out_dir=fig_dir)
-        notes.append(f"{row['variant']}: {len(paths)} figures in {fig_dir}")
-    report = write_report([Path(r["run_dir"]) for r in rows], out / "report.html")
-    return notes, str(report)
+def _build_kernels(libraries: tuple[str, ...]) -> None:
+    """Build (or find built) the C++ kernel ``libraries``; a failed build is left to the runs that need them
+    (they warn and use the PyTorch-op paths)."""
+    from ..layers import _ext
+
+    if _ext.extensions_enabled():
+        try:
+            _ext.build(libraries)
+        except Exception:  # noqa: BLE001 - reported by the layer that loads them, with the fallback it takes
+            pass
+
+
+def _score_and_draw(
+    res: dict[str, Any], *, loc_size: int | None, device: str, viz: bool, progress: bool = False
+) -> dict[str, Any]:
+    """After a run, in the process that trained it: score its maps against the test digits' boxes
+    (``loc_size`` images, unless results.json holds those scores; ``None``: no scoring) and draw its
+    attention figures (``viz``)."""
+    run_dir = Path(res["run_dir"])
+    if loc_size is not None:
+        res["localization"] = _localization(res, images=loc_size, device=device, progress=progress)
+    if viz:
+        try:
+            from ..viz import visualize_run
+        except ImportError as exc:
+            res["figures"] = f"figures skipped: convattn.viz is not available ({exc})"
+        else:
+            fig_dir = run_dir / "figures"
+            res["figures"] = f"{len(visualize_run(run_dir, count=8, out_dir=fig_dir))} figures in {fig_dir}"
+    return res
+
+
+def _localization(res: dict[str, Any], *, images: int, device: str = "auto", progress: bool = False) -> dict[str, Any]:
+    """The run's localisation scores on ``images`` test images: those in results.json, else scored now
+    (:func:`convattn.eval.localize_run`, which stores them there)."""
+    from ..eval import localize_run
+
+    loc = res.get("localization")
+    if isinstance(loc, dict) and loc.get("split") == "test" and loc.get("images") == images:
+        return loc
+    return localize_run(res["run_dir"], split="test", size=images, device=device, progress=progress)
 
 
 def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False) -> str:
-    """Score every run's spatial attention maps, transformer windows and Grad-CAM against the test
-    digits' boxes (:func:`convattn.eval.localize_run`, stored in each run's results.json; runs that
-    already hold scores for ``images`` test images are not scored again) and tabulate them."""
+    """Tabulate how well every run's spatial attention maps, transformer window and Grad-CAM find the
+    test digits' boxes (scored here for runs whose results do not hold scores on ``images`` test images)."""
     from tabulate import tabulate
-
-    from ..eval import localize_run
 
     table, loc = [], None
     for r in rows:
-        loc = r.get("localization")
-        if not (isinstance(loc, dict) and loc.get("split") == "test" and loc.get("images") == images):
-            loc = localize_run(r["run_dir"], split="test", size=images, device=device, progress=progress)
-            r["localization"] = loc
+        loc = r["localization"] = _localization(r, images=images, device=device, progress=progress)
         for name, m in loc["maps"].items():
             shown = f"Grad-CAM ({m['layer']})" if m["kind"] == "grad-cam" else name
             table.append((r["variant"], shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
@@ -353,8 +400,17 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     def done(v: str, res: dict[str, Any], how: str, secs: float) -> None:
         print(f"[demo] {v}: {how} in {secs:.0f} s, test accuracy {100 * res['test_acc']:.1f}%", file=sys.stderr, flush=True)
 
-    order = sorted(variants, key=lambda v: LONGEST_FIRST.index(v) if v in LONGEST_FIRST else len(LONGEST_FIRST))
-    results = train_runs({v: [configs[v]] for v in order}, jobs=jobs, threads=threads, force=args.force, on_done=done)
+    order = sorted(variants, key=lambda v: START_ORDER.index(v) if v in START_ORDER else len(START_ORDER))
+    builds: dict[str, tuple[str, ...]] = {}
+    if jobs > 1:  # the run started just before one that needs kernels builds them first (START_ORDER)
+        for before, v in zip(order, order[1:]):
+            builds[before] = builds.get(before, ()) + KERNELS.get(v, ())
+    prepare = {v: partial(_build_kernels, libraries) for v, libraries in builds.items() if libraries}
+    # each run's localisation scores and figures are made where it trained, beside the runs still training
+    after = partial(_score_and_draw, loc_size=args.loc_size if args.localization else None, device=args.device,
+                    viz=not args.no_viz, progress=not args.no_progress and jobs == 1)
+    results = train_runs({v: [configs[v]] for v in order}, jobs=jobs, threads=threads, force=args.force, on_done=done,
+                         prepare=prepare, after=after)
     for v in variants:
         res, how, _ = results[v]
         rows.append({"variant": v, "run_dir": res.get("run_dir", configs[v].out), "how": how, **res})
@@ -366,20 +422,22 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     print(tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
                    disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left")))
     print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
-          f"seed {args.seed}, {jobs} run(s) at a time, {threads} thread(s) each); training {time.perf_counter() - start:.0f} s")
+          f"seed {args.seed}, {jobs} run(s) at a time, {threads} thread(s) each); "
+          f"training, localisation scores and figures {time.perf_counter() - start:.0f} s")
     reused = [r["variant"] for r in rows if r["how"] == "reused"]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
     if args.localization:
-        loc_start = time.perf_counter()
         print()
         print(localization_table(rows, images=args.loc_size, device=args.device, progress=not args.no_progress))
-        print(f"localisation: {time.perf_counter() - loc_start:.0f} s")
     if not args.no_viz:
-        notes, report = _figures(rows, out)
-        for n in notes:
-            print(n)
-        if report:
-            print(f"report: {report}")
+        for r in rows:
+            print(f"{r['variant']}: {r['figures']}")
+        try:
+            from ..viz import write_report
+        except ImportError:
+            pass
+        else:
+            print(f"report: {write_report([Path(r['run_dir']) for r in rows], out / 'report.html')}")
     print(f"total time {time.perf_counter() - start:.0f} s")
     return 0
