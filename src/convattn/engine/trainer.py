@@ -42,6 +42,7 @@ from .data import (
     make_train_loader,
     seed_everything,
 )
+from .memory import keep_freed_memory
 from .optim import WarmupSchedule, build_optimizer
 
 __all__ = [
@@ -927,6 +928,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None) -> di
         if finished is not None:
             return finished
     ctx = D.setup(config.device)
+    if ctx.device.type == "cpu":
+        keep_freed_memory()
     try:
         return _Trainer(config, ctx, resume).run()
     finally:
