@@ -13,7 +13,8 @@
    from scratch (``--recipe joint``); and ``aacn-staged``, the staged recipe started
    from a finished plain run within the same epoch budget: the plain backbone trained
    for ⌈2/3⌉ of the epochs (its own run, ``plain-e<N>-s<seed>``), then ``--init-from``
-   that run the attention/decision stages for the remaining epochs.
+   that run the attention/decision stages for the remaining epochs; ``plain-staged``, its
+   control: the same plain run and the same one-epoch cycles, without heads.
    Default: 3 seeds × 6 variants; ``--jobs 2 --threads 1`` trains two runs at once
    (the faster way on a 2-core CPU).
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
@@ -48,6 +49,10 @@ CLUTTERED_VARIANTS = {
     **VARIANTS,  # plain, cbam, stn and aacn (the staged recipe in one run, as in the demo)
     "aacn-joint": {"model": "aacn", "attention": None, "recipe": "joint"},
     "aacn-staged": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
+    # aacn-staged's schedule without the heads: the same plain run, then the same one-epoch cosine cycles
+    # with the same patience, training the whole backbone (what the heads add beyond the restarts)
+    "plain-staged": {"model": "simple_cnn", "attention": None, "from_plain": True, "stage_mode": "alternate",
+                     "stages": [{"name": "first", "epochs": 1}, {"name": "second", "epochs": 1}]},
 }
 
 
@@ -187,8 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         p.error("--jobs and --threads take integers >= 1")
-    if args.epochs < 1 or ("aacn-staged" in args.variants and args.epochs < 2):
-        p.error("--epochs takes an integer >= 1 (>= 2 with aacn-staged: features, then attention / decision)")
+    if args.epochs < 1 or (any(CLUTTERED_VARIANTS.get(v, {}).get("from_plain") for v in args.variants) and args.epochs < 2):
+        p.error("--epochs takes an integer >= 1 (>= 2 with aacn-staged / plain-staged: the plain run, then the cycles)")
     unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")

@@ -12,8 +12,7 @@ from convattn.engine.memory import keep_freed_memory
 
 # A fresh interpreter (one thread) allocates and fills six 8 MiB tensors and frees them, 20 times (a
 # training step's activations, in small), and prints the page faults of the last 19 rounds: each first
-# write to a page is one. In a real epoch (simple_cnn, 2,000 cluttered digits, one thread) they fell from
-# about 770,000 to 130,000 and the epoch took 13 % less time.
+# write to a page is one (docs/training.md has what this does to a training epoch).
 _PROBE = textwrap.dedent(
     """
     import resource, sys, torch

@@ -3,9 +3,9 @@
 Every training step frees and allocates again the same activations. glibc's ``malloc`` gives
 large freed blocks back to the operating system (``munmap``, or trimming the top of its
 heap), so each step writes to fresh pages, and each first write to a page is a page fault
-in which the kernel zeroes it. ``simple_cnn`` on 60×60 images, batch 32, one thread: 11,000 to
-19,000 page faults per step and a 1.2–1.4× longer step than with the memory kept
-(``docs/training.md`` has the measurement). :func:`keep_freed_memory` serves blocks of up to
+in which the kernel zeroes it: an epoch of ``simple_cnn`` on cluttered digits took 1.1× as long
+as with the memory kept, and up to 1.4× in runs where glibc's adaptive thresholds returned more
+(``benchmarks/cpu_malloc.py``; ``docs/training.md``). :func:`keep_freed_memory` serves blocks of up to
 32 MiB (glibc's largest setting) from the heap and keeps up to 1 GiB free at its top; the
 process's peak memory, which training reaches every step, stays about the same.
 """
