@@ -4,18 +4,18 @@
    block (blended in from the identity), behind a spatial transformer (``stn_cnn``:
    scale + translation, 40×40 view, localisation net at 1/10 the lr), and as the
    multi-branch attention network (``aacn``, attention heads after the last block) with its
-   staged recipe in one run (``convattn train --model aacn``: the feature branch for
-   ⌈2/3⌉ of the epochs, then the attention + decision branches with the features
-   frozen and α·L_attn, and the feature + decision branches with the attention frozen,
-   alternating) - the demo's recipe (``convattn.cli.demo.VARIANTS`` with each model's
-   default recipe: AdamW, lr 5e-3, cosine, batch 32, channels_last) on
-   6,000 training images for 6 epochs; ``aacn-joint``, every branch trained together
-   from scratch (``--recipe joint``); and ``aacn-staged``, the staged recipe started
-   from a finished plain run within the same epoch budget: the plain backbone trained
-   for ⌈2/3⌉ of the epochs (its own run, ``plain-e<N>-s<seed>``), then ``--init-from``
-   that run the attention/decision stages for the remaining epochs; ``plain-staged``, its
-   control: the same plain run and the same one-epoch cycles, without heads.
-   Default: 3 seeds × 6 variants; ``--jobs 2 --threads 1`` trains two runs at once
+   staged recipe, its feature branch taken from a finished plain run within the same epoch
+   budget: the plain backbone trained for ⌈2/3⌉ of the epochs (its own run,
+   ``plain-e<N>-s<seed>``), then from it (``--init-from``) the attention + decision branches
+   with the features frozen and α·L_attn, and the feature + decision branches with the
+   attention frozen, alternating, for the rest - the demo's variants
+   (``convattn.cli.demo.VARIANTS`` with each model's default recipe: AdamW, lr 5e-3, cosine,
+   batch 32, channels_last) on 6,000 training images for 6 epochs. Also ``aacn-one-run``,
+   the staged recipe in one run (``convattn train --model aacn``: its own feature stage
+   first); ``aacn-joint``, every branch trained together from scratch (``--recipe joint``);
+   and ``plain-staged``, the control for ``aacn``: the same plain run and the same one-epoch
+   cycles, without heads.
+   Default: 3 seeds × 7 variants; ``--jobs 2 --threads 1`` trains two runs at once
    (the faster way on a 2-core CPU).
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
    when the files are under ``--data-dir`` (skipped with a message otherwise).
@@ -42,15 +42,15 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import DATASET, VARIANTS, train_or_reuse, train_runs
+from convattn.cli.demo import DATASET, VARIANTS, plain_epochs, train_or_reuse, train_runs, variant_configs
 from convattn.exceptions import DatasetNotFoundError
 
 CLUTTERED_VARIANTS = {
-    **VARIANTS,  # plain, cbam, stn and aacn (the staged recipe in one run, as in the demo)
+    **VARIANTS,  # plain, cbam, stn and aacn (the staged recipe from a plain run), as in the demo
+    "aacn-one-run": {"model": "aacn", "attention": None, "recipe": "staged"},
     "aacn-joint": {"model": "aacn", "attention": None, "recipe": "joint"},
-    "aacn-staged": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
-    # aacn-staged's schedule without the heads: the same plain run, then the same one-epoch cosine cycles
-    # with the same patience, training the whole backbone (what the heads add beyond the restarts)
+    # aacn's schedule without the heads: the same plain run, then the same one-epoch cosine cycles
+    # with the same patience, training the whole plain network (what the heads add beyond the restarts)
     "plain-staged": {"model": "simple_cnn", "attention": None, "from_plain": True, "stage_mode": "alternate",
                      "stages": [{"name": "first", "epochs": 1}, {"name": "second", "epochs": 1}]},
 }
@@ -99,26 +99,15 @@ def run_cluttered(args: argparse.Namespace) -> list[dict]:
 
 
 def _configs(args: argparse.Namespace, variant: str, seed: int) -> list:
-    """The runs of one variant and seed, in training order (the last one is scored)."""
-    from convattn.engine.recipes import AACN_FEATURE_SHARE, resolve_config
-
+    """The runs of one variant and seed, in training order (the last one is scored); the plain run a
+    ``from_plain`` variant starts from is ``plain-e<N>-s<seed>``, shared by those variants."""
     root = Path(args.out) / "cluttered-digits"
-    common = dict(
+    return variant_configs(
+        CLUTTERED_VARIANTS[variant], out=root / f"{variant}-s{seed}",
+        plain_out=root / f"plain-e{plain_epochs(args.epochs)}-s{seed}", epochs=args.epochs,
         train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
         seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
     )
-    spec = dict(CLUTTERED_VARIANTS[variant])
-    if not spec.pop("from_plain", False):
-        config, _ = resolve_config({"dataset": DATASET, **spec, "out": str(root / f"{variant}-s{seed}"), "epochs": args.epochs,
-                                    **common})
-        return [config]
-    # the feature branch as the plain backbone: its epochs count toward the budget
-    features = max(1, min(args.epochs - 1, math.ceil(AACN_FEATURE_SHARE * args.epochs)))
-    plain, _ = resolve_config({"dataset": DATASET, **VARIANTS["plain"], "out": str(root / f"plain-e{features}-s{seed}"),
-                               "epochs": features, **common})
-    staged, _ = resolve_config({"dataset": DATASET, **spec, "init_from": plain.out, "epochs": args.epochs - features,
-                                "out": str(root / f"{variant}-s{seed}"), **common})
-    return [plain, staged]
 
 
 def run_fashion(args: argparse.Namespace) -> list[dict]:
@@ -193,7 +182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         p.error("--jobs and --threads take integers >= 1")
     if args.epochs < 1 or (any(CLUTTERED_VARIANTS.get(v, {}).get("from_plain") for v in args.variants) and args.epochs < 2):
-        p.error("--epochs takes an integer >= 1 (>= 2 with aacn-staged / plain-staged: the plain run, then the cycles)")
+        p.error("--epochs takes an integer >= 1 (>= 2 with aacn / plain-staged: the plain run, then their own)")
     unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")

@@ -36,18 +36,26 @@ def fake_train(monkeypatch):
 
 
 def test_configs_share_the_recipe(tmp_path):
-    cfgs = {v: demo.make_config(v, out=tmp_path / v, epochs=2, train_size=100) for v in demo.VARIANTS}
+    chains = {v: demo.make_configs(v, out=tmp_path / v, epochs=6, train_size=100) for v in demo.VARIANTS}
+    cfgs = {v: chain[-1] for v, chain in chains.items()}
     assert {v: (c.model, c.attention) for v, c in cfgs.items()} == {
         "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None), "aacn": ("aacn", None)}
     for c in cfgs.values():
-        assert c.dataset == "cluttered-digits" and c.epochs == 2 and c.train_size == 100
+        assert c.dataset == "cluttered-digits" and c.train_size == 100
         assert (c.optimizer, c.lr, c.schedule, c.batch_size) == ("adamw", 5e-3, "cosine", 32)  # the models' recipe
-    # AACN's staged recipe in the same budget: the feature branch once, then attention / decision alternating
-    aacn = cfgs["aacn"]
-    assert (aacn.recipe, aacn.stage_mode) == ("staged", "alternate")
-    assert [(s["name"], s["epochs"]) for s in aacn.stages] == [("features", 1), ("attention", 1), ("decision", 1)]
+    assert [c.epochs for v, c in cfgs.items() if v != "aacn"] == [6, 6, 6]
+    # AACN in the same budget: the plain backbone for 4 epochs (a run of its own), then the staged recipe
+    # from it, attention / decision alternating, for 2
+    plain, aacn = chains["aacn"]
+    assert (plain.model, plain.attention, plain.epochs, plain.out) == ("simple_cnn", None, 4, str(tmp_path / "aacn-plain"))
+    assert plain.to_dict() == {**chains["plain"][0].to_dict(), "epochs": 4, "out": plain.out}
+    assert (aacn.recipe, aacn.stage_mode, aacn.epochs, aacn.init_from) == ("staged", "alternate", 2, plain.out)
+    assert [(s["name"], s["epochs"]) for s in aacn.stages] == [("attention", 1), ("decision", 1)]
     with pytest.raises(ConfigError, match="unknown demo variant"):
-        demo.make_config("se", out=tmp_path)
+        demo.make_configs("se", out=tmp_path)
+    with pytest.raises(ConfigError, match="aacn starts from a plain run: it needs epochs >= 2"):
+        demo.make_configs("aacn", out=tmp_path, epochs=1)
+    assert [demo.plain_epochs(e) for e in (2, 3, 6, 12)] == [1, 2, 4, 8]
 
 
 def test_variant_models_build_with_their_options(tmp_path):
@@ -56,7 +64,7 @@ def test_variant_models_build_with_their_options(tmp_path):
 
     from convattn.models import create_model
 
-    cbam = demo.make_config("cbam", out=tmp_path / "c")
+    (cbam,) = demo.make_configs("cbam", out=tmp_path / "c")
     net = create_model(cbam.model, num_classes=10, in_chans=1, attention=cbam.attention, **cbam.model_kwargs)
     plain = create_model("simple_cnn", num_classes=10, in_chans=1)
     plain.load_state_dict({k: v for k, v in net.state_dict().items() if ".attn." not in k})
@@ -64,34 +72,37 @@ def test_variant_models_build_with_their_options(tmp_path):
     net.eval(), plain.eval()
     torch.testing.assert_close(net(x), plain(x))
 
-    stn = demo.make_config("stn", out=tmp_path / "s")
+    (stn,) = demo.make_configs("stn", out=tmp_path / "s")
     net = create_model(stn.model, num_classes=10, in_chans=1, **stn.model_kwargs)
     assert set(stn.lr_mult) <= set(net.param_groups())
     assert net.transformed(torch.randn(1, 1, 60, 60)).shape[-2:] == tuple(stn.model_kwargs["out_size"])
 
 
 def test_demo_prints_table_and_reuses_runs(tmp_path, fake_train, capsys):
-    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--no-localization", "--no-viz",
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "2", "--train-size", "10", "--no-localization", "--no-viz",
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert len(fake_train) == 4
+    assert len(fake_train) == 5  # AACN's plain run, then AACN from it
+    (plain_run, _), (aacn_run, _) = [c for c in fake_train if "aacn" in c[0].out]
+    assert (plain_run.out, aacn_run.init_from) == (str(tmp_path / "aacn-plain"),) * 2
     for v, acc in (("plain", "50.0"), ("cbam", "60.0"), ("stn", "70.0"), ("aacn", "80.0")):
         line = next(l for l in out.splitlines() if l.startswith(v))
         assert acc in line and str(tmp_path / v) in line and "1,234" in line
+    assert f"aacn: simple_cnn for the first 1 of the 2 epochs ({tmp_path / 'aacn-plain'}), then aacn from it" in out
     # a second run reuses the finished runs
     assert main(argv) == 0
-    assert len(fake_train) == 4
+    assert len(fake_train) == 5
     assert "reused finished runs: plain, cbam, stn, aacn" in capsys.readouterr().out
     # other settings in an existing run directory: an error, unless --force
-    assert main(argv[:-2] + ["--epochs", "2", "--no-progress", "--variants", "plain"]) == 2
+    assert main(argv[:-2] + ["--epochs", "3", "--no-progress", "--variants", "plain"]) == 2
     assert "other settings" in capsys.readouterr().err
-    assert main(argv + ["--epochs", "2", "--variants", "plain", "--force"]) == 0
-    assert len(fake_train) == 5 and fake_train[-1][0].epochs == 2
+    assert main(argv + ["--epochs", "3", "--variants", "plain", "--force"]) == 0
+    assert len(fake_train) == 6 and fake_train[-1][0].epochs == 3
 
 
 def test_unfinished_run_is_resumed(tmp_path, fake_train):
-    cfg = demo.make_config("plain", out=tmp_path / "plain", epochs=1, train_size=10)
+    (cfg,) = demo.make_configs("plain", out=tmp_path / "plain", epochs=1, train_size=10)
     (tmp_path / "plain").mkdir()
     cfg.to_yaml(tmp_path / "plain" / "config.yaml")
     (tmp_path / "plain" / "last.pt").write_bytes(b"")
@@ -126,7 +137,7 @@ def test_demo_scores_localisation_once(tmp_path, fake_train, monkeypatch, capsys
     import pathlib
 
     monkeypatch.setattr(convattn.eval, "localize_run", localize_run)
-    argv = ["demo", "--out", str(tmp_path), "--epochs", "1", "--train-size", "10", "--loc-size", "7", "--no-viz",
+    argv = ["demo", "--out", str(tmp_path), "--epochs", "2", "--train-size", "10", "--loc-size", "7", "--no-viz",
             "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ Re-running it reuses finished runs with the same settings and resumes unfinished
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -38,10 +39,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # (at first the whole canvas), the classifier reads it; the localisation net learns at 1/10 the lr
     "stn": {"model": "stn_cnn", "attention": None, "model_kwargs": {"out_size": [40, 40], "transform": "attention"},
             "lr_mult": {"localization": 0.1}},
-    # AACN's staged recipe in the same epoch budget: the feature branch first (the backbone, heads at
-    # their average-pooling initialisation), then attention + decision with the features frozen and
-    # features + decision with the attention frozen, alternating (convattn train --model aacn --recipe staged)
-    "aacn": {"model": "aacn", "attention": None, "recipe": "staged"},
+    # AACN's staged recipe in the same epoch budget, its feature branch taken from a finished plain run:
+    # simple_cnn for 2/3 of the epochs (a run of its own), then from it (init_from) attention + decision
+    # with the features frozen and features + decision with the attention frozen, alternating. Trained
+    # in one run instead (the recipe's own feature stage), AACN trailed plain (README).
+    "aacn": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
 }
 
 #: The demo's data; each variant trains with its model's default recipe
@@ -100,8 +102,8 @@ def _train_chain(
     prepare: Callable[[], Any] | None = None,
     after: Callable[[dict], dict] | None = None,
 ) -> tuple[dict, str, float]:
-    """``prepare()``, then train ``cfg_dicts`` in order (each may start from the one before), each run's
-    results passed through ``after``: ``(last results, how, seconds)``."""
+    """``prepare()``, then train ``cfg_dicts`` in order (each may start from the one before): ``(the last run's
+    results passed through ``after``, how, seconds)``."""
     import torch
 
     from ..engine import TrainConfig
@@ -117,9 +119,9 @@ def _train_chain(
             prepare()
         for cfg_dict in cfg_dicts:
             res, how = train_or_reuse(TrainConfig.from_dict(cfg_dict), force=force)
-            if after is not None:
-                res = after(res)
             hows.append(how)
+        if after is not None:
+            res = after(res)
     finally:  # a worker process trains the next chain with the next prefix
         sys.stderr = stderr
     return res, "+".join(hows), time.perf_counter() - start
@@ -151,8 +153,8 @@ def train_runs(
     failing run stops the others; ``jobs == 1`` trains here (``threads``, when
     given, is set for the runs and restored). Chains start in the order given. Finished
     identical runs are reused and unfinished ones resumed (:func:`train_or_reuse`).
-    ``prepare[key]()`` runs before that chain's first run, and ``after(results)`` after each
-    run, in the process that trains it, its return value taking the results' place (with
+    ``prepare[key]()`` runs before that chain's first run, and ``after(results)`` after its last
+    run, in the process that trains the chain, its return value taking the results' place (with
     ``jobs > 1`` both must pickle: module-level functions, or ``functools.partial`` of one).
 
     Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
@@ -204,15 +206,46 @@ examples:
 """
 
 
-def make_config(variant: str, *, out: str | Path, **overrides: Any):
-    """The ``TrainConfig`` of one demo / benchmark variant: the variant's fields and ``overrides`` over
-    its model's recipe (:func:`convattn.engine.resolve_config`; it supplies AACN's stages)."""
-    from ..engine import resolve_config
+def plain_epochs(epochs: int) -> int:
+    """Epochs of the plain run a ``from_plain`` variant starts from: 2/3 of ``epochs`` rounded up,
+    leaving at least one (the share of AACN's recipe, ``convattn.engine.recipes.AACN_FEATURE_SHARE``)."""
+    from ..engine.recipes import AACN_FEATURE_SHARE
 
+    return max(1, min(epochs - 1, math.ceil(AACN_FEATURE_SHARE * epochs)))
+
+
+def variant_configs(spec: dict[str, Any], *, out: str | Path, plain_out: str | Path | None = None,
+                    **overrides: Any) -> list:
+    """The runs of a variant in training order, its own run last.
+
+    ``spec`` is ``TrainConfig`` fields over the model's recipe (:func:`convattn.engine.resolve_config`),
+    ``overrides`` go over both. With ``from_plain: true`` in ``spec``, the runs are the plain
+    backbone (``VARIANTS["plain"]``) for :func:`plain_epochs` of the ``epochs`` into ``plain_out``
+    (default ``<out>-plain``), then the variant from it (``init_from``) for the remaining epochs.
+    """
+    from ..engine import TrainConfig, resolve_config
+
+    spec = dict(spec)
+    if not spec.pop("from_plain", False):
+        return [resolve_config({"dataset": DATASET, **spec, **overrides, "out": str(out)})[0]]
+    epochs = int(overrides.get("epochs", TrainConfig().epochs))
+    if epochs < 2:
+        raise ConfigError(f"{spec['model']} starts from a plain run: it needs epochs >= 2 "
+                          f"(the plain run, then its own), got {epochs}")
+    first = plain_epochs(epochs)
+    plain_out = Path(plain_out) if plain_out is not None else Path(f"{out}-plain")
+    plain, _ = resolve_config({"dataset": DATASET, **VARIANTS["plain"], **overrides, "epochs": first,
+                               "out": str(plain_out)})
+    own, _ = resolve_config({"dataset": DATASET, **spec, **overrides, "epochs": epochs - first,
+                             "init_from": str(plain_out), "out": str(out)})
+    return [plain, own]
+
+
+def make_configs(variant: str, *, out: str | Path, **overrides: Any) -> list:
+    """The runs of one demo variant (:func:`variant_configs` of ``VARIANTS[variant]``), its own run last."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown demo variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    config, _ = resolve_config({"dataset": DATASET, **VARIANTS[variant], **overrides, "out": str(out)})
-    return config
+    return variant_configs(VARIANTS[variant], out=out, **overrides)
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +299,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="parent of the run directories (default: runs/demo)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per variant (default: {DEMO_EPOCHS})")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"epochs per variant, AACN's plain run included (default: {DEMO_EPOCHS})")
     p.add_argument("--train-size", type=int, default=DEMO_TRAIN_SIZE,
                    help=f"training images (default: {DEMO_TRAIN_SIZE})")
     p.add_argument("--val-size", type=int, default=DEMO_VAL_SIZE, help=f"validation images (default: {DEMO_VAL_SIZE})")
@@ -385,16 +418,24 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     rows = []
     start = time.perf_counter()
     jobs, threads = _jobs_and_threads(args, len(variants))
-    configs = {}
+    configs, notes = {}, []
     for v in variants:
-        configs[v] = make_config(
+        configs[v] = make_configs(
             v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
             test_size=args.test_size, seed=args.seed, device=args.device,
             progress=not args.no_progress and jobs == 1, tensorboard=False,
         )
-        cfg = configs[v]
-        print(f"[demo] {v}: {cfg.model}" + (f" + {cfg.attention}" if cfg.attention else "")
-              + f", {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+        *before, cfg = configs[v]
+        name = cfg.model + (f" + {cfg.attention}" if cfg.attention else "")
+        if before:  # a from_plain variant: its plain run, then the variant from it
+            plain = before[0]
+            print(f"[demo] {v}: {plain.model} for {plain.epochs} epochs -> {plain.out}, then {name} from it for "
+                  f"{cfg.epochs}, on {cfg.train_size} {cfg.dataset} images -> {cfg.out}", file=sys.stderr)
+            notes.append(f"{v}: {plain.model} for the first {plain.epochs} of the {plain.epochs + cfg.epochs} epochs "
+                         f"({plain.out}), then {cfg.model} from it (s/epoch: the last {cfg.epochs})")
+        else:
+            print(f"[demo] {v}: {name}, {cfg.epochs} epochs on {cfg.train_size} {cfg.dataset} images -> {cfg.out}",
+                  file=sys.stderr)
     print(f"[demo] {jobs} run(s) at a time, {threads} thread(s) each", file=sys.stderr, flush=True)
 
     def done(v: str, res: dict[str, Any], how: str, secs: float) -> None:
@@ -409,11 +450,11 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     # each run's localisation scores and figures are made where it trained, beside the runs still training
     after = partial(_score_and_draw, loc_size=args.loc_size if args.localization else None, device=args.device,
                     viz=not args.no_viz, progress=not args.no_progress and jobs == 1)
-    results = train_runs({v: [configs[v]] for v in order}, jobs=jobs, threads=threads, force=args.force, on_done=done,
+    results = train_runs({v: configs[v] for v in order}, jobs=jobs, threads=threads, force=args.force, on_done=done,
                          prepare=prepare, after=after)
     for v in variants:
         res, how, _ = results[v]
-        rows.append({"variant": v, "run_dir": res.get("run_dir", configs[v].out), "how": how, **res})
+        rows.append({"variant": v, "run_dir": res.get("run_dir", configs[v][-1].out), "how": how, **res})
     table = [
         (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]].get("attention") or "-",
          f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
@@ -424,7 +465,9 @@ def _run(args: argparse.Namespace, variants: list[str]) -> int:
     print(f"\ncluttered-digits ({args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
           f"seed {args.seed}, {jobs} run(s) at a time, {threads} thread(s) each); "
           f"training, localisation scores and figures {time.perf_counter() - start:.0f} s")
-    reused = [r["variant"] for r in rows if r["how"] == "reused"]
+    for note in notes:
+        print(note)
+    reused = [r["variant"] for r in rows if set(r["how"].split("+")) == {"reused"}]
     if reused:
         print(f"reused finished runs: {', '.join(reused)} (--force retrains)")
     if args.localization:
