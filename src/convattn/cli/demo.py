@@ -1,6 +1,6 @@
 """``convattn demo``: the same small CNN trained plain, with CBAM and behind a spatial
 transformer, and AACN (attention-pooling heads on that backbone) with its staged recipe,
-on the embedded cluttered-digits dataset (nothing to download), then a
+started from a plain run within the same epochs, on the embedded cluttered-digits dataset (nothing to download), then a
 table of test accuracy, parameters and time per epoch, a table of how well each
 run's attention finds the digit (CBAM's spatial maps, AACN's heads, the transformer's
 sampling window and Grad-CAM against the digit's box), attention-map figures per run and an
