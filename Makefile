@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/speed_targets.py --quick --threads 1
 	$(PY) benchmarks/cbam_vs_timm.py --resnet
 
-# Three seeds of every variant of benchmarks/train_accuracy.py (the demo's and the AACN controls): most of an hour on a 2-core CPU.
+# Three seeds of every variant of benchmarks/train_accuracy.py (the demo's and the AACN controls): about half an hour on a 2-core CPU (1,775 s for six of them, docs/demo.md).
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/train_accuracy.py --markdown --jobs 2 --threads 1
 
