@@ -42,7 +42,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import DATASET, VARIANTS, plain_epochs, train_or_reuse, train_runs, variant_configs
+from convattn.cli.demo import DATASET, VARIANTS, train_or_reuse, train_runs, variant_configs
+from convattn.engine.recipes import aacn_feature_epochs
 from convattn.exceptions import DatasetNotFoundError
 
 CLUTTERED_VARIANTS = {
@@ -104,7 +105,7 @@ def _configs(args: argparse.Namespace, variant: str, seed: int) -> list:
     root = Path(args.out) / "cluttered-digits"
     return variant_configs(
         CLUTTERED_VARIANTS[variant], out=root / f"{variant}-s{seed}",
-        plain_out=root / f"plain-e{plain_epochs(args.epochs)}-s{seed}", epochs=args.epochs,
+        plain_out=root / f"plain-e{aacn_feature_epochs(args.epochs)}-s{seed}", epochs=args.epochs,
         train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
         seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
     )

@@ -55,7 +55,9 @@ def test_configs_share_the_recipe(tmp_path):
         demo.make_configs("se", out=tmp_path)
     with pytest.raises(ConfigError, match="aacn starts from a plain run: it needs epochs >= 2"):
         demo.make_configs("aacn", out=tmp_path, epochs=1)
-    assert [demo.plain_epochs(e) for e in (2, 3, 6, 12)] == [1, 2, 4, 8]
+    from convattn.engine.recipes import aacn_feature_epochs
+
+    assert [aacn_feature_epochs(e) for e in (2, 3, 6, 12)] == [1, 2, 4, 8]
 
 
 def test_variant_models_build_with_their_options(tmp_path):

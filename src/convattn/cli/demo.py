@@ -13,7 +13,6 @@ Re-running it reuses finished runs with the same settings and resumes unfinished
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -206,24 +205,18 @@ examples:
 """
 
 
-def plain_epochs(epochs: int) -> int:
-    """Epochs of the plain run a ``from_plain`` variant starts from: 2/3 of ``epochs`` rounded up,
-    leaving at least one (the share of AACN's recipe, ``convattn.engine.recipes.AACN_FEATURE_SHARE``)."""
-    from ..engine.recipes import AACN_FEATURE_SHARE
-
-    return max(1, min(epochs - 1, math.ceil(AACN_FEATURE_SHARE * epochs)))
-
-
 def variant_configs(spec: dict[str, Any], *, out: str | Path, plain_out: str | Path | None = None,
                     **overrides: Any) -> list:
     """The runs of a variant in training order, its own run last.
 
     ``spec`` is ``TrainConfig`` fields over the model's recipe (:func:`convattn.engine.resolve_config`),
     ``overrides`` go over both. With ``from_plain: true`` in ``spec``, the runs are the plain
-    backbone (``VARIANTS["plain"]``) for :func:`plain_epochs` of the ``epochs`` into ``plain_out``
+    backbone (``VARIANTS["plain"]``) for AACN's feature share of the ``epochs``
+    (:func:`convattn.engine.recipes.aacn_feature_epochs`) into ``plain_out``
     (default ``<out>-plain``), then the variant from it (``init_from``) for the remaining epochs.
     """
     from ..engine import TrainConfig, resolve_config
+    from ..engine.recipes import aacn_feature_epochs
 
     spec = dict(spec)
     if not spec.pop("from_plain", False):
@@ -232,7 +225,7 @@ def variant_configs(spec: dict[str, Any], *, out: str | Path, plain_out: str | P
     if epochs < 2:
         raise ConfigError(f"{spec['model']} starts from a plain run: it needs epochs >= 2 "
                           f"(the plain run, then its own), got {epochs}")
-    first = plain_epochs(epochs)
+    first = aacn_feature_epochs(epochs)
     plain_out = Path(plain_out) if plain_out is not None else Path(f"{out}-plain")
     plain, _ = resolve_config({"dataset": DATASET, **VARIANTS["plain"], **overrides, "epochs": first,
                                "out": str(plain_out)})
@@ -330,7 +323,7 @@ def _build_kernels(libraries: tuple[str, ...]) -> None:
     if _ext.extensions_enabled():
         try:
             _ext.build(libraries)
-        except Exception:  # noqa: BLE001 - reported by the layer that loads them, with the fallback it takes
+        except Exception:  # reported by the layer that loads them, with the fallback it takes
             pass
 
 

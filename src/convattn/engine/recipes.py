@@ -24,7 +24,7 @@ from typing import Any, Callable
 from ..exceptions import ConfigError
 from .config import TrainConfig
 
-__all__ = ["RECIPES", "DEFAULT_RECIPES", "default_recipe", "list_recipes", "get_recipe", "resolve_config", "MAPPING_FIELDS"]
+__all__ = ["RECIPES", "DEFAULT_RECIPES", "default_recipe", "list_recipes", "get_recipe", "resolve_config", "MAPPING_FIELDS", "AACN_FEATURE_SHARE", "aacn_feature_epochs"]
 
 #: Fields merged key by key (recipe < file < flags) instead of replaced.
 MAPPING_FIELDS = ("model_kwargs", "attn_kwargs", "lr_mult")
@@ -61,6 +61,12 @@ _RESNET_SGD = {
 AACN_FEATURE_SHARE = 2 / 3
 
 
+def aacn_feature_epochs(epochs: int) -> int:
+    """Epochs of AACN's feature branch (stage (a), or the plain run it starts from) in an ``epochs``
+    budget: ``AACN_FEATURE_SHARE`` of it rounded up, at least 1, leaving at least 1 for the heads."""
+    return max(1, min(epochs - 1, math.ceil(AACN_FEATURE_SHARE * epochs)))
+
+
 def _aacn_staged(fields: dict[str, Any]) -> dict[str, Any]:
     """AACN's staged recipe for the ``epochs`` budget in ``fields``.
 
@@ -79,8 +85,7 @@ def _aacn_staged(fields: dict[str, Any]) -> dict[str, Any]:
         {"name": "decision", "epochs": 1, "train": ["backbone", "decision"], "alpha": 0.0},
     ]
     if not fields.get("init_from"):
-        features = max(1, min(epochs - 1, math.ceil(AACN_FEATURE_SHARE * epochs)))
-        stages.insert(0, {"name": "features", "epochs": features, "train": ["backbone", "decision"], "once": True})
+        stages.insert(0, {"name": "features", "epochs": aacn_feature_epochs(epochs), "train": ["backbone", "decision"], "once": True})
     # heads on the last stage only: on cluttered digits the earlier stages' heads neither point at
     # the digit nor help (mean best validation accuracy, seeds 0-2, 12 epochs: all three stages
     # 86.4 %, the last two 86.4 %, the last one 87.6 %; docs/training.md)
