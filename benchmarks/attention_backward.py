@@ -43,7 +43,7 @@ DEFAULT_NAMES = ["self_attn", "non_local", "danet_pam", "mhsa", "bottleneck_attn
 
 def _variant(name: str) -> None:
     if name == "sdpa":
-        functional._needs_double_backward_support = lambda *t: False
+        functional.double_backward_wrapper_may_run = lambda *t: False
 
 
 def _step(layer: torch.nn.Module, x: torch.Tensor) -> None:
@@ -62,19 +62,19 @@ def _setup(name: str, size: int, channels: int, batch: int) -> tuple[torch.nn.Mo
 
 def time_case(name: str, size: int, args: argparse.Namespace) -> dict:
     layer, x = _setup(name, size, args.channels, args.batch)
-    original = functional._needs_double_backward_support
+    original = functional.double_backward_wrapper_may_run
     times: dict[str, list[float]] = {"default": [], "sdpa": []}
     try:
         for i in range(args.warmup + args.repeats):
             for variant in ("default", "sdpa") if i % 2 == 0 else ("sdpa", "default"):
-                functional._needs_double_backward_support = original
+                functional.double_backward_wrapper_may_run = original
                 _variant(variant)
                 t0 = time.perf_counter()
                 _step(layer, x)
                 if i >= args.warmup:
                     times[variant].append(time.perf_counter() - t0)
     finally:
-        functional._needs_double_backward_support = original
+        functional.double_backward_wrapper_may_run = original
     d, s = statistics.median(times["default"]), statistics.median(times["sdpa"])
     return {"name": name, "size": size, "default_ms": 1e3 * d, "sdpa_ms": 1e3 * s, "ratio": d / s}
 

@@ -95,7 +95,7 @@ def _conv(info, dtype: torch.dtype = torch.float32) -> nn.Module:
 def _plain(monkeypatch):
     """Every fast path off: no C++ kernels, SDPA's math backend through plain autograd."""
     monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
-    monkeypatch.setattr(attn_functional, "_needs_double_backward_support", lambda *t: False)
+    monkeypatch.setattr(attn_functional, "double_backward_wrapper_may_run", lambda *t: False)
     with sdpa_kernel([SDPBackend.MATH]):
         yield
     monkeypatch.undo()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from convattn.layers import _ext
+from convattn.layers import kernels
 from convattn.layers.cbam import cbam_ops
 from convattn.layers.se import se_ops
 
@@ -19,7 +19,7 @@ def require(library):
     """The library's ops; where they could not be built, a skip, or in CI (``CI=true``) a failure."""
     ops = LOADERS[library]()
     if ops is None:
-        why = _ext._ERRORS.get(library, "disabled by CONVATTN_EXTENSIONS")
+        why = kernels._ERRORS.get(library, "disabled by CONVATTN_EXTENSIONS")
         if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
             pytest.fail(f"{library} did not build in CI: {why}")
         pytest.skip(f"convattn's C++ kernels could not be built here: {why}")

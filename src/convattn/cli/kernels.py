@@ -32,23 +32,23 @@ def run(args: argparse.Namespace) -> int:
     """
     from tabulate import tabulate
 
-    from ..layers import _ext
+    from ..layers import kernels
 
     if args.action == "build":
-        if not _ext.extensions_enabled():
+        if not kernels.extensions_enabled():
             print("convattn kernels: CONVATTN_EXTENSIONS is off; building anyway (the layers will not use them)")
         started = time.monotonic()
-        present = {lib for lib in _ext.LIBRARIES if _ext.build_dir(lib).joinpath(f"{lib}.so").exists()}
+        present = {lib for lib in kernels.LIBRARIES if kernels.build_dir(lib).joinpath(f"{lib}.so").exists()}
         try:
-            built = _ext.build(force=args.force)
-        except _ext.KernelBuildError as exc:
+            built = kernels.build(force=args.force)
+        except kernels.KernelBuildError as exc:
             print(f"convattn kernels build: error: {exc}")
             return 1
         for library, path in built.items():
             print(f"{library}: {path}" + (" (already built)" if library in present and not args.force else ""))
         print(f"done in {time.monotonic() - started:.0f} s")
         return 0
-    rows = _ext.status()
+    rows = kernels.status()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

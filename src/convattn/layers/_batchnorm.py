@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modes import is_fx_proxy
+
 __all__ = ["PooledBatchNorm2d", "resolve_norm"]
 
 
@@ -28,12 +30,12 @@ class PooledBatchNorm2d(nn.BatchNorm2d):
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
-        if not isinstance(input, torch.fx.Proxy):  # symbolic tracing: no shape to check
+        if not is_fx_proxy(input):  # symbolic tracing: no shape to check
             super()._check_input_dim(input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # An FX graph takes the ordinary batch-norm path (a proxy has no batch size).
-        traced = isinstance(x, torch.fx.Proxy)
+        traced = is_fx_proxy(x)
         if self.training and self.running_mean is not None and not traced and x.shape[0] * x[0, 0].numel() == 1:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..exceptions import ConfigError, DTypeError, ShapeError
+from .modes import is_symbolic
 
 __all__ = [
     "make_divisible",
@@ -144,19 +145,8 @@ def check_choice(layer: str, name: str, value: object, choices: Sequence[object]
 _DIM_NAMES = {3: "(B, {c}, L)", 4: "(B, {c}, H, W)", 5: "(B, {c}, T, H, W)"}
 
 
-def is_tracing(x: object = None) -> bool:
-    """Whether the layer runs under a tracer rather than on real tensors.
-
-    True inside ``torch.compile`` / ``torch.export`` tracing, ``torch.jit.trace``
-    (and so ONNX export with ``dynamo=False``), and when ``x`` is a
-    ``torch.fx.Proxy`` (``torch.fx.symbolic_trace``, torchvision's
-    ``create_feature_extractor``). Input checks are skipped there: a tracer's
-    values have no concrete shape to check, and a check would be baked into the
-    traced program.
-    """
-    return (
-        isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling() or torch.jit.is_tracing()
-    )
+#: The former name of :func:`convattn.layers.modes.is_symbolic`, still imported by ``models/gated.py``.
+is_tracing = is_symbolic
 
 
 def check_input(
@@ -164,9 +154,9 @@ def check_input(
 ) -> None:
     """Validate a layer's input tensor; raise ``ShapeError`` / ``DTypeError`` naming the layer.
 
-    Skipped under tracers (see :func:`is_tracing`); in eager mode it always runs.
+    Skipped under tracers (see :func:`convattn.layers.modes.is_symbolic`); in eager mode it always runs.
     """
-    if is_tracing(x):
+    if is_symbolic(x):
         return
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")

@@ -14,7 +14,8 @@ from torch import nn
 
 from ..exceptions import ConfigError, DTypeError, ShapeError
 from ..registry import register_attn
-from ._helpers import check_channels, check_choice, check_input, get_layer, is_tracing
+from ._helpers import check_channels, check_choice, check_input, get_layer
+from .modes import is_symbolic
 from ._recording import RecordsAttention
 
 __all__ = ["AttentionPool2d", "GatedAttentionHead"]
@@ -179,7 +180,7 @@ class GatedAttentionHead(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         name = type(self).__name__
-        if not is_tracing(x):
+        if not is_symbolic(x):
             if not isinstance(x, torch.Tensor):
                 raise DTypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
             if x.dim() != 2 or x.shape[1] != self.in_features:

@@ -31,7 +31,7 @@ memory-bound: its cost is the number of times the full-size tensor is read or wr
   inference also with an eval-mode BatchNorm, folded into the convolution) runs
   in whole-layer C++ kernels, the custom op ``torch.ops.convattn_cbam.forward``
   (``csrc/cbam_cpu.cpp``, built on first use or by ``convattn kernels build``; see
-  :mod:`convattn.layers._ext`): each sample is pooled, gated and refined, or
+  :mod:`convattn.layers.kernels`; the kernel formulas are in :mod:`convattn.layers._cbam_ops`): each sample is pooled, gated and refined, or
   differentiated, in one go, so it is read from memory once per direction; the MLP,
   the k×k convolution and their gradients are computed in the same loop, in parallel
   over the batch. The op's backward is the kernel's, except where a graph of the
@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
+from ._cbam_ops import cbam_ops, gated_channel_pools, kernel_spatial, pair_conv
 from ._helpers import (
     check_channels,
     check_choice,
@@ -68,84 +69,14 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ext import call, kernels, layer_op_registrar, plain_only, use_kernels
+from ._ops import call
 from ._recording import RecordsAttention
+from .modes import kernels_may_run, must_run_plain
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
 
 _PAPER = "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018"
 ORDERS = ("channel_first", "spatial_first", "parallel")
-
-
-def _gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out = x · g`` and ``[mean_c(out); max_c(out)]`` as ``(B, 2, H, W)``.
-
-    The mean is ``gᵀx / C`` per position, one batched matrix product on ``x``.
-    ``out`` is a new tensor in the memory format of ``x``; callers refine it in place.
-    """
-    b, c, h, w = x.shape
-    out = x * g[:, :, None, None]
-    mean = torch.bmm((g / c).unsqueeze(1), x.flatten(2)).view(b, h, w)
-    return out, torch.stack((mean, out.amax(1)), 1)
-
-
-def _cbam_paper(x, w1, b1, w2, b2, wc, bc):
-    """Channel-first CBAM in the paper's configuration (ReLU MLP, sigmoid gates, k×k convolution with
-    bias), in PyTorch ops from the parameters: ``(out, g, a)``. The formula of the ``convattn_cbam``
-    kernels, differentiated by autograd where they cannot be (gradients of gradients)."""
-    flat = x.flatten(2)
-    pooled = torch.cat((flat.mean(-1), flat.amax(-1)))
-    hidden = torch.relu(F.linear(pooled, w1, b1))
-    b = x.shape[0]
-    logits = F.linear(hidden.view(2, b, -1).sum(0), w2)
-    g = torch.sigmoid(logits if b2 is None else logits + 2 * b2)
-    refined = x * g[:, :, None, None]
-    stats = torch.stack((refined.mean(1), refined.amax(1)), 1)
-    a = torch.sigmoid(F.conv2d(stats, wc, bc, padding=wc.shape[-1] // 2))
-    return refined * a, g, a
-
-
-def _cbam_fake(x, w1, b1, w2, b2, wc, bc):
-    b, c, h, w = x.shape
-    r = w1.shape[0]
-    new = x.new_empty
-    return torch.empty_like(x), new(b, c), new(b, 1, h, w), new(b, 2, c), new(b, 2, r), new(b, 2, h, w)
-
-
-def _cbam_backward_fake(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need_dx):
-    r, c, k = w1.shape[0], x.shape[1], wc.shape[-1]
-    return (
-        torch.empty_like(x) if need_dx else x.new_empty(0),
-        x.new_empty(r, c),
-        x.new_empty(r if b1 is not None else 0),
-        x.new_empty(c, r),
-        x.new_empty(c if b2 is not None else 0),
-        x.new_empty(1, 2, k, k),
-        x.new_empty(1),
-    )
-
-
-_register_cbam = layer_op_registrar("convattn_cbam", _cbam_paper, _cbam_fake, _cbam_backward_fake)
-
-
-def cbam_ops():
-    """The ``torch.ops.convattn_cbam`` namespace (whole-layer CBAM kernels), or ``None`` where unavailable."""
-    return kernels("convattn_cbam", _register_cbam)
-
-
-def _pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The 2→1 k×k convolution (no bias) of ``stats (B, 2, H, W)`` with ``weight (1, 2, k, k)``.
-
-    Run as a depthwise convolution over the 2B maps followed by a sum over each
-    pair: two to five times faster on CPU than the one-output-channel convolution,
-    forward and backward (autograd's).
-    """
-    b, _, h, w = stats.shape
-    k = weight.shape[-1]
-    per_map = F.conv2d(
-        stats.reshape(1, 2 * b, h, w), weight.reshape(2, 1, k, k).repeat(b, 1, 1, 1), padding=k // 2, groups=2 * b
-    )
-    return per_map.view(b, 2, h, w).sum(1, keepdim=True)
 
 
 @register_attn("cbam_channel", kind="gate", paper=_PAPER)
@@ -267,8 +198,8 @@ class CbamSpatial(RecordsAttention):
 
     def spatial_gate(self, stats: torch.Tensor) -> torch.Tensor:
         """``σ(norm(conv(stats)))`` for the pooled maps ``stats (B, 2, H, W)``; returns ``(B, 1, H, W)``."""
-        if isinstance(stats, torch.Tensor) and stats.device.type == "cpu" and not plain_only():
-            logits = _pair_conv(stats, self.conv.weight)
+        if not must_run_plain(stats) and stats.device.type == "cpu":
+            logits = pair_conv(stats, self.conv.weight)
             if self.conv.bias is not None:
                 logits = logits + self.conv.bias.view(1, 1, 1, 1)
         else:  # traced (FX, jit), exported, transformed (its groups would depend on the batch size) or off the CPU
@@ -350,45 +281,23 @@ class CBAM(RecordsAttention):
         self.channel.reset_parameters()
         self.spatial.reset_parameters()
 
-    def _kernel_spatial(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The spatial convolution's weight and bias as the whole-layer kernels take them, or ``None``.
-
-        The kernels compute a ReLU MLP, sigmoid gates and a biased convolution without norm (the
-        paper's configuration). An eval-mode BatchNorm after the convolution (the official code's and
-        timm's configuration) is folded into its weight and bias when no gradients are recorded.
-        """
-        ch, sp = self.channel, self.spatial
-        if not (type(ch.act) is nn.ReLU and type(ch.gate) is nn.Sigmoid and type(sp.gate) is nn.Sigmoid):
-            return None
-        if type(sp.norm) is nn.Identity:
-            return (sp.conv.weight, sp.conv.bias) if sp.conv.bias is not None else None
-        bn = sp.norm
-        if type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None and not torch.is_grad_enabled():
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            bias = -bn.running_mean if sp.conv.bias is None else sp.conv.bias - bn.running_mean
-            bias = bias * scale + (bn.bias if bn.bias is not None else 0)
-            return sp.conv.weight * scale, bias
-        return None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
             ch = self.channel
             params = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias)
-            spatial = self._kernel_spatial() if use_kernels(x, params) else None
-            ops = cbam_ops() if spatial is not None and use_kernels(x, spatial) else None
+            spatial = kernel_spatial(ch, self.spatial) if kernels_may_run(x, params) else None
+            ops = cbam_ops() if spatial is not None and kernels_may_run(x, spatial) else None
             if ops is not None:
                 out, g, a = call(ops.forward.default, x, *params, *spatial)[:3]
-            elif torch.is_grad_enabled() or plain_only() or not isinstance(x, torch.Tensor):  # FX: a Proxy
+            elif torch.is_grad_enabled() or must_run_plain(x):
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]
                 a = self.spatial.weights(refined)
                 out = refined * a
             else:  # inference: `out` is this call's own tensor, refined in place
                 g = self.channel.weights(x)
-                out, stats = _gated_channel_pools(x, g)
+                out, stats = gated_channel_pools(x, g)
                 a = self.spatial.spatial_gate(stats)
                 out.mul_(a)
         elif self.order == "spatial_first":

@@ -19,7 +19,9 @@ the backward itself is being differentiated (grad mode on during backward, i.e.
 differentiable tensor operations (O(N²) memory, that step only). Under tracers and
 transforms (``torch.compile``, ``torch.export``, ``torch.jit.trace``, ONNX export,
 ``torch.func``, dispatch modes such as ``FlopCounterMode``) and without autograd,
-SDPA is called directly. ``torch.fx.symbolic_trace`` records ``attention`` as one
+SDPA is called directly. Under forward-mode AD (dual tensors, ``torch.func.jvp`` /
+``jacfwd``), whose formulas the fused kernels lack, SDPA runs its math backend
+(O(N²) memory). :mod:`convattn.layers.modes` decides which. ``torch.fx.symbolic_trace`` records ``attention`` as one
 call (callers register it with ``torch.fx.wrap``).
 """
 
@@ -29,10 +31,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._ext import autograd_backward
-from ._helpers import is_tracing
+from ._ops import autograd_backward
+from .modes import double_backward_wrapper_may_run, fused_attention_may_run
 
 __all__ = ["attention", "attention_explicit"]
 
@@ -91,18 +93,6 @@ class _FusedAttention(torch.autograd.Function):
         with torch.enable_grad():
             found = iter(torch.autograd.grad(out, inputs, grad_out))
         return (*(next(found) if w else None for w in wanted), None)
-
-
-def _needs_double_backward_support(*tensors: torch.Tensor | None) -> bool:
-    """Eager autograd on plain tensors: the case ``_FusedAttention`` is for."""
-    present = [t for t in tensors if t is not None]
-    return (
-        torch.is_grad_enabled()
-        and any(t.requires_grad for t in present)
-        and not is_tracing()  # also both ONNX exporters (jit.trace / torch.export underneath)
-        and _get_current_dispatch_mode() is None
-        and not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in present)
-    )
 
 
 def _to_4d(t: torch.Tensor) -> torch.Tensor:
@@ -166,7 +156,10 @@ def attention(
     # The fused CPU kernels need a unit-stride head dimension; otherwise SDPA silently
     # falls back to the O(N²) math path. Permuted 1×1-conv outputs are often strided.
     q, k, v = (_to_4d(t if t.stride(-1) == 1 else t.contiguous()) for t in (q, k, v))
-    if _needs_double_backward_support(q, k, v, bias):
+    if not fused_attention_may_run():  # forward-mode AD: the fused kernels have no formulas for it
+        with sdpa_kernel(SDPBackend.MATH):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=s)
+    elif double_backward_wrapper_may_run(q, k, v, bias):
         out = _FusedAttention.apply(q, k, v, bias, s)
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=s)

@@ -38,7 +38,8 @@ from torch import nn
 
 from ..exceptions import ConfigError, ShapeError
 from ..registry import register_attn
-from ._helpers import check_channels, check_choice, check_input, is_tracing
+from ._helpers import check_channels, check_choice, check_input
+from .modes import is_symbolic
 from ._recording import RecordsAttention
 from .functional import attention
 
@@ -106,7 +107,7 @@ class _NonLocalNd(RecordsAttention):
             nn.init.zeros_(self.W.bias)
 
     def _check_sub_sample(self, x: torch.Tensor) -> None:
-        if self.pool is None or is_tracing(x):
+        if self.pool is None or is_symbolic(x):
             return
         pooled = x.shape[2:] if self._dims < 3 else x.shape[3:]
         if min(pooled) < 2:

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from ._ext import call, kernels, layer_op_registrar, use_kernels
+from . import kernels
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
+from ._ops import call, layer_op_registrar
 from ._recording import RecordsAttention
+from .modes import kernels_may_run
 
 __all__ = ["SqueezeExcite"]
 
@@ -43,7 +45,7 @@ _register_se = layer_op_registrar("convattn_se", _se_relu_sigmoid, _se_fake, _se
 
 def se_ops():
     """The ``torch.ops.convattn_se`` namespace (whole-layer SE kernels), or ``None`` where unavailable."""
-    return kernels("convattn_se", _register_se)
+    return kernels.load("convattn_se", _register_se)
 
 
 @register_attn("se", kind="gate", paper="Squeeze-and-Excitation Networks, Hu et al., CVPR 2018")
@@ -65,7 +67,7 @@ class SqueezeExcite(RecordsAttention):
     Speed: with a ReLU and a sigmoid (the defaults), CPU float32/float64 input (with parameters of
     the same dtype) runs the whole-layer C++ kernels of ``csrc/se_cpu.cpp``, the custom op
     ``torch.ops.convattn_se.forward`` (built on first use or by ``convattn kernels build``, see
-    :mod:`convattn.layers._ext`), which read each sample once per direction. Gradients of
+    :mod:`convattn.layers.kernels`), which read each sample once per direction. Gradients of
     gradients, ``torch.func``, ``torch.compile``, tracing, autocast and other dtypes or devices
     run the same formula in PyTorch ops.
 
@@ -98,7 +100,7 @@ class SqueezeExcite(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
         params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and use_kernels(x, params):
+        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and kernels_may_run(x, params):
             ops = se_ops()
             if ops is not None:
                 out, g, _, _ = call(ops.forward.default, x, *params)

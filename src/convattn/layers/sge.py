@@ -9,6 +9,7 @@ from ..exceptions import ConfigError
 from ..registry import register_attn
 from ._helpers import check_channels, check_input, check_positive, get_layer
 from ._recording import RecordsAttention
+from .modes import is_fx_proxy
 
 __all__ = ["SpatialGroupEnhance"]
 
@@ -79,7 +80,7 @@ class SpatialGroupEnhance(RecordsAttention):
         b, c, h, w = x.shape
         xg = x.reshape(b, self.groups, c // self.groups, h, w)
         sim = (xg * xg.mean(dim=(3, 4), keepdim=True)).sum(dim=2)  # (B, G, H, W)
-        if isinstance(x, torch.fx.Proxy) or h * w > 1:  # an FX graph assumes H·W > 1
+        if is_fx_proxy(x) or h * w > 1:  # an FX graph assumes H·W > 1
             sim = sim - sim.mean(dim=(2, 3), keepdim=True)
             sim = sim / (sim.std(dim=(2, 3), keepdim=True) + self.eps)
         else:

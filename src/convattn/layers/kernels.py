@@ -1,4 +1,4 @@
-"""convattn's C++ CPU kernels: building, caching, loading, and when the layers may use them.
+"""convattn's C++ CPU kernels: build, versioned cache, lock, load and status.
 
 The sources live in ``layers/csrc``. ``convattn kernels build`` compiles them ahead of time
 (for instance in a Dockerfile); otherwise the first forward that can use them compiles them,
@@ -19,10 +19,10 @@ same result; ``CONVATTN_EXTENSIONS=0`` skips the kernels altogether. ``convattn 
 status`` (:func:`status`) says what is built, where, for which torch / compiler / CPU, and why
 not.
 
-The kernels are taken only where they are exactly right (:func:`use_kernels`): CPU float32 /
-float64 input and parameters of the same dtype, dense storage, and none of the transforms that
-must see PyTorch ops (``torch.compile`` / ``torch.export``, ``torch.jit.trace`` and ONNX export,
-``torch.func`` transforms, autocast, dispatch modes such as ``FlopCounterMode``).
+Importing this module builds nothing: :func:`load` builds on first use, :func:`build` ahead of time.
+When the layers may take the kernels is decided in :mod:`convattn.layers.modes`
+(``kernels_may_run``); the ops' fake and autograd formulas are registered by
+:mod:`convattn.layers._ops`.
 """
 
 from __future__ import annotations
@@ -43,22 +43,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from ..exceptions import ConvattnError
 
 __all__ = [
     "KernelBuildError",
     "LIBRARIES",
-    "autograd_backward",
     "build",
-    "call",
+    "build_dir",
     "extensions_enabled",
-    "kernels",
-    "layer_op_registrar",
-    "plain_only",
+    "load",
     "status",
-    "use_kernels",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -294,12 +289,12 @@ def _load_library(library: str, register: Callable[[Any], None] | None) -> Any:
     return ops
 
 
-def kernels(library: str, register: Callable[[Any], None] | None = None) -> Any:
+def load(library: str, register: Callable[[Any], None] | None = None) -> Any:
     """The ``torch.ops`` namespace of ``library``, built and loaded on first use; ``None`` where the
     kernels are disabled or could not be built (with one ``RuntimeWarning`` saying why).
 
     ``register(ops)`` runs once, after the first load: it registers the ops' fake and autograd
-    formulas (they live with the layers, beside the PyTorch-op formulation they fall back to).
+    formulas (:func:`convattn.layers._ops.layer_op_registrar` builds it from the layer's formula).
     """
     if not extensions_enabled():
         return None
@@ -377,108 +372,3 @@ def status() -> list[dict[str, Any]]:
             )
         )
     return rows
-
-
-def autograd_backward(formula: Callable, inputs: tuple, need: tuple, grads: tuple) -> tuple:
-    """The backward of a kernel op where the kernel backward cannot serve: gradients of
-    ``formula(*inputs)`` (the op's formula in PyTorch ops, returning the op's differentiable outputs)
-    for the ``inputs`` marked in ``need``, given the output gradients ``grads`` (``None`` where
-    absent). Called with grad mode on (the backward of a ``create_graph=True`` pass) the result is
-    itself differentiable, so gradients of gradients reach every input and parameter."""
-    wanted = [t for t, n in zip(inputs, need) if n]
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        pairs = [(o, d) for o, d in zip(formula(*inputs), grads) if d is not None]
-        result = iter(
-            torch.autograd.grad(
-                [o for o, _ in pairs], wanted, [d for _, d in pairs], create_graph=create_graph, allow_unused=True
-            )
-        )
-    return tuple(next(result) if n else None for n in need)
-
-
-def layer_op_registrar(library: str, formula: Callable, fake: Callable, backward_fake: Callable) -> Callable[[Any], None]:
-    """The ``register`` of :func:`kernels` for a whole-layer op pair: ``library::forward(x, *params)
-    -> (out, *saved)`` and its kernel backward ``library::backward(x, dout, *params, *saved, need_dx)
-    -> (dx, *dparams)``.
-
-    ``saved`` (the gates, which layers record detached, and intermediates) is not differentiable.
-    The kernel backward runs when no graph of the gradient is asked for; otherwise (``create_graph=True``)
-    autograd differentiates ``formula(x, *params)`` (the op in PyTorch ops; its first output is ``out``),
-    so gradients of gradients reach every input. ``fake`` / ``backward_fake`` give the ops' shapes.
-    """
-
-    def setup_context(ctx, inputs, output):
-        ctx.num_inputs = len(inputs)
-        ctx.save_for_backward(*inputs, *output[1:])
-        ctx.mark_non_differentiable(*output[1:])
-        ctx.set_materialize_grads(False)
-
-    def backward(ctx, dout, *_):
-        saved, need = ctx.saved_tensors, ctx.needs_input_grad
-        inputs, extra = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
-        if dout is None:
-            return (None,) * len(inputs)
-        if not torch.is_grad_enabled():
-            # dispatched in full (not `call`): when a backward is traced (AOT autograd), its fake
-            # tensors must reach the op's fake formula
-            op = getattr(torch.ops, library).backward.default
-            grads = op(inputs[0], dout, *inputs[1:], *extra, need[0])
-            return tuple(d.view_as(t) if n else None for d, t, n in zip(grads, inputs, need))
-        return autograd_backward(formula, inputs, need, (dout,))
-
-    def register(ops) -> None:
-        torch.library.register_fake(f"{library}::forward", fake)
-        torch.library.register_fake(f"{library}::backward", backward_fake)
-        torch.library.register_autograd(f"{library}::forward", backward, setup_context=setup_context)
-
-    return register
-
-
-def plain_only() -> bool:
-    """Whether layers must run plain PyTorch ops whatever the input: inside ``torch.compile`` /
-    ``torch.export`` tracing, ``torch.jit.trace`` (and so ONNX export), a ``torch.func`` transform
-    (``grad``, ``vmap``, ...), forward-mode AD (dual tensors), CPU autocast, or a dispatch mode (``FlopCounterMode``, fake tensors,
-    memory trackers), so that those tools see, transform or cast what is computed."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch._C._functorch.peek_interpreter_stack() is not None
-        or torch.autograd.forward_ad._current_level >= 0
-        or torch.is_autocast_enabled("cpu")
-        or _get_current_dispatch_mode() is not None
-    )
-
-
-def use_kernels(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
-    """Whether the CPU kernels take ``x``: a plain (not subclassed, not an FX proxy) CPU float32/float64 tensor,
-    contiguous or channels-last, with every parameter (``None`` for an absent bias) a CPU tensor of
-    the same dtype, outside the modes of :func:`plain_only`. Anything else (another device for the
-    input or for a parameter, mixed dtypes) runs the PyTorch-op path, where torch reports device and
-    dtype mismatches itself."""
-    if not isinstance(x, torch.Tensor):  # a torch.fx Proxy: symbolic tracing records the PyTorch ops
-        return False
-    dtype = x.dtype
-    if (
-        x.device.type != "cpu"
-        or (dtype is not torch.float32 and dtype is not torch.float64)
-        or x.layout != torch.strided
-        or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-    ):
-        return False
-    for q in params:
-        if q is not None and (q.dtype is not dtype or q.device.type != "cpu"):
-            return False
-    return not torch.overrides.has_torch_function((x, *(q for q in params if q is not None))) and not plain_only()
-
-
-_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-
-
-def call(op: Any, *args: Any) -> Any:
-    """Run a kernel op taken by :func:`use_kernels`. Where no gradient is to be recorded (grad mode
-    off, or no argument requiring one) its CPU kernel is called directly, without the detour through
-    the Python autograd formula that the dispatcher would take only to find nothing to record."""
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return op(*args)
-    return op.redispatch(_CPU, *args)

@@ -15,7 +15,7 @@ from torch import nn
 
 import convattn
 from convattn.cli import main
-from convattn.layers import _ext
+from convattn.layers import kernels
 from convattn.layers import cbam as cbam_module
 from convattn.layers import se as se_module
 from kernel_checks import require
@@ -24,8 +24,8 @@ from kernel_checks import require
 def cache(tmp_path, monkeypatch):
     """A private kernel cache and no library loaded yet, so builds can be staged without compiling."""
     monkeypatch.setenv("CONVATTN_KERNELS_DIR", str(tmp_path))
-    monkeypatch.setattr(_ext, "_LOADED", {})
-    monkeypatch.setattr(_ext, "_ERRORS", {})
+    monkeypatch.setattr(kernels, "_LOADED", {})
+    monkeypatch.setattr(kernels, "_ERRORS", {})
     return tmp_path
 
 
@@ -46,44 +46,44 @@ def fake_build(calls, ok=True):
 # --- building -----------------------------------------------------------------------------
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
-    assert not _ext.extensions_enabled()
+    assert not kernels.extensions_enabled()
     assert se_module.se_ops() is None and cbam_module.cbam_ops() is None
-    assert {row["state"] for row in _ext.status()} == {"disabled"}
+    assert {row["state"] for row in kernels.status()} == {"disabled"}
 
 
 def test_build_key_includes_torch_compiler_python_and_cpu(monkeypatch):
-    base = _ext.build_dir("convattn_se")
-    assert base == _ext.build_dir("convattn_se") and base != _ext.build_dir("convattn_cbam")
+    base = kernels.build_dir("convattn_se")
+    assert base == kernels.build_dir("convattn_se") and base != kernels.build_dir("convattn_cbam")
     for key, value in [("torch", "9.9.9"), ("compiler", "g++ 99.1"), ("python", "cpython-399"), ("cpu_flags", "x")]:
-        monkeypatch.setitem(_ext._ENV_CACHE, key, value)
-        assert _ext.build_dir("convattn_se") != base, key
+        monkeypatch.setitem(kernels._ENV_CACHE, key, value)
+        assert kernels.build_dir("convattn_se") != base, key
         monkeypatch.undo()
 
 
 def test_first_build_is_announced_once_and_cached(cache, monkeypatch, caplog):
     calls = []
-    monkeypatch.setattr(_ext.subprocess, "run", fake_build(calls))
-    folder = _ext.build_dir("convattn_se")
+    monkeypatch.setattr(kernels.subprocess, "run", fake_build(calls))
+    folder = kernels.build_dir("convattn_se")
     folder.mkdir(parents=True)
     (folder / "lock").write_text("")  # torch's lock file, left by an interrupted build
-    with caplog.at_level(logging.INFO, logger=_ext.__name__):
-        assert _ext.build(["convattn_se"]) == {"convattn_se": folder / "convattn_se.so"}
-        _ext.build(["convattn_se"])  # already built: nothing to do
+    with caplog.at_level(logging.INFO, logger=kernels.__name__):
+        assert kernels.build(["convattn_se"]) == {"convattn_se": folder / "convattn_se.so"}
+        kernels.build(["convattn_se"])  # already built: nothing to do
     announcements = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(calls) == 1 and len(announcements) == 1
     assert "compiling its C++ CPU kernels convattn_se" in announcements[0].getMessage()
     assert "convattn kernels build" in announcements[0].getMessage()
     assert not (folder / "lock").exists()
-    assert calls[0].split(os.pathsep)[0] == _ext._ninja_path()  # ninja found for the build, PATH untouched here
-    _ext.build(["convattn_se"], force=True)
+    assert calls[0].split(os.pathsep)[0] == kernels._ninja_path()  # ninja found for the build, PATH untouched here
+    kernels.build(["convattn_se"], force=True)
     assert len(calls) == 2
 
 
 def test_failed_build_warns_falls_back_and_is_reported(cache, monkeypatch):
-    monkeypatch.setattr(_ext.subprocess, "run", fake_build([], ok=False))
-    with pytest.raises(_ext.KernelBuildError, match="building convattn_se failed: se_cpu.cpp:12:3: error"):
-        _ext.build(["convattn_se"])
-    (row,) = [r for r in _ext.status() if r["library"] == "convattn_se"]
+    monkeypatch.setattr(kernels.subprocess, "run", fake_build([], ok=False))
+    with pytest.raises(kernels.KernelBuildError, match="building convattn_se failed: se_cpu.cpp:12:3: error"):
+        kernels.build(["convattn_se"])
+    (row,) = [r for r in kernels.status() if r["library"] == "convattn_se"]
     assert row["state"] == "failed" and "error: 'foo' was not declared" in row["reason"]
     with pytest.warns(RuntimeWarning, match="could not build its C\\+\\+ kernels .*error: 'foo'"):
         assert se_module.se_ops() is None
@@ -95,26 +95,26 @@ def test_failed_build_warns_falls_back_and_is_reported(cache, monkeypatch):
 
 
 def test_ci_fails_instead_of_skipping(cache, monkeypatch):
-    monkeypatch.setattr(_ext.subprocess, "run", fake_build([], ok=False))
+    monkeypatch.setattr(kernels.subprocess, "run", fake_build([], ok=False))
     monkeypatch.setenv("CI", "true")
     with pytest.warns(RuntimeWarning), pytest.raises(pytest.fail.Exception, match="did not build in CI.*error"):
         require("convattn_se")
 
 
 def test_no_compiler_is_a_clear_error(cache, monkeypatch):
-    _ext._environment()
-    monkeypatch.setitem(_ext._ENV_CACHE, "compiler", None)
-    with pytest.raises(_ext.KernelBuildError, match="no C\\+\\+ compiler"):
-        _ext.build(["convattn_cbam"])
-    assert "no C++ compiler" in _ext.status()[1]["reason"]
+    kernels._environment()
+    monkeypatch.setitem(kernels._ENV_CACHE, "compiler", None)
+    with pytest.raises(kernels.KernelBuildError, match="no C\\+\\+ compiler"):
+        kernels.build(["convattn_cbam"])
+    assert "no C++ compiler" in kernels.status()[1]["reason"]
 
 
 def test_build_lock_times_out_with_a_clear_message(tmp_path):
-    with _ext._BuildLock(tmp_path, timeout=5):
-        with pytest.raises(_ext.KernelBuildError, match=r"timed out after 0 s waiting for the kernel build lock .*pid"):
-            with _ext._BuildLock(tmp_path, timeout=0.3):
+    with kernels._BuildLock(tmp_path, timeout=5):
+        with pytest.raises(kernels.KernelBuildError, match=r"timed out after 0 s waiting for the kernel build lock .*pid"):
+            with kernels._BuildLock(tmp_path, timeout=0.3):
                 pass
-    with _ext._BuildLock(tmp_path, timeout=0.3):  # released
+    with kernels._BuildLock(tmp_path, timeout=0.3):  # released
         pass
 
 
@@ -127,13 +127,13 @@ def test_build_lock_of_a_killed_process_is_not_stale(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(_ext.KernelBuildError, match="timed out"):
-            with _ext._BuildLock(tmp_path, timeout=0.2):
+        with pytest.raises(kernels.KernelBuildError, match="timed out"):
+            with kernels._BuildLock(tmp_path, timeout=0.2):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with _ext._BuildLock(tmp_path, timeout=2):  # the OS released it with the process
+    with kernels._BuildLock(tmp_path, timeout=2):  # the OS released it with the process
         pass
 
 
@@ -145,9 +145,9 @@ def test_loading_is_thread_safe(cache, monkeypatch):
         threading.Event().wait(0.2)
         return "ops"
 
-    monkeypatch.setattr(_ext, "_load_library", slow_load)
+    monkeypatch.setattr(kernels, "_load_library", slow_load)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(_ext.kernels("convattn_se"))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: results.append(kernels.load("convattn_se"))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -156,7 +156,7 @@ def test_loading_is_thread_safe(cache, monkeypatch):
 
 
 def test_status_and_build_commands(cache, monkeypatch, capsys):
-    monkeypatch.setattr(_ext.subprocess, "run", fake_build([]))
+    monkeypatch.setattr(kernels.subprocess, "run", fake_build([]))
     assert main(["kernels", "status"]) == 0
     out = capsys.readouterr().out
     assert f"torch {torch.__version__}" in out and "compiler:" in out and "CPU:" in out
@@ -167,7 +167,7 @@ def test_status_and_build_commands(cache, monkeypatch, capsys):
     assert main(["kernels", "status", "--json"]) == 0
     out = capsys.readouterr().out
     assert out.count('"state": "built"') == 2 and str(cache) in out
-    monkeypatch.setattr(_ext.subprocess, "run", fake_build([], ok=False))
+    monkeypatch.setattr(kernels.subprocess, "run", fake_build([], ok=False))
     assert main(["kernels", "build", "--force"]) == 1
     assert "error: building convattn_se failed" in capsys.readouterr().out
 
@@ -439,17 +439,17 @@ def test_kernel_gates_are_recorded_detached_and_leave_the_gradients_alone(name):
 
 def test_built_library_in_a_read_only_cache_loads_without_the_lock(cache, monkeypatch):
     """A cache filled by ``convattn kernels build`` in an image and mounted read-only: no lock is taken."""
-    target = _ext._library_file("convattn_se")
+    target = kernels._library_file("convattn_se")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(b"")
     real_access = os.access
-    monkeypatch.setattr(_ext.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    monkeypatch.setattr(kernels.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
 
     def no_lock(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(_ext, "_BuildLock", no_lock)
-    assert _ext._compile("convattn_se") == target
+    monkeypatch.setattr(kernels, "_BuildLock", no_lock)
+    assert kernels._compile("convattn_se") == target
     target.unlink()
     with pytest.raises(PermissionError):  # nothing built there: the build has to take the lock
-        _ext._compile("convattn_se")
+        kernels._compile("convattn_se")
