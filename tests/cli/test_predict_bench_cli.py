@@ -38,9 +38,10 @@ def test_predict_takes_a_folder(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "layers", "--layers", "se", "--size", "0"], "--size must be >= 1, got 0"),
+    (["bench", "layers", "--layers", "se", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["bench", "layers", "--layers", "se", "--channels", "-3"], "--channels must be >= 1, got -3"),
-    (["bench", "layers", "--layers", "se", "--batch", "0"], "--batch must be >= 1, got 0"),
+    (["bench", "layers", "--layers", "se", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["bench", "models", "--models", "simple_cnn", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["bench", "layers", "--layers", "se", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
     (["bench", "models", "--models", "simple_cnn", "--in-chans", "0"], "--in-chans must be >= 1, got 0"),
     (["bench", "models", "--models", "simple_cnn", "--num-classes", "0"], "--num-classes must be >= 1, got 0"),
@@ -49,3 +50,13 @@ def test_bench_bad_sizes_exit_2_with_one_line(argv, message, capsys):
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err.strip() == f"convattn bench: error: {message}" and captured.out == ""
+
+
+def test_bench_old_spellings_still_work(capsys):
+    """``--size`` / ``--batch`` (before ``--image-size`` / ``--batch-size``) parse for one more release."""
+    assert cli.main(["bench", "layers", "--layers", "se", "--size", "0", "--batch", "2"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "convattn bench layers: --size is deprecated; use --image-size",
+        "convattn bench layers: --batch is deprecated; use --batch-size",
+        "convattn bench: error: --image-size must be >= 1, got 0",
+    ]

@@ -32,7 +32,7 @@ def stn_run(tmp_path_factory):
 
 def test_eval_localization_prints_and_stores(stn_run, tmp_path, capsys):
     before = json.loads((stn_run / "results.json").read_text())
-    assert cli.main(["eval", str(stn_run), "--localization", "--size", "6", "--out", str(tmp_path)]) == 0
+    assert cli.main(["eval", str(stn_run), "--localization", "--num-images", "6", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "localisation on 6 test images" in out and "stn:window" in out and "Grad-CAM @ classifier." in out
     stored = json.loads((stn_run / "results.json").read_text())
@@ -58,8 +58,10 @@ def test_eval_localization_prints_and_stores(stn_run, tmp_path, capsys):
 
 def test_eval_localization_needs_boxes(stn_run, capsys):
     assert cli.main(["eval", str(stn_run), "--localization", "--dataset", "digits", "--size", "4",
-                     "--split", "val"]) == 2
-    err = capsys.readouterr().err.strip()
+                     "--split", "val"]) == 2  # --size: the old spelling of --num-images
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == "convattn eval: --size is deprecated; use --num-images"
+    err = "\n".join(lines[1:])
     assert err.endswith("needs object boxes; dataset 'digits' has none (cluttered-digits has them)")
     assert len(err.splitlines()) == 1
 
@@ -72,7 +74,7 @@ def test_eval_is_reachable_lazily():
 
 
 def test_size_takes_images_of_the_split_the_run_was_tested_on(stn_run):
-    """``--size N`` scores N of the images the run was tested on (a fixed subset, nested across
+    """``--num-images N`` scores N of the images the run was tested on (a fixed subset, nested across
     sizes), not N other images."""
     import torch
 

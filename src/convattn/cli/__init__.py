@@ -2,8 +2,10 @@
 
 Each sub-command lives in a module of this package that defines ``ORDER`` (its
 place in ``--help``), ``add_parser(subparsers)`` (which sets ``func``) and the
-function it calls. Errors in user input print one line and exit with status 2;
-``CONVATTN_DEBUG=1`` shows the traceback instead.
+function it calls; options shared by several commands come from ``_options`` so that
+one thing has one name everywhere. Errors in user input (convattn's own exceptions,
+``UnknownOptionError`` included, ``ValueError``, ``FileNotFoundError``) print one line
+and exit with status 2; ``CONVATTN_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations

@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_batch_size, add_command, add_device, add_num_images, add_out
+
 ORDER = 20
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval", help="evaluate a trained run: accuracy, per-class accuracy, confusion matrix",
-        description=run.__doc__,
-    )
+    p = add_command(sub, "eval", help="evaluate a trained run: accuracy, per-class accuracy, confusion matrix",
+                    description=run.__doc__, examples=(
+                        "convattn eval runs/simple_cnn-cbam-cluttered-digits-20250101-120000",
+                        "convattn eval runs/my-run/best.pt --split val --num-images 500 --device cpu",
+                        "convattn eval runs/my-run --localization --num-images 200 --out eval-out"))
     p.add_argument("path", metavar="RUN_DIR|CKPT", help="run directory (uses best.pt, else last.pt) or a .pt checkpoint")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the one the run was trained on)")
     p.add_argument("--data-dir", help="directory holding the dataset files (default: the run's)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="dataset split (default: test)")
-    p.add_argument("--size", type=int, metavar="N", help="evaluate on only the first N images of the split")
-    p.add_argument("--batch-size", type=int, metavar="N", help="images per batch (default: the run's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    add_num_images(p, help="evaluate on a fixed random subset of N images of the split: the same images on every "
+                           "call, a smaller N's among a larger one's (default: the whole split)", deprecated=["--size"])
+    add_batch_size(p, help="images per batch (default: the run's)")
+    add_device(p)
     p.add_argument("--workers", type=int, default=0, metavar="N", help="DataLoader worker processes (default: 0)")
     p.add_argument("--localization", action="store_true",
                    help="also score every spatial attention map, spatial-transformer window and Grad-CAM against "
@@ -27,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(cluttered-digits); stored in the run's results.json")
     p.add_argument("--no-cam", dest="cam", action="store_false", help="with --localization: leave out Grad-CAM")
     p.add_argument("--cam-layer", metavar="PATH", help="with --localization: Grad-CAM target module (default: found)")
-    p.add_argument("--out", metavar="DIR", help="where to write confusion_<split>.png and eval_<split>.json (default: next to the checkpoint)")
+    add_out(p, None, "where to write confusion_<split>.png and eval_<split>.json (default: the checkpoint's folder)")
     p.set_defaults(func=run)
 
 
@@ -50,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.inference import evaluate_run
     from ..exceptions import ConfigError
 
-    for name in ("size", "batch_size"):
+    for name in ("num_images", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     r = evaluate_run(
-        args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.size,
+        args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.num_images,
         batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=args.out,
     )
     print(f"accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  ({r['count']} images, {args.split} split)")
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         from ..eval import format_localization, localize_run
 
         loc = localize_run(
-            args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.size,
+            args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.num_images,
             batch_size=args.batch_size, device=args.device, workers=args.workers, cam=args.cam,
             cam_layer=args.cam_layer,
         )

@@ -6,11 +6,14 @@ import argparse
 
 from tabulate import tabulate
 
+from ._options import add_command
+
 ORDER = 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="list layers, models or datasets", description=run.__doc__)
+    p = add_command(sub, "list", help="list layers, models or datasets", description=run.__doc__, examples=(
+        "convattn list layers", "convattn list layers '*cbam*' --kind gate", "convattn list models 'resnet*'"))
     p.add_argument("what", choices=["layers", "models", "datasets"], help="what to list")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard on the name (default: *)")
     p.add_argument("--kind", choices=["gate", "conv", "pool"], help="layers only: filter by kind")

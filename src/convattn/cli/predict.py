@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_command, add_device
+
 ORDER = 30
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify image files with a trained run", description=run.__doc__)
+    p = add_command(sub, "predict", help="classify image files with a trained run", description=run.__doc__, examples=(
+        "convattn predict runs/simple_cnn-cbam-cluttered-digits-20250101-120000 digit.png",
+        "convattn predict runs/my-run/best.pt photos/ --topk 3 --device cpu"))
     p.add_argument("path", metavar="RUN_DIR|CKPT", help="run directory (uses best.pt, else last.pt) or a .pt checkpoint")
     p.add_argument("images", metavar="IMAGE|DIR", nargs="+",
                    help="image files (PNG, JPEG, ... anything PIL reads) or folders (every image file directly inside)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="how many classes to show per image (default: 5)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    add_device(p)
     p.set_defaults(func=run)
 
 
@@ -25,9 +29,9 @@ def run(args: argparse.Namespace) -> int:
     Images are converted to the model's channels and input size and normalised
     with the training dataset's mean and std, all read from the checkpoint.
     """
+    from ..engine import load_run
     from ..engine.distributed import resolve_device
     from ..engine.inference import predict_images
-    from ..engine.trainer import load_run
     from ..exceptions import ConfigError
 
     if args.topk < 1:

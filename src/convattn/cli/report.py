@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import add_command, add_num_images, add_out
+
 ORDER = 70
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write an HTML page comparing runs", description=run.__doc__)
+    p = add_command(sub, "report", help="write an HTML page comparing runs", description=run.__doc__, examples=(
+        "convattn report runs/demo/* --out demo.html",
+        "convattn report runs/plain runs/cbam --num-images 4 --no-cam --title 'plain vs CBAM'"))
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or checkpoints")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: report.html)")
-    p.add_argument("--count", type=int, default=8, help="gallery images per run (default: 8)")
+    add_out(p, "report.html", "HTML file to write (default: report.html in the current folder)", metavar="FILE")
+    add_num_images(p, 8, help="gallery images per run (default: 8)", deprecated=["--count"])
     p.add_argument("--dataset", help="gallery dataset (default: each run's own)")
     p.add_argument("--data-dir", help="dataset root")
     p.add_argument("--cam", action=argparse.BooleanOptionalAction, default=True, help="Grad-CAM column (default: on)")
@@ -23,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Table of accuracy / parameters / FLOPs / time, accuracy-vs-cost plot, curves and attention galleries."""
     from ..viz import write_report
 
-    path = write_report(args.runs, args.out, count=args.count, dataset=args.dataset, data_dir=args.data_dir,
+    path = write_report(args.runs, args.out, count=args.num_images, dataset=args.dataset, data_dir=args.data_dir,
                         cam=args.cam, title=args.title)
     print(f"wrote {path}")
     return 0

@@ -1,0 +1,187 @@
+"""One CLI dialect: the same option name for the same thing in every sub-command, old spellings
+kept for one release with a one-line deprecation warning, examples in every ``--help``."""
+
+import argparse
+import io
+
+import pytest
+
+from convattn import cli
+from convattn.cli import _options
+from convattn.exceptions import UnknownOptionError
+
+
+def _leaves(parser, prog=()):
+    """(command words, parser) of every sub-command that runs something (``bench layers``, not ``bench``)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield " ".join(prog), parser
+        return
+    for name, child in subs[0].choices.items():
+        yield from _leaves(child, (*prog, name))
+
+
+PARSER = cli.build_parser()
+COMMANDS = dict(_leaves(PARSER))
+# where each shared option must exist (more may have it; none may spell it differently)
+EXPECTED = {
+    "--device": {"train", "eval", "predict", "demo", "viz", "bench layers", "bench models"},
+    "--batch-size": {"train", "eval", "bench layers", "bench models"},
+    "--out": {"train", "eval", "demo", "viz", "report"},
+    "--num-images": {"eval", "viz", "report"},
+    "--image-size": {"train", "bench layers", "bench models"},
+    "--progress": {"train", "bench layers", "bench models"},
+}
+OLD_SPELLINGS = {"--batch", "--size", "--count"}
+
+
+def _option(parser, flag):
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+def _default(command, action):
+    if action.default is not argparse.SUPPRESS:
+        return action.default
+    from convattn.engine import TrainConfig  # train's flags default to the TrainConfig field
+
+    return getattr(TrainConfig(), action.dest)
+
+
+def test_every_command_is_covered():
+    assert {"list", "train", "eval", "predict", "demo", "bench layers", "bench models", "viz", "report",
+            "kernels"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("flag", sorted(EXPECTED))
+def test_shared_options_exist_where_expected(flag):
+    have = {name for name, p in COMMANDS.items() if _option(p, flag) is not None}
+    assert EXPECTED[flag] <= have, f"{flag} missing from {sorted(EXPECTED[flag] - have)}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_same_meaning_and_defaults(name):
+    p = COMMANDS[name]
+    device = _option(p, "--device")
+    if device is not None:
+        assert _default(name, device) == "auto" and "auto" in (device.help or "") + str(device.metavar or "")
+        if device.choices is not None:
+            assert tuple(device.choices) == _options.DEVICES
+    for flag, dest in (("--batch-size", "batch_size"), ("--num-images", "num_images"), ("--image-size", "image_size")):
+        action = _option(p, flag)
+        if action is not None and name != "train":
+            assert action.dest == dest and action.metavar in ("N", "PX")
+    out = _option(p, "--out")
+    if out is not None:
+        assert not out.required and ("default" in out.help or "[" in out.help)
+    progress = _option(p, "--progress")
+    if progress is not None:
+        assert "--no-progress" in progress.option_strings
+    for action in p._actions:
+        if OLD_SPELLINGS & set(action.option_strings):
+            assert action.help is argparse.SUPPRESS, f"{name}: {action.option_strings} is shown in --help"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help_has_examples(name):
+    p = COMMANDS[name]
+    assert p.epilog and p.epilog.startswith("examples:"), f"convattn {name} --help has no examples"
+    head = name.split()[0]
+    assert sum(line.strip().startswith(f"convattn {head}") for line in p.epilog.splitlines()) >= 2
+    assert p.formatter_class is argparse.RawDescriptionHelpFormatter
+
+
+DEPRECATED = [
+    (["bench", "layers"], "--batch", "3", "batch_size", 3, "--batch-size"),
+    (["bench", "layers"], "--size", "7", "image_size", 7, "--image-size"),
+    (["bench", "models"], "--batch", "3", "batch_size", 3, "--batch-size"),
+    (["bench", "models"], "--size", "64", "image_size", 64, "--image-size"),
+    (["eval", "RUN"], "--size", "5", "num_images", 5, "--num-images"),
+    (["viz", "RUN"], "--count", "4", "num_images", 4, "--num-images"),
+    (["report", "RUN"], "--count", "2", "num_images", 2, "--num-images"),
+]
+
+
+@pytest.mark.parametrize("words, old, value, dest, parsed, new", DEPRECATED, ids=lambda v: str(v))
+def test_old_spelling_parses_and_warns(words, old, value, dest, parsed, new, capsys):
+    args = PARSER.parse_args([*words, old, value])
+    assert getattr(args, dest) == parsed
+    prog = "convattn " + " ".join(w for w in words if w != "RUN")
+    assert capsys.readouterr().err == f"{prog}: {old} is deprecated; use {new}\n"
+    assert getattr(PARSER.parse_args([*words, new, value]), dest) == parsed
+    assert capsys.readouterr().err == ""
+
+
+def test_defaults_without_old_spelling():
+    args = PARSER.parse_args(["bench", "layers"])
+    assert (args.batch_size, args.image_size, args.device, args.progress) == (8, 56, "auto", None)
+    args = PARSER.parse_args(["bench", "models"])
+    assert (args.batch_size, args.image_size) == (32, 224)
+    assert (PARSER.parse_args(["viz", "RUN"]).num_images, PARSER.parse_args(["report", "RUN"]).num_images) == (16, 8)
+    assert PARSER.parse_args(["viz", "RUN"]).out is None  # figures/ in the run directory, resolved when run
+    assert PARSER.parse_args(["report", "RUN"]).out == "report.html"
+    assert PARSER.parse_args(["eval", "RUN"]).num_images is None
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_only_on_a_terminal(monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    auto = argparse.Namespace(progress=None)
+    assert _options.show_progress(auto, _Stream(True)) and not _options.show_progress(auto, _Stream(False))
+    assert _options.show_progress(argparse.Namespace(progress=True), _Stream(False))
+    assert not _options.show_progress(argparse.Namespace(progress=False), _Stream(True))
+    monkeypatch.setenv("CI", "true")
+    assert not _options.show_progress(auto, _Stream(True))
+
+
+def test_bench_draws_no_bar_into_a_pipe(monkeypatch, capsys):
+    monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    assert cli.main(["bench", "layers", "--layers", "se", "--channels", "8", "--image-size", "5", "--batch-size", "1",
+                     "--repeats", "1", "--warmup", "0", "--no-memory", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "5x5, batch 1" in captured.out and captured.err == ""
+
+
+def test_device_auto_resolves():
+    import torch
+
+    assert _options.resolve_device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _options.resolve_device_name("cpu") == "cpu"
+
+
+def _raise(args):
+    raise args.exc
+
+
+@pytest.mark.parametrize("exc", [
+    UnknownOptionError("attention layer 'se' got unknown option bogus=1; it accepts rd_ratio"),
+    ValueError("unknown attention layer 'sse'; did you mean 'se'? (convattn.list_attn() or `convattn list layers` "
+               "lists all 30)"),
+])
+def test_errors_print_one_line_and_exit_2(exc, monkeypatch, capsys):
+    build = cli.build_parser
+
+    def parser():
+        p = build()
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        sub.add_parser("fail").set_defaults(func=_raise, exc=exc)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(["fail"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"convattn fail: error: {exc}\n"
+
+
+def test_unknown_layer_names_the_list_command(capsys):
+    from convattn.registry import LAYERS
+
+    with pytest.raises(ValueError, match="convattn list layers"):
+        LAYERS.get("sse")
