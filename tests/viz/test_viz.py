@@ -1,4 +1,4 @@
-"""convattn.viz: map interpretation, Grad-CAM layer choice, and files written for a trained run."""
+"""convattn.viz: figures, the names it re-exports from convattn.maps, and files written for a trained run."""
 
 from __future__ import annotations
 
@@ -12,12 +12,8 @@ import convattn
 from convattn.cli import main
 from convattn.models import create_model
 from convattn.viz import (
-    find_cam_layer,
-    grad_cam,
-    interpret_maps,
     plot_attention,
     plot_curves,
-    query_map,
     read_metrics,
     to_display,
     visualize_run,
@@ -30,33 +26,28 @@ def _png_size(path):
         return im.size
 
 
-def test_query_map_picks_the_query_row():
-    h, w = 3, 4
-    attn = torch.zeros(h * w, h * w)
-    attn[1 * w + 2, 2 * w + 0] = 1.0  # query (1, 2) attends to key (2, 0)
-    m = query_map(attn, (h, w), (1, 2))
-    assert m.shape == (3, 4) and np.unravel_index(m.argmax(), m.shape) == (2, 0)
-    # pooled keys (non-local subsampling): 12 queries, 6 keys -> a (h/2-ish) grid with the aspect kept
-    pooled = torch.rand(h * w, 6)
-    assert query_map(pooled, (h, w), (0, 0)).shape in {(2, 3), (3, 2)}
+def test_viz_reexports_the_recorder_names():
+    import convattn.maps
+    import convattn.viz
+
+    for name in ("AttentionMap", "LogitsOnly", "collect_attention", "find_cam_layer", "find_transformers",
+                 "grad_cam", "interpret_maps", "query_map"):
+        assert getattr(convattn.viz, name) is getattr(convattn.maps, name)
 
 
-def test_interpret_maps_kinds():
-    B, C, h, w = 2, 6, 3, 5
-    maps = {
-        "a": torch.rand(B, C),
-        "b:spatial": torch.rand(B, 1, h, w),
-        "c": torch.rand(B, h * w, h * w),
-        "d": torch.rand(B, C, C),
-        "e:theta": torch.rand(B, 2, 3),
-        "f": torch.rand(B, 4, h * w, h * w),
-    }
-    shapes = {k: (B, C, h, w) for k in "abcdef"}
-    kinds = {m.key: m.kind for m in interpret_maps(maps, shapes, image_hw=(12, 20))}
-    assert kinds == {"a": "channel", "b:spatial": "spatial", "c": "query", "d": "matrix", "e:theta": "theta",
-                     "f": "query"}
-    q = [m for m in interpret_maps(maps, shapes, image_hw=(12, 20), query=(0, 19)) if m.key == "c"][0]
-    assert q.query == (0, 4) and q.data.shape == (B, h, w)  # input pixel (0, 19) -> grid cell (0, 4)
+def test_transformer_outputs_reads_a_recording():
+    from convattn.maps import record_maps
+    from convattn.viz import transformer_outputs
+
+    torch.manual_seed(0)
+    net = nn.Sequential(convattn.create_attn("stn", 1), nn.Conv2d(1, 4, 3))
+    x = torch.randn(2, 1, 16, 16)
+    (out,) = transformer_outputs(net, x)
+    assert out["path"] == "0" and out["grid"].shape == (2, 16, 16, 2) and torch.equal(out["input"], x)
+    torch.testing.assert_close(out["theta"], net[0].theta(x))
+    torch.testing.assert_close(out["output"], net[0](x))
+    (again,) = transformer_outputs(net, x, recording=record_maps(net, x))
+    torch.testing.assert_close(again["grid"], out["grid"])
 
 
 def test_to_display_undoes_normalisation():
@@ -65,32 +56,6 @@ def test_to_display_undoes_normalisation():
     x = (img - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     np.testing.assert_allclose(to_display(x, mean, std)[0], img[0].permute(1, 2, 0).numpy(), atol=1e-6)
     assert to_display(torch.randn(2, 1, 4, 4)).shape == (2, 4, 4, 3)
-
-
-def test_cam_layer_found_automatically():
-    resnet = create_model("resnet18", num_classes=5, attention="se")
-    assert find_cam_layer(resnet, torch.randn(1, 3, 64, 64)) == "layer4"
-    cnn = create_model("simple_cnn", num_classes=5, in_chans=1, attention="cbam")
-    name = find_cam_layer(cnn, torch.randn(1, 1, 28, 28))
-    assert "attn" not in name  # never a convolution inside an attention gate
-    assert isinstance(dict(cnn.named_modules())[name], nn.Module)
-
-
-def test_grad_cam_handles_dict_outputs():
-    class DictNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
-            self.head = nn.Linear(8, 3)
-
-        def forward(self, x):
-            return {"logits": self.head(self.features(x).mean((2, 3))), "maps": x}
-
-    cams, layer = grad_cam(DictNet(), torch.randn(2, 1, 10, 12))
-    assert layer == "features"
-    assert cams.shape == (2, 10, 12) and cams.min() >= 0 and cams.max() <= 1
-    with pytest.raises(convattn.ConfigError, match="no module"):
-        grad_cam(DictNet(), torch.randn(1, 1, 8, 8), target_layer="nope")
 
 
 def test_plot_attention_and_curves_return_figures():

@@ -7,6 +7,10 @@ window and Grad-CAM against the object's box: pointing game, energy in box and, 
 windows, IoU. :func:`localize_run` does it for a trained run and stores the numbers
 in its ``results.json``. The metric functions work on any maps and boxes.
 
+Modules: :mod:`~convattn.eval.geometry` (boxes, frames, sampling windows),
+:mod:`~convattn.eval.metrics` (the scores), :mod:`~convattn.eval.localize` (the loop and
+``results.json``); the maps come from :mod:`convattn.maps`.
+
 Example:
     >>> import torch
     >>> from convattn.eval import pointing_game, energy_in_box
@@ -16,5 +20,20 @@ Example:
     ([1.0], [1.0])
 """
 
-from ._localization import *  # noqa: F403  (the names in its __all__)
-from ._localization import __all__  # noqa: F401
+from .geometry import box_mask, box_share, to_image_frame, window_corners
+from .localize import format_localization, localization, localize_run
+from .metrics import DEFAULT_TOLERANCE, energy_in_box, pointing_game, window_scores
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "box_mask",
+    "box_share",
+    "energy_in_box",
+    "format_localization",
+    "localization",
+    "localize_run",
+    "pointing_game",
+    "to_image_frame",
+    "window_corners",
+    "window_scores",
+]

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from ..exceptions import ConfigError
+from ..maps import grad_cam, interpret_maps, record_maps
 from ._images import figure_png, new_figure, to_display
-from .cam import grad_cam
 from .curves import plot_curves, read_metrics, read_results
-from .maps import collect_attention, gallery_figure, interpret_maps
+from .maps import gallery_figure
 from .run import load_model, sample_images
 
 __all__ = ["write_report", "run_summary"]
@@ -246,8 +246,8 @@ def write_report(
                 if name not in cache:
                     cache[name] = sample_images(name, count, data_dir=data_dir, config=s["config"])
                 x, y = cache[name]
-            maps, shapes, _ = collect_attention(model, x)
-            entries = interpret_maps(maps, shapes, image_hw=tuple(x.shape[-2:]))
+            rec = record_maps(model, x)
+            entries = interpret_maps(rec.maps, rec.shapes, image_hw=tuple(x.shape[-2:]))
             cams = None
             if cam:
                 try:

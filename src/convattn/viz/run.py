@@ -8,15 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..exceptions import ConfigError
+from ..maps import LogitsOnly, grad_cam, interpret_maps, record_maps
 from ._images import load_images, save_figure, to_display
-from .cam import LogitsOnly, grad_cam
 from .curves import plot_curves, read_metrics
-from .maps import attention_figure, collect_attention, interpret_maps
+from .maps import attention_figure
 from .stn import transformer_figures
 
 __all__ = ["load_model", "sample_images", "visualize_run"]
@@ -149,11 +148,11 @@ def visualize_run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    maps, shapes, output = collect_attention(model, x)
-    entries = interpret_maps(maps, shapes, image_hw=tuple(x.shape[-2:]), query=query)
+    rec = record_maps(model, x)
+    entries = interpret_maps(rec.maps, rec.shapes, image_hw=tuple(x.shape[-2:]), query=query)
     try:
         with torch.no_grad():
-            preds = LogitsOnly(model)(x).argmax(1).tolist() if output is not None else None
+            preds = LogitsOnly(model)(x).argmax(1).tolist() if rec.output is not None else None
     except Exception:
         preds = None
     cams = None
@@ -183,7 +182,7 @@ def visualize_run(
         fig = attention_figure(disp[b], [(m, b) for m in entries], cam=None if cams is None else cams[b],
                                title=", ".join(parts))
         written.append(save_figure(fig, out / f"attention_{b:03d}.png"))
-    for path, fig in transformer_figures(model, x, mean=mean, std=std):
+    for path, fig in transformer_figures(model, x, mean=mean, std=std, recording=rec):
         written.append(save_figure(fig, out / f"stn_{_safe(path)}.png"))
     if run_dir is not None:
         rows = read_metrics(run_dir)

@@ -1,9 +1,10 @@
 """Spatial transformers (Jaderberg et al., NeurIPS 2015; https://arxiv.org/abs/1506.02025) made visible.
 
 For each spatial transformer in a model (a module with ``theta(x)`` and
-``sampling_grid(x, theta)``, as convattn's ``stn`` layer has), one forward pass
-captures its input and output; the figure shows, side by side, the input, the
-sampling grid drawn on it (where each output pixel is read from), and the output.
+``sampling_grid(x, theta)``, as convattn's ``stn`` layer has), one recorded forward
+pass (:func:`convattn.maps.record_maps`) gives its input, output and θ; the figure
+shows, side by side, the input, the sampling grid drawn on it (where each output pixel
+is read from), and the output.
 """
 
 from __future__ import annotations
@@ -14,50 +15,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..maps import Recording, record_maps
 from ._images import new_figure, to_display
 
-__all__ = ["find_transformers", "transformer_outputs", "plot_transformer", "plot_transformers", "transformer_figures"]
+__all__ = ["transformer_outputs", "plot_transformer", "plot_transformers", "transformer_figures"]
 
 
-def find_transformers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(path, module)`` of every spatial transformer inside ``model`` (``model.stn`` included)."""
-    found = []
-    for path, module in model.named_modules():
-        if callable(getattr(module, "sampling_grid", None)) and callable(getattr(module, "theta", None)):
-            found.append((path or type(module).__name__, module))
-    return found
+def transformer_outputs(model: nn.Module, images: torch.Tensor, *, recording: Recording | None = None
+                        ) -> list[dict[str, Any]]:
+    """Per transformer that ``model(images)`` runs, its ``input``, ``grid`` ``(B, H', W', 2)``,
+    ``theta`` ``(B, 2, 3)`` and ``output`` tensors (``path`` names it).
 
-
-def transformer_outputs(model: nn.Module, images: torch.Tensor) -> list[dict[str, Any]]:
-    """Run ``model(images)`` once and return, per transformer, its ``input``, ``grid`` ``(B, H', W', 2)``,
-    ``theta`` ``(B, 2, 3)`` and ``output`` tensors (``path`` names it)."""
-    found = find_transformers(model)
-    captured: dict[str, dict[str, Any]] = {}
-    hooks = []
-    for path, module in found:
-        def hook(mod, args, out, _path=path):
-            if _path not in captured and args and isinstance(args[0], torch.Tensor):
-                captured[_path] = {"path": _path, "input": args[0].detach(), "output": out.detach(), "module": mod}
-
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(images)
-            results = []
-            for path, _ in found:
-                if path not in captured:
-                    continue
-                c = captured[path]
-                mod = c.pop("module")
-                c["theta"] = mod.theta(c["input"])
-                c["grid"] = mod.sampling_grid(c["input"], c["theta"])
-                results.append(c)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    ``recording``: a :func:`convattn.maps.record_maps` pass of these images to read instead of a new one.
+    """
+    rec = recording if recording is not None else record_maps(model, images)
+    results = []
+    with torch.no_grad():
+        for t in rec.transformers.values():
+            grid = t.module.sampling_grid(t.input, t.theta)
+            results.append({"path": t.path, "input": t.input, "grid": grid, "theta": t.theta, "output": t.output})
     return results
 
 
@@ -146,10 +122,12 @@ def transformer_figures(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     max_rows: int = 8,
+    recording: Recording | None = None,
 ) -> list[tuple[str, Any]]:
-    """Like :func:`plot_transformers`, as ``(module path, figure)`` pairs."""
+    """Like :func:`plot_transformers`, as ``(module path, figure)`` pairs (``recording``: see
+    :func:`transformer_outputs`)."""
     figs = []
-    for rec in transformer_outputs(model, images):
+    for rec in transformer_outputs(model, images, recording=recording):
         x, y, grid = rec["input"], rec["output"], rec["grid"].cpu().numpy()
         is_image = x.shape == images.shape and torch.equal(x, images)
         if is_image:
