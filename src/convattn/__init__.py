@@ -27,13 +27,14 @@ from .exceptions import (
     DatasetNotFoundError,
     DTypeError,
     ShapeError,
+    UnknownOptionError,
 )
 from .layers import RecordsAttention, record_attention
 from .registry import AttnInfo, create_attn, get_attn_info, list_attn, register_attn
 
 if TYPE_CHECKING:
     from .engine import TrainConfig, evaluate, load_checkpoint, load_run, train
-    from .models import attn_positions, create_model, insert_attn, list_models, register_model
+    from .models import attn_positions, create_model, get_model_info, insert_attn, list_models, register_model
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ _LAZY_NAMES = {
     "train": "engine",
     "attn_positions": "models",
     "create_model": "models",
+    "get_model_info": "models",
     "insert_attn": "models",
     "list_models": "models",
     "register_model": "models",
@@ -79,11 +81,13 @@ __all__ = [
     "RecordsAttention",
     "ShapeError",
     "TrainConfig",
+    "UnknownOptionError",
     "attn_positions",
     "create_attn",
     "create_model",
     "evaluate",
     "get_attn_info",
+    "get_model_info",
     "insert_attn",
     "list_attn",
     "list_models",

@@ -12,6 +12,7 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "ConfigError",
+    "UnknownOptionError",
     "DatasetNotFoundError",
     "CheckpointError",
 ]
@@ -31,6 +32,10 @@ class DTypeError(ConvattnError, TypeError):
 
 class ConfigError(ConvattnError, ValueError):
     """A constructor argument, option or configuration value is invalid."""
+
+
+class UnknownOptionError(ConvattnError, TypeError):
+    """A layer, model or function was given a keyword option it does not take."""
 
 
 class DatasetNotFoundError(ConvattnError, FileNotFoundError):

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 import convattn
-from convattn.exceptions import ConfigError
+from convattn.exceptions import ConfigError, UnknownOptionError
 from convattn.models import IdentityBlend, WithAttention, attn_positions, insert_attn
 
 
@@ -307,7 +307,7 @@ def test_errors():
         insert_attn(net, "non_local3d", where="stage")
     with pytest.raises(ConfigError, match="did you mean"):
         insert_attn(net, "sse")
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(UnknownOptionError, match="unknown option rd_ratoi=0.5"):
         insert_attn(net, "se", rd_ratoi=0.5)
     for bad in (5, 0, -5):
         with pytest.raises(ConfigError, match=r"stages expects 1-based stage numbers 1..4, -1 for the last"):

@@ -17,9 +17,8 @@ from torch import nn
 
 from convattn.exceptions import ConfigError
 from convattn.models import IdentityBlend, WithAttention, attn_positions, insert_attn
-from convattn.models._wrappers import AttentionChain
+from convattn.models._wrappers import AttentionChain, is_inserted
 from convattn.models._families import is_existing_attention
-from convattn.models.insert import _is_attention
 
 WHERES = ("block", "stage", "conv", "replace")
 LAYERS = ("se", "cbam", "eca", "coord", "non_local")
@@ -50,7 +49,7 @@ def _plain(family: str) -> nn.Module:
 def _inserted_layers(net: nn.Module) -> list[nn.Module]:
     out = []
     for m in net.modules():
-        if isinstance(m, IdentityBlend) or (_is_attention(m) and not isinstance(m, nn.Sequential)):
+        if isinstance(m, IdentityBlend) or (is_inserted(m) and not isinstance(m, nn.Sequential)):
             if not any(m in list(o.modules()) for o in out):
                 out.append(m)
     return out
@@ -117,7 +116,7 @@ def test_family_unplaceable_where_raises(family):
 def _fx_leaf_tracer() -> torch.fx.Tracer:
     class Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return _is_attention(m) and not isinstance(m, nn.Sequential) or super().is_leaf_module(m, qualname)
+            return is_inserted(m) and not isinstance(m, nn.Sequential) or super().is_leaf_module(m, qualname)
 
     return Tracer()
 
@@ -166,7 +165,7 @@ def test_tools_keep_the_attention(family):
         graph = None
     if graph is not None:
         gm = torch.fx.GraphModule(net, _fx_leaf_tracer().trace(net))
-        calls = [n for n in gm.graph.nodes if n.op == "call_module" and _is_attention(gm.get_submodule(n.target))]
+        calls = [n for n in gm.graph.nodes if n.op == "call_module" and is_inserted(gm.get_submodule(n.target))]
         assert len(calls) == n_layers
         same(gm)
         from torch.fx.experimental.optimization import fuse

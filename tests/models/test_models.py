@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import convattn
-from convattn.exceptions import ConfigError, ShapeError
-from convattn.models import create_model, list_models, register_model
+from convattn.exceptions import ConfigError, ShapeError, UnknownOptionError
+from convattn.models import create_model, get_model_info, list_models, register_model
+from convattn.models.registry import MODELS
 from convattn.models.aacn import AACN
 from convattn.models.danet_seg import danet_loss
 from convattn.models.resnet import PadShortcut
@@ -90,10 +91,20 @@ def test_export(name):
 
 
 def test_registry_errors():
-    with pytest.raises(ValueError, match="did you mean.*'resnet50'"):
+    with pytest.raises(ConfigError, match="did you mean.*'resnet50'"):
         create_model("resnet05", num_classes=3)
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match=r"unknown model 'nope'.*convattn\.list_models\(\) or `convattn list models`"):
+        create_model("nope", num_classes=2)
+    with pytest.raises(ConfigError, match="unknown model"):
+        get_model_info("nope")
+    with pytest.raises(UnknownOptionError, match=r"model 'simple_cnn' got unknown option widht=\(8,\); it accepts widths"):
         create_model("simple_cnn", num_classes=3, widht=(8,))
+    with pytest.raises(UnknownOptionError, match="bogus=1"):
+        create_model("resnet20", num_classes=3, attention="se", attn_kwargs={"bogus": 1})
+    with pytest.raises(UnknownOptionError, match="bogus=1"):
+        create_model("simple_cnn", num_classes=3, attention="se", attn_kwargs={"bogus": 1})
+    with pytest.raises(ConfigError, match="unknown attention layer 'sse'"):
+        create_model("simple_cnn", num_classes=3, attention="sse")
     with pytest.raises(ConfigError, match="num_classes"):
         create_model("simple_cnn", num_classes=0)
     with pytest.raises(ValueError, match="already registered"):
@@ -108,6 +119,39 @@ def test_registry_errors():
         create_model("gated_mlp", num_classes=3, attention="se")
     assert create_model("resnet20", num_classes=3, attention="none").fc.out_features == 3
 
+
+
+def test_model_info_carries_what_the_engine_reads():
+    for name in list_models():
+        info = get_model_info(name)
+        assert info.name == name and info is MODELS.get(name)
+        assert isinstance(info.places_attention, bool) and isinstance(info.takes_image_size, bool)
+        assert not {"num_classes", "in_chans", "attention", "attn_kwargs"} & set(info.options)
+    assert get_model_info("resnet50").places_attention and not get_model_info("resnet50").takes_image_size
+    assert get_model_info("efficientnet_b0").places_attention
+    assert not get_model_info("simple_cnn").places_attention and not get_model_info("aacn").places_attention
+    assert get_model_info("gated_mlp").takes_image_size
+    assert get_model_info("resnet20").options["shortcut"] == "A"
+
+
+def test_register_model_declares_or_derives_facts():
+    @register_model("test_declared", places_attention=True, takes_image_size=True)
+    def declared(*, num_classes, in_chans=3, attention=None, attn_kwargs=None, **options):
+        return nn.Linear(1, num_classes)
+
+    @register_model("test_derived")
+    def derived(*, num_classes, in_chans=3, attention=None, attn_kwargs=None, image_size=(8, 8)):
+        return nn.Linear(1, num_classes)
+
+    try:
+        assert get_model_info("test_declared").places_attention and get_model_info("test_declared").takes_image_size
+        info = get_model_info("test_derived")
+        assert not info.places_attention and info.takes_image_size and info.options == {"image_size": (8, 8)}
+        assert create_model("test_declared", num_classes=2, anything=1).out_features == 2  # **options takes all
+    finally:
+        MODELS.remove("test_declared")
+        MODELS.remove("test_derived")
+    assert "test_declared" not in list_models()
 
 # --------------------------------------------------------------------------- parameter counts (the papers' tables)
 

@@ -2,7 +2,9 @@
 
 ``create_model(name, num_classes=..., attention=...)`` builds a registered network;
 ``insert_attn(model, name, where=...)`` puts a layer into any existing CNN.
-Importing this package registers every model module (each non-underscore module).
+Importing this package registers every model: each module but the machinery below
+(``registry``, ``probe``, ``positions``, ``insert``, and the underscore modules) is
+one network family whose ``@register_model`` runs on import.
 """
 
 from __future__ import annotations
@@ -10,21 +12,28 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._registry import create_model, get_model_entry, list_models, register_model
-from .insert import AttentionChain, AttnPosition, IdentityBlend, WithAttention, attn_positions, insert_attn
+from ._wrappers import AttentionChain, IdentityBlend, WithAttention
+from .insert import insert_attn
+from .positions import AttnPosition, AttnPositions, attn_positions
+from .registry import ModelInfo, create_model, get_model_entry, get_model_info, list_models, register_model
+
+_MACHINERY = ("registry", "probe", "positions", "insert")
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if not _mod.startswith("_") and _mod != "insert":
+    if not _mod.startswith("_") and _mod not in _MACHINERY:
         importlib.import_module(f"{__name__}.{_mod}")
 
 __all__ = [
     "AttentionChain",
     "AttnPosition",
+    "AttnPositions",
     "IdentityBlend",
+    "ModelInfo",
     "WithAttention",
     "attn_positions",
     "create_model",
     "get_model_entry",
+    "get_model_info",
     "insert_attn",
     "list_models",
     "register_model",

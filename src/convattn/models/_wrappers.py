@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..layers._recording import RecordsAttention
-from ..registry import _REGISTRY
+from ..registry import LAYERS
 
 __all__ = ["AttentionChain", "IdentityBlend", "WithAttention", "is_inserted", "unwrap"]
 
@@ -105,19 +105,7 @@ class WithAttention(nn.Module):
 
 def is_inserted(m: nn.Module) -> bool:
     """Whether ``m`` is an attention layer added by ``insert_attn`` (or any convattn layer)."""
-    return isinstance(m, (AttentionChain, IdentityBlend, RecordsAttention)) or type(m) in _registered_classes()
-
-
-_CLASSES: dict[tuple[str, ...], frozenset] = {}
-
-
-def _registered_classes() -> frozenset:
-    """The registry's layer classes, recomputed only when the registered names change."""
-    names = tuple(_REGISTRY)
-    if names not in _CLASSES:
-        _CLASSES.clear()
-        _CLASSES[names] = frozenset(info.cls for info in _REGISTRY.values())
-    return _CLASSES[names]
+    return isinstance(m, (AttentionChain, IdentityBlend, RecordsAttention)) or LAYERS.find(type(m)) is not None
 
 
 def unwrap(m: nn.Module) -> nn.Module:

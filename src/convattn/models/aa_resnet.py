@@ -18,9 +18,10 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ..registry import create_attn
-from ._registry import register_model
-from .insert import _select_stages
-from .resnet import _add_attention, build_torchvision_resnet
+from .insert import maybe_insert_attn
+from .positions import select_stages
+from .registry import register_model
+from .resnet import build_torchvision_resnet
 
 __all__ = ["augment_convs"]
 
@@ -47,7 +48,7 @@ def augment_convs(
     """
     all_stages = [(f"layer{i}", getattr(model, f"layer{i}")) for i in range(1, 5) if hasattr(model, f"layer{i}")]
     replaced = []
-    for stage_path, stage in _select_stages(all_stages, stages):
+    for stage_path, stage in select_stages(all_stages, stages):
         for path, module in list(stage.named_modules()):
             for name, conv in list(module.named_children()):
                 if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)):
@@ -96,7 +97,7 @@ def _make_aa(arch: str):
     ) -> nn.Module:
         model = build_torchvision_resnet(arch, num_classes=num_classes, in_chans=in_chans, small_input=small_input)
         augment_convs(model, stages=aa_stages, dk=dk, dv=dv, num_heads=num_heads, rel_pos=rel_pos, max_size=max_size)
-        return _add_attention(model, attention, attn_kwargs, attn_where, attn_stages, identity_init)
+        return maybe_insert_attn(model, attention, attn_kwargs, where=attn_where, stages=attn_stages, identity_init=identity_init)
 
     factory.__name__ = f"aa_{arch}"
     factory.__doc__ = f"""AA-{arch}: torchvision ``{arch}`` with ``aa_conv`` for the 3×3 convolutions of ``aa_stages``.

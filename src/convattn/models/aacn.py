@@ -37,8 +37,9 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ..registry import create_attn
-from ._registry import create_model, register_model
-from .insert import _preceding_width, _select_stages
+from .positions import select_stages
+from .probe import preceding_width
+from .registry import create_model, register_model
 from .resnet import CifarResNet
 from .simple_cnn import SimpleCNN
 
@@ -104,12 +105,12 @@ class AACN(nn.Module):
         stem, stages = split_backbone(backbone)
         self._stem_names = ("conv1", "bn1") if not isinstance(backbone, SimpleCNN) else ()
         self._stage_names = [name for name, _ in stages]
-        chosen = {name for name, _ in _select_stages(stages, attn_stages)}
+        chosen = {name for name, _ in select_stages(stages, attn_stages)}
         self.stem = stem
         self.stages = nn.ModuleDict(stages)
         widths = {}
         for name, stage in stages:
-            width, _ = _preceding_width(stage, stage)
+            width, _ = preceding_width(stage, stage)
             if width is None:
                 raise ConfigError(f"aacn cannot tell the width of stage {name!r}")
             widths[name] = width

@@ -23,8 +23,9 @@ from torch import nn
 
 from ..exceptions import ConfigError, ShapeError
 from ..registry import create_attn
-from ._registry import register_model
-from .resnet import _add_attention, build_torchvision_resnet
+from .insert import maybe_insert_attn
+from .registry import register_model
+from .resnet import build_torchvision_resnet
 
 __all__ = ["DANetHead", "DANetSeg", "danet_loss"]
 
@@ -190,5 +191,5 @@ def danet_resnet50(
         in_chans=in_chans,
         replace_stride_with_dilation=[False, True, True] if dilate else None,
     )
-    net = _add_attention(net, attention, attn_kwargs, attn_where, attn_stages, identity_init)
+    net = maybe_insert_attn(net, attention, attn_kwargs, where=attn_where, stages=attn_stages, identity_init=identity_init)
     return DANetSeg(net, num_classes=num_classes, reduction=reduction, pam_rd_ratio=pam_rd_ratio, dropout=dropout)

@@ -23,7 +23,7 @@ from torch import nn
 from ..exceptions import ConfigError
 from ..layers._helpers import is_tracing
 from ..layers.attn_pool import GatedAttentionHead
-from ._registry import register_model
+from .registry import register_model
 from .simple_cnn import ConvBlock, make_attention
 
 __all__ = ["GatedMLP", "GatedCNN"]

@@ -21,23 +21,10 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from ..exceptions import ConfigError
-from ._registry import register_model
-from .insert import insert_attn
+from .insert import maybe_insert_attn
+from .registry import register_model
 
 __all__ = ["CifarResNet", "PadShortcut", "build_torchvision_resnet"]
-
-
-def _add_attention(
-    model: nn.Module,
-    attention: str | None,
-    attn_kwargs: dict[str, Any] | None,
-    where: Any,
-    stages: Sequence[int | str] | None,
-    identity_init: bool,
-) -> nn.Module:
-    if attention is None:
-        return model
-    return insert_attn(model, attention, where=where, stages=stages, identity_init=identity_init, **(attn_kwargs or {}))
 
 
 def build_torchvision_resnet(
@@ -89,7 +76,7 @@ def _make_tv(arch: str):
             width_per_group=width_per_group,
             replace_stride_with_dilation=replace_stride_with_dilation,
         )
-        return _add_attention(model, attention, attn_kwargs, attn_where, attn_stages, identity_init)
+        return maybe_insert_attn(model, attention, attn_kwargs, where=attn_where, stages=attn_stages, identity_init=identity_init)
 
     factory.__name__ = arch
     factory.__doc__ = f"""torchvision ``{arch}`` (no pretrained weights) with optional attention in every block.
@@ -232,7 +219,7 @@ def _make_cifar(depth: int):
         identity_init: bool = False,
     ) -> nn.Module:
         model = CifarResNet(depth, num_classes=num_classes, in_chans=in_chans, shortcut=shortcut)
-        return _add_attention(model, attention, attn_kwargs, attn_where, attn_stages, identity_init)
+        return maybe_insert_attn(model, attention, attn_kwargs, where=attn_where, stages=attn_stages, identity_init=identity_init)
 
     factory.__name__ = f"resnet{depth}"
     factory.__doc__ = f"""CIFAR ResNet-{depth} (He et al. 2016, Sec. 4.2), optional attention in every block.

@@ -15,8 +15,8 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ..registry import create_attn, get_attn_info
-from ._registry import register_model
-from .insert import IdentityBlend
+from ._wrappers import IdentityBlend
+from .registry import register_model
 
 __all__ = ["ConvBlock", "SimpleCNN", "make_attention"]
 
@@ -26,23 +26,18 @@ def make_attention(
 ) -> nn.Module:
     """Build a shape-preserving attention layer, or ``nn.Identity`` for ``None``.
 
-    Raises ``ConfigError`` for layers that are not of kind ``"gate"`` or unknown options.
+    Raises ``ConfigError`` for unknown layers and layers that are not of kind ``"gate"``,
+    ``UnknownOptionError`` for unknown options.
     """
     if attention is None:
         return nn.Identity()
-    try:
-        info = get_attn_info(attention) if isinstance(attention, str) else None
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    info = get_attn_info(attention) if isinstance(attention, str) else None
     if info is not None and (info.kind != "gate" or info.ndim != 4):
         raise ConfigError(
             f"{attention!r} is a {info.kind!r} layer for {info.ndim}-D inputs; this model takes "
             "shape-preserving 'gate' layers for images (B, C, H, W)"
         )
-    try:
-        layer = create_attn(attention, channels, **(attn_kwargs or {}))
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
+    layer = create_attn(attention, channels, **(attn_kwargs or {}))
     return IdentityBlend(layer) if identity_init else layer
 
 

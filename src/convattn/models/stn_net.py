@@ -18,7 +18,7 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ..registry import create_attn
-from ._registry import create_model, register_model
+from .registry import create_model, register_model
 
 __all__ = ["STCNN"]
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 
 from torch import nn
 
-from ._registry import register_model
-from .resnet import _add_attention
+from .insert import maybe_insert_attn
+from .registry import register_model
 
 __all__ = ["TORCHVISION_MODELS", "TIMM_MODELS"]
 
@@ -51,7 +51,8 @@ def _factory(build: Callable[[int, int], nn.Module], doc: str) -> Callable[..., 
         attn_stages: Sequence[int | str] | None = None,
         identity_init: bool = False,
     ) -> nn.Module:
-        return _add_attention(build(num_classes, in_chans), attention, attn_kwargs, attn_where, attn_stages, identity_init)
+        model = build(num_classes, in_chans)
+        return maybe_insert_attn(model, attention, attn_kwargs, where=attn_where, stages=attn_stages, identity_init=identity_init)
 
     factory.__doc__ = doc
     return factory
