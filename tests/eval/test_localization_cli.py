@@ -70,7 +70,7 @@ def test_eval_is_reachable_lazily():
     code = ("import sys, convattn; assert 'convattn.eval' not in sys.modules; "
             "f = convattn.eval.localization; print(f.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "convattn.eval._localization"
+    assert out.strip() == "convattn.eval.localize"
 
 
 def test_size_takes_images_of_the_split_the_run_was_tested_on(stn_run):
