@@ -27,7 +27,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import train_runs
+from convattn.experiments import train_runs
 
 
 def _config(args: argparse.Namespace, model: str, seed: int):

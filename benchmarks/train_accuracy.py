@@ -9,7 +9,7 @@
    ``plain-e<N>-s<seed>``), then from it (``--init-from``) the attention + decision branches
    with the features frozen and α·L_attn, and the feature + decision branches with the
    attention frozen, alternating, for the rest - the demo's variants
-   (``convattn.cli.demo.VARIANTS`` with each model's default recipe: AdamW, lr 5e-3, cosine,
+   (``convattn.experiments.VARIANTS`` with each model's default recipe: AdamW, lr 5e-3, cosine,
    batch 32, channels_last) on 6,000 training images for 6 epochs. Also ``aacn-one-run``,
    the staged recipe in one run (``convattn train --model aacn``: its own feature stage
    first); ``aacn-joint``, every branch trained together from scratch (``--recipe joint``);
@@ -42,7 +42,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.cli.demo import DATASET, VARIANTS, train_or_reuse, train_runs, variant_configs
+from convattn.experiments import DATASET, VARIANTS, train_or_reuse, train_runs, variant_configs
 from convattn.engine.recipes import aacn_feature_epochs
 from convattn.exceptions import DatasetNotFoundError
 

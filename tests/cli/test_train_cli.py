@@ -68,6 +68,11 @@ def test_help_explains_every_option(capsys):
     text = capsys.readouterr().out
     for name in TrainConfig.field_names():
         assert "--" + name.replace("_", "-") in text
+    # the recipe `convattn train` runs without flags, where it differs from the bare default
+    flat = " ".join(text.split())
+    assert "[0.05; recipe simple_cnn/default: 0.005]" in flat and "[sgd; recipe simple_cnn/default: adamw]" in flat
+    assert "[0.9]" in flat and "recipe simple_cnn/default: 0.9" not in flat  # momentum: the recipe keeps it
+    assert flat.count("convattn train --") >= 3  # examples
 
 
 def test_train_eval_predict_end_to_end(tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """Tiny stand-in model and dataset for the engine tests (fast, no files, no downloads).
 
-``install()`` points the trainer at them; subprocess tests call it from their script.
+``install()`` points the engine at them (the trainer, model building and evaluation of
+saved runs); subprocess tests call it from their script.
 The dataset flips images at random through torch's global generator and the model
 has dropout, so resuming must restore those random states to match.
 """
@@ -75,11 +76,12 @@ def build_model(config, data_info):
 
 
 def install(monkeypatch=None) -> None:
-    from convattn.engine import trainer
+    from convattn.engine import build, inference, trainer
 
-    if monkeypatch is not None:
-        monkeypatch.setattr(trainer, "build_datasets", build_datasets)
-        monkeypatch.setattr(trainer, "build_model", build_model)
-    else:
-        trainer.build_datasets = build_datasets
-        trainer.build_model = build_model
+    patches = [(trainer, "build_datasets", build_datasets), (inference, "build_datasets", build_datasets),
+               (trainer, "build_model", build_model), (build, "build_model", build_model)]
+    for module, name, value in patches:
+        if monkeypatch is not None:
+            monkeypatch.setattr(module, name, value)
+        else:
+            setattr(module, name, value)

@@ -5,7 +5,8 @@ import torch
 
 from convattn.engine import TrainConfig, save_checkpoint
 from convattn.engine.recipes import get_recipe, resolve_config
-from convattn.engine.trainer import StagePlan, init_from_run
+from convattn.engine.build import init_from_run
+from convattn.engine.stages import StagePlan
 from convattn.exceptions import ConfigError
 from convattn.models import create_model
 

@@ -7,7 +7,7 @@ from torch import nn
 
 import standin
 from convattn.engine import TrainConfig, evaluate, load_checkpoint, load_run, train
-from convattn.engine.trainer import StagePlan
+from convattn.engine.stages import StagePlan
 from convattn.exceptions import ConfigError
 
 

@@ -14,7 +14,9 @@ from .config import TrainConfig
 from .inference import evaluate_run, plot_confusion, predict_images
 from .optim import WarmupSchedule, build_optimizer, param_groups_no_decay
 from .recipes import get_recipe, list_recipes, resolve_config
-from .trainer import evaluate, init_from_run, load_run, logits_of, model_from_checkpoint, train
+from .build import build_model, init_from_run, load_run, model_from_checkpoint
+from .evaluate import evaluate, logits_of
+from .trainer import train
 
 __all__ = [
     "TrainConfig",

@@ -20,7 +20,7 @@ import yaml
 from .._io import atomic_write_text
 from ..exceptions import ConfigError
 
-__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "DEVICES", "STAGE_MODES", "check_names"]
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
@@ -104,6 +104,16 @@ class TrainConfig:
     progress: bool = _f(True, "tqdm progress bars (off automatically when not on a terminal or under CI)")
     tensorboard: bool = _f(True, "write TensorBoard event files when tensorboard is installed")
 
+    #: Fields that do not change what a run computes, so they may differ between a run and its
+    #: resumption or a finished run that is reused: where files are (``out``, ``data_dir``, and
+    #: ``download``, which only fetches missing files), what is logged (``progress``, ``tensorboard``,
+    #: ``save_every``) and where the same operations execute (``device``; ``workers``: the data order
+    #: is seeded; ``compile``: Inductor runs the same operations and, like another device, may round
+    #: differently).
+    RESULT_FREE_FIELDS = frozenset(
+        {"out", "data_dir", "download", "progress", "tensorboard", "save_every", "device", "workers", "compile"}
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -112,9 +122,20 @@ class TrainConfig:
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def result_dict(self) -> dict[str, Any]:
+        """The fields that decide the run's result (all but :attr:`RESULT_FREE_FIELDS`), as plain data."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.RESULT_FREE_FIELDS}
+
+    def result_changes(self, saved: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """``{field: (saved value, this config's value)}`` for each result field that differs from ``saved``
+        (a run's stored config dict; fields added since it was saved count with their defaults)."""
+        old = TrainConfig().result_dict()
+        old.update({k: v for k, v in saved.items() if k in old})
+        return {k: (old[k], v) for k, v in self.result_dict().items() if old[k] != v}
+
     def replace(self, **changes: Any) -> "TrainConfig":
         """A validated copy with some fields changed (unknown names raise ConfigError)."""
-        _check_names(changes, "TrainConfig.replace")
+        check_names(changes, "TrainConfig.replace")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +146,7 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of TrainConfig fields, got {type(data).__name__}")
-        _check_names(data, source)
+        check_names(data, source)
         return cls(**data)
 
     @classmethod
@@ -140,8 +161,8 @@ class TrainConfig:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of fields, got {type(data).__name__}")
-        _check_names(data, f"config file {str(p)!r}")
-        _check_names(overrides, "overrides")
+        check_names(data, f"config file {str(p)!r}")
+        check_names(overrides, "overrides")
         return cls(**{**data, **overrides})
 
     def to_yaml(self, path: str | os.PathLike) -> Path:
@@ -287,7 +308,8 @@ def _choice(cfg: TrainConfig, name: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
-def _check_names(data: dict, source: str) -> None:
+def check_names(data: dict, source: str) -> None:
+    """Raise ConfigError naming ``source`` and the closest field for each key of ``data`` that is no field."""
     known = set(TrainConfig.field_names())
     unknown = [k for k in data if k not in known]
     if unknown:

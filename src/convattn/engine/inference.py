@@ -14,10 +14,11 @@ from torch.utils.data import Dataset, Subset
 
 from ..exceptions import ConfigError, DatasetNotFoundError
 from .._io import atomic_write_bytes, atomic_write_text
+from .build import model_from_checkpoint
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .data import make_eval_loader
+from .data import build_datasets, make_eval_loader
 from .distributed import resolve_device
-from .trainer import _eval_sums, _summary, logits_of, model_from_checkpoint
+from .evaluate import eval_sums, eval_summary, logits_of
 
 __all__ = ["load_run_split", "evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images"]
 
@@ -105,9 +106,7 @@ def load_run_split(
     if batch_size is not None:
         changes["batch_size"] = batch_size
     config = config.replace(**changes)
-    from . import trainer
-
-    datasets, data_info = trainer.build_datasets(config, splits=(split,))
+    datasets, data_info = build_datasets(config, splits=(split,))
     if data_info["num_classes"] != info["num_classes"]:
         raise ConfigError(
             f"dataset {config.dataset!r} has {data_info['num_classes']} classes but the model was trained "
@@ -165,8 +164,8 @@ def evaluate_run(
     dev = resolve_device(device)
     model.to(dev)
     loader = make_eval_loader(ds, config, pin_memory=dev.type == "cuda")
-    loss_sum, confusion = _eval_sums(model, loader, dev, num_classes=info["num_classes"])
-    result = _summary(loss_sum, confusion)
+    loss_sum, confusion = eval_sums(model, loader, dev, num_classes=info["num_classes"])
+    result = eval_summary(loss_sum, confusion)
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent
     png = plot_confusion(
         confusion, names, out / f"confusion_{split}.png",

@@ -1,4 +1,4 @@
-"""Optimisers and per-step learning-rate schedules.
+"""Optimisers, per-step learning-rate schedules and mixed precision (autocast, loss scaling).
 
 Weight decay is never applied to normalisation weights, biases and residual gates:
 every 1-D parameter and every parameter whose name contains ``gamma`` goes into a
@@ -8,7 +8,7 @@ group with ``weight_decay=0`` (as timm and the ResNet training recipes do).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ..exceptions import ConfigError
 
-__all__ = ["param_groups_no_decay", "build_optimizer", "WarmupSchedule"]
+__all__ = ["param_groups_no_decay", "build_optimizer", "WarmupSchedule", "mixed_precision"]
 
 
 def param_groups_no_decay(
@@ -161,3 +161,26 @@ class WarmupSchedule(LRScheduler):
     def get_lr(self) -> list[float]:
         f = self.factor(self.last_epoch)
         return [base * f for base in self.base_lrs]
+
+
+def mixed_precision(mode: str, device: torch.device) -> tuple[Callable[[], Any] | None, torch.amp.GradScaler]:
+    """The autocast context factory of ``TrainConfig.amp`` on ``device`` (``None`` when ``off``) and the
+    gradient scaler of the step (enabled only for float16 on CUDA)."""
+    if mode == "off":
+        dtype = None
+    elif device.type == "cpu":
+        if mode == "fp16":
+            raise ConfigError("amp 'fp16' needs CUDA; on CPU use amp 'bf16' (or 'auto')")
+        dtype = torch.bfloat16
+    elif mode == "auto":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.float16 if mode == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device.type == "cuda")
+    if dtype is None:
+        return None, scaler
+
+    def factory():
+        return torch.autocast(device_type=device.type, dtype=dtype)
+
+    return factory, scaler

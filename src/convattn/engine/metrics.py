@@ -1,0 +1,118 @@
+"""The metrics log of a run: one row per epoch in ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .._io import atomic_write_text
+
+__all__ = ["METRIC_COLUMNS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "json_safe"]
+
+#: The columns of ``metrics.csv`` (``metrics.jsonl`` rows also hold the stage's trained / frozen groups).
+METRIC_COLUMNS = [
+    "epoch", "stage", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time", "images_per_s",
+]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / inf as ``null``, so results.json stays valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (none when it is missing; unreadable lines skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+def epoch_line(row: dict[str, Any]) -> str:
+    """The log line of one epoch's row."""
+    return (f"epoch {row['epoch']} [{row['stage']}] train_loss {row['train_loss']:.4f} "
+            f"train_acc {row['train_acc']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val_acc {row['val_acc']:.4f} lr {row['lr']:.3g} {row['epoch_time']:.1f}s "
+            f"{row['images_per_s']:.0f} img/s")
+
+
+def run_results(rows: list[dict[str, Any]], *, run_dir: str | os.PathLike, params: int, epochs: int, steps: int,
+                best_val_acc: float, test: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's results (``results.json``) from its metrics ``rows`` and the test evaluation:
+    the last epoch's losses and accuracies, the mean seconds per epoch."""
+    nan = float("nan")
+    last = rows[-1] if rows else {}
+    times = [float(r.get("epoch_time", nan)) for r in rows]
+    return {
+        "run_dir": str(run_dir), "params": int(params), "epochs": epochs, "steps": steps,
+        "epoch_time": sum(times) / len(times) if times else nan,
+        **{k: last.get(k, nan) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+        "best_val_acc": best_val_acc, "test_loss": test["loss"], "test_acc": test["accuracy"],
+        "images_per_s": last.get("images_per_s", nan),
+    }
+
+
+class MetricsWriter:
+    """Per-epoch rows appended to metrics.jsonl and metrics.csv (and TensorBoard when installed).
+
+    ``keep_before_epoch``: resuming, keep the rows up to that epoch and drop those of the
+    epochs that will run again; ``None`` starts empty files.
+    """
+
+    def __init__(self, run_dir: Path, *, keep_before_epoch: int | None, tensorboard: bool):
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+        if keep_before_epoch is not None:
+            rows = [r for r in read_metrics(run_dir) if int(r.get("epoch", 0)) <= keep_before_epoch]
+            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_text(self.csv, buf.getvalue())
+        else:
+            atomic_write_text(self.jsonl, "")
+            atomic_write_text(self.csv, ",".join(METRIC_COLUMNS) + "\n")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            except Exception:  # tensorboard is optional
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(self.csv, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore").writerow(row)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+                    self.tb.add_scalar(k, v, row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
