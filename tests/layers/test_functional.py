@@ -94,3 +94,68 @@ def test_strided_head_dimension_still_uses_the_fused_kernel():
     q = torch.randn(2, 8, 20).transpose(1, 2)[:, None]
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         attention(q, q, q)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("d,dv,scale,bias_kind", CASES)
+def test_forward_mode_ad_equals_the_explicit_path(d, dv, scale, bias_kind, requires_grad):
+    """Dual tensors (``torch.autograd.forward_ad``) and ``torch.func.jvp`` through the fused path give
+    the explicit path's tangents; the fused kernels have no forward-AD formulas, so SDPA's math backend runs."""
+    import torch.autograd.forward_ad as fwad
+
+    torch.manual_seed(2)
+    b, h, nq, nk = 2, 3, 7, 5
+    shapes = [(b, h, nq, d), (b, h, nk, d), (b, h, nk, dv)]
+    if bias_kind is not None:
+        shapes.append((b, h, nq, nk) if bias_kind == "full" else (1, h, nq, nk))
+    primals = [torch.randn(s, dtype=torch.float64).requires_grad_(requires_grad) for s in shapes]
+    tangents = [torch.randn(s, dtype=torch.float64) for s in shapes]
+
+    def run(fn, *ts):
+        return fn(*ts[:3], scale=scale, bias=ts[3] if len(ts) > 3 else None)[0]
+
+    def dual(fn):
+        with fwad.dual_level():
+            return fwad.unpack_dual(run(fn, *map(fwad.make_dual, primals, tangents)))
+
+    ref_out, ref_tangent = dual(attention_explicit)
+    out, tangent = dual(attention)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(tangent, ref_tangent)
+    jvp_out, jvp_tangent = torch.func.jvp(lambda *ts: run(attention, *ts), tuple(primals), tuple(tangents))
+    torch.testing.assert_close(jvp_out, ref_out)
+    torch.testing.assert_close(jvp_tangent, ref_tangent)
+    jac = torch.func.jacfwd(lambda q: run(attention, q, *primals[1:]))(primals[0])
+    ref_jac = torch.func.jacrev(lambda q: run(attention_explicit, q, *primals[1:]))(primals[0])
+    torch.testing.assert_close(jac, ref_jac)
+
+
+@pytest.mark.parametrize("name", ["self_attn", "non_local", "danet_pam", "mhsa"])
+def test_forward_mode_ad_through_a_self_attention_layer_equals_the_explicit_path(name):
+    """A layer's jvp (``torch.func.jvp`` and dual tensors) equals the one of its explicit
+    ``softmax(QKᵀ)V`` path (taken while recording), with an input that requires a gradient."""
+    import torch.autograd.forward_ad as fwad
+
+    import convattn
+
+    torch.manual_seed(0)
+    layer = convattn.create_attn(name, 8).double().eval()  # eval: BatchNorm's statistics stay put
+    with torch.no_grad():
+        for p in layer.parameters():  # off the identity at initialisation (γ = 0)
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64, requires_grad=True)
+    t = torch.randn_like(x)
+
+    def dual():
+        with fwad.dual_level():
+            return fwad.unpack_dual(layer(fwad.make_dual(x, t)))
+
+    with convattn.record_attention(layer):
+        ref_out, ref_tangent = dual()
+    out, tangent = dual()
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(tangent, ref_tangent)
+    assert tangent.abs().max() > 0
+    jvp_out, jvp_tangent = torch.func.jvp(layer, (x,), (t,))
+    torch.testing.assert_close(jvp_out, ref_out)
+    torch.testing.assert_close(jvp_tangent, ref_tangent)

@@ -71,7 +71,10 @@ def _functorch_transforms() -> list[TransformType]:
 
 def forward_mode_ad() -> bool:
     """Whether forward-mode AD is on: a ``torch.autograd.forward_ad`` dual level, or a ``torch.func``
-    ``jvp`` (also under ``jacfwd``, ``linearize``, ``hessian``)."""
+    ``jvp`` (also under ``jacfwd``, ``linearize``, ``hessian``). False while ``torch.compile`` traces:
+    the compiler applies its transforms to the traced ops itself."""
+    if torch.compiler.is_compiling():
+        return False
     return torch.autograd.forward_ad._current_level >= 0 or TransformType.Jvp in _functorch_transforms()
 
 
@@ -111,8 +114,8 @@ def kernels_may_run(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) ->
 
 def fused_attention_may_run() -> bool:
     """Whether SDPA may pick its fused kernels: not under :func:`forward_mode_ad` (they have no
-    forward-mode formulas; SDPA's math backend has)."""
-    return not forward_mode_ad()
+    forward-mode formulas; SDPA's math backend has). Tracers choose for themselves."""
+    return is_symbolic() or not forward_mode_ad()
 
 
 def double_backward_wrapper_may_run(*tensors: torch.Tensor | None) -> bool:

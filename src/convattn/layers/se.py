@@ -7,45 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from . import kernels
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
-from ._ops import call, layer_op_registrar
+from ._ops import call
 from ._recording import RecordsAttention
+from ._se_ops import se_ops
 from .modes import kernels_may_run
 
 __all__ = ["SqueezeExcite"]
-
-
-def _se_relu_sigmoid(x, w1, b1, w2, b2):
-    """SE with a ReLU and a sigmoid in PyTorch ops, from the parameters: ``(out, g)``. The formula of
-    the ``convattn_se`` kernels, differentiated by autograd where they cannot be (gradients of gradients)."""
-    z = x.mean((2, 3))
-    g = torch.sigmoid(F.linear(torch.relu(F.linear(z, w1.flatten(1), b1)), w2.flatten(1), b2))
-    return x * g[:, :, None, None], g
-
-
-def _se_fake(x, w1, b1, w2, b2):
-    b, c = x.shape[:2]
-    return torch.empty_like(x), x.new_empty(b, c), x.new_empty(b, c), x.new_empty(b, w1.shape[0])
-
-
-def _se_backward_fake(x, dout, w1, b1, w2, b2, g, z, hidden, need_dx):
-    r, c = w1.shape[0], x.shape[1]
-    return (
-        torch.empty_like(x) if need_dx else x.new_empty(0),
-        x.new_empty(r, c),
-        x.new_empty(r if b1 is not None else 0),
-        x.new_empty(c, r),
-        x.new_empty(c if b2 is not None else 0),
-    )
-
-
-_register_se = layer_op_registrar("convattn_se", _se_relu_sigmoid, _se_fake, _se_backward_fake)
-
-
-def se_ops():
-    """The ``torch.ops.convattn_se`` namespace (whole-layer SE kernels), or ``None`` where unavailable."""
-    return kernels.load("convattn_se", _register_se)
 
 
 @register_attn("se", kind="gate", paper="Squeeze-and-Excitation Networks, Hu et al., CVPR 2018")
@@ -67,7 +35,7 @@ class SqueezeExcite(RecordsAttention):
     Speed: with a ReLU and a sigmoid (the defaults), CPU float32/float64 input (with parameters of
     the same dtype) runs the whole-layer C++ kernels of ``csrc/se_cpu.cpp``, the custom op
     ``torch.ops.convattn_se.forward`` (built on first use or by ``convattn kernels build``, see
-    :mod:`convattn.layers.kernels`), which read each sample once per direction. Gradients of
+    :mod:`convattn.layers.kernels`; the formulas are in :mod:`convattn.layers._se_ops`), which read each sample once per direction. Gradients of
     gradients, ``torch.func``, ``torch.compile``, tracing, autocast and other dtypes or devices
     run the same formula in PyTorch ops.
 
