@@ -180,8 +180,15 @@ def test_errors_print_one_line_and_exit_2(exc, monkeypatch, capsys):
     assert err == f"convattn fail: error: {exc}\n"
 
 
-def test_unknown_layer_names_the_list_command(capsys):
-    from convattn.registry import LAYERS
-
-    with pytest.raises(ValueError, match="convattn list layers"):
-        LAYERS.get("sse")
+@pytest.mark.parametrize("argv, words", [
+    (["--attention", "sse"], ["unknown attention layer 'sse'", "did you mean", "`convattn list layers`"]),
+    (["--model", "nope"], ["unknown model 'nope'", "`convattn list models`"]),
+    (["--attention", "se", "--attn-kwargs", "bogus=1"], ["unknown option bogus=1", "it accepts rd_ratio"]),
+])
+def test_unknown_names_and_options_from_the_command_line(argv, words, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    assert cli.main(["train", *argv, "--epochs", "1", "--train-size", "8", "--val-size", "8", "--test-size", "8",
+                     "--no-progress", "--no-tensorboard", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convattn train: error: ") and len(err.splitlines()) == 1
+    assert all(w in err for w in words), err
