@@ -149,13 +149,6 @@ def test_bench_draws_no_bar_into_a_pipe(monkeypatch, capsys):
     assert "5x5, batch 1" in captured.out and captured.err == ""
 
 
-def test_device_auto_resolves():
-    import torch
-
-    assert _options.resolve_device_name("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert _options.resolve_device_name("cpu") == "cpu"
-
-
 def _raise(args):
     raise args.exc
 

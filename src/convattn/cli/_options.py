@@ -14,12 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..engine.config import DEVICES
+
 __all__ = [
     "DEVICES", "add_command", "add_device", "add_out", "add_batch_size", "add_num_images", "add_image_size",
-    "add_progress", "show_progress", "add_deprecated", "examples_epilog", "resolve_device_name",
+    "add_progress", "show_progress", "add_deprecated", "examples_epilog",
 ]
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def examples_epilog(*lines: str) -> str:
@@ -70,15 +70,6 @@ def add_device(p: argparse.ArgumentParser, *, default: str = "auto") -> argparse
     """``--device {auto,cpu,cuda}``: auto = CUDA when available, else CPU."""
     return p.add_argument("--device", default=default, choices=DEVICES,
                           help=f"where to run; auto = cuda when available, else cpu (default: {default})")
-
-
-def resolve_device_name(device: str) -> str:
-    """``auto`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other names unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_out(p: argparse.ArgumentParser, default: str | None, help: str, *, metavar: str = "DIR") -> argparse.Action:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import platform
 
-from ._options import add_batch_size, add_command, add_device, add_image_size, add_progress, resolve_device_name, show_progress
+from ._options import add_batch_size, add_command, add_device, add_image_size, add_progress, show_progress
 
 ORDER = 50
 
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..bench import bench_layers, bench_models, format_table, write_rows
+    from ..engine.distributed import resolve_device
     from ..exceptions import ConfigError
 
     if args.repeats is not None and args.repeats < 1:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device_name(args.device)
+    device = str(resolve_device(args.device))
     size, batch, progress = args.image_size, args.batch_size, show_progress(args)
     meta = {k: v for k, v in vars(args).items() if k not in ("func", "csv", "json", "markdown", "progress")}
     meta.update(device=device, torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),

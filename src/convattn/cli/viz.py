@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_command, add_device, add_num_images, add_out, resolve_device_name
+from ._options import add_command, add_device, add_num_images, add_out
 
 ORDER = 60
 
@@ -40,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write attention heat maps of every convattn layer, Grad-CAM, spatial-transformer grids and curves as PNG."""
     from ..engine.checkpoint import resolve_checkpoint
+    from ..engine.distributed import resolve_device
     from ..exceptions import ConfigError
     from ..viz import visualize_run
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else str(resolve_checkpoint(args.run).parent / "figures")
     paths = visualize_run(args.run, images=args.images, dataset=args.dataset, count=args.num_images, out_dir=out,
                           cam=args.cam, cam_layer=args.cam_layer, query=args.query, data_dir=args.data_dir,
-                          device=resolve_device_name(args.device))
+                          device=resolve_device(args.device))
     for p in paths:
         print(p)
     print(f"wrote {len(paths)} file(s) to {out}")
