@@ -15,7 +15,7 @@ import pkgutil
 from ._wrappers import AttentionChain, IdentityBlend, WithAttention
 from .insert import insert_attn
 from .positions import AttnPosition, AttnPositions, attn_positions
-from .registry import ModelInfo, create_model, get_model_entry, get_model_info, list_models, register_model
+from .registry import ModelInfo, create_model, get_model_info, list_models, register_model
 
 _MACHINERY = ("registry", "probe", "positions", "insert")
 
@@ -32,7 +32,6 @@ __all__ = [
     "WithAttention",
     "attn_positions",
     "create_model",
-    "get_model_entry",
     "get_model_info",
     "insert_attn",
     "list_models",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..exceptions import ConfigError
-from ..layers._helpers import is_tracing
+from ..layers.modes import is_symbolic
 from ..layers.attn_pool import GatedAttentionHead
 from .registry import register_model
 from .simple_cnn import ConvBlock, make_attention
@@ -90,7 +90,7 @@ class GatedMLP(nn.Module):
         self.head = _rectifying_head(prev, num_classes, num_heads, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not is_tracing(x) and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
+        if not is_symbolic(x) and tuple(x.shape[1:]) != (self.in_chans, *self.image_size):
             from ..exceptions import ShapeError
 
             raise ShapeError(

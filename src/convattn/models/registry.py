@@ -17,7 +17,7 @@ from torch import nn
 from ..exceptions import ConfigError
 from ..registry import Registry
 
-__all__ = ["MODELS", "ModelInfo", "create_model", "get_model_entry", "get_model_info", "list_models", "register_model"]
+__all__ = ["MODELS", "ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
 
 # what every factory takes, passed by create_model itself
 _COMMON = ("num_classes", "in_chans", "attention", "attn_kwargs")
@@ -100,11 +100,6 @@ def get_model_info(name: str) -> ModelInfo:
         (True, False, 'A')
     """
     return MODELS.get(name)
-
-
-def get_model_entry(name: str) -> Callable[..., nn.Module]:
-    """The factory registered under ``name`` (``get_model_info(name).factory``)."""
-    return MODELS.get(name).factory
 
 
 def list_models(pattern: str = "*") -> list[str]:
