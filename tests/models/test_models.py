@@ -134,6 +134,10 @@ def test_model_info_carries_what_the_engine_reads():
     assert get_model_info("resnet20").options["shortcut"] == "A"
 
 
+def test_machinery_modules_register_no_models():
+    modules = {get_model_info(n).factory.__module__ for n in list_models()}
+    assert not modules & {f"convattn.models.{m}" for m in ("registry", "probe", "positions", "insert")}
+
 def test_register_model_declares_or_derives_facts():
     @register_model("test_declared", places_attention=True, takes_image_size=True)
     def declared(*, num_classes, in_chans=3, attention=None, attn_kwargs=None, **options):
