@@ -22,7 +22,7 @@ from typing import Any
 from ..exceptions import ConfigError
 from ..experiments import demo as variants
 from ..experiments import jobs_and_threads, train_runs
-from . import _options as opt
+from ._options import add_command, add_device, add_num_images, add_out, add_progress, show_progress
 
 ORDER = 40
 
@@ -36,9 +36,9 @@ EXAMPLES = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     names = ",".join(variants.VARIANTS)
-    p = opt.add_command(sub, "demo", help="train plain / CBAM / spatial-transformer / AACN CNNs on cluttered digits "
-                        "and compare", description=__doc__, examples=EXAMPLES)
-    opt.add_out(p, "runs/demo", "parent of the run directories (default: runs/demo)")
+    p = add_command(sub, "demo", help="train plain / CBAM / spatial-transformer / AACN CNNs on cluttered digits "
+                    "and compare", description=__doc__, examples=EXAMPLES)
+    add_out(p, "runs/demo", "parent of the run directories (default: runs/demo)")
     p.add_argument("--variants", default=names, help=f"comma-separated subset of {names}")
     p.add_argument("--epochs", type=int, default=variants.DEMO_EPOCHS,
                    help=f"epochs per variant, AACN's plain run included (default: {variants.DEMO_EPOCHS})")
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            ("test", variants.DEMO_TEST_SIZE)):
         p.add_argument(f"--{split}-size", type=int, default=default, help=f"{split} images (default: {default})")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the models (default: 0)")
-    opt.add_device(p)
+    add_device(p)
     p.add_argument("--jobs", type=int, default=0,
                    help="runs trained at once, each in its own process; 0 (default): one per CPU core, "
                         "up to the number of variants (1 on CUDA)")
@@ -54,12 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads per run (torch.set_num_threads); 0 (default): the cores shared out among "
                         "the --jobs runs (one each on 2 cores)")
     p.add_argument("--no-viz", action="store_true", help="skip the attention figures and the HTML report")
-    opt.add_num_images(p, variants.DEMO_NUM_IMAGES, deprecated=["--loc-size"],
+    add_num_images(p, variants.DEMO_NUM_IMAGES, deprecated=["--loc-size"],
                        help="test images whose digit boxes the attention maps are scored against "
                             f"(default: {variants.DEMO_NUM_IMAGES})")
     p.add_argument("--no-localization", dest="localization", action="store_false",
                    help="skip scoring the attention maps against the digits' boxes")
-    opt.add_progress(p)
+    add_progress(p)
     p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
     p.set_defaults(func=run)
 
@@ -98,7 +98,7 @@ def _announce(v: str, chain: list) -> str | None:
 def _run(args: argparse.Namespace, chosen: list[str]) -> int:
     out, start = Path(args.out), time.perf_counter()
     jobs, threads = jobs_and_threads(args.jobs, args.threads, runs=len(chosen), device=args.device)
-    progress = opt.show_progress(args)
+    progress = show_progress(args)
     configs = {v: variants.make_configs(
         v, out=out / v, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
         test_size=args.test_size, seed=args.seed, device=args.device, progress=progress and jobs == 1,

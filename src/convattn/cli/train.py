@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..exceptions import ConfigError
-from . import _options as opt
+from ._options import examples_epilog
 from ._train_options import add_config_arguments, explicit_overrides
 
 ORDER = 10
@@ -94,7 +94,7 @@ def _yaml_fields(path: str) -> dict[str, Any]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (with an attention layer) on a dataset", description=run.__doc__,
-        epilog=opt.examples_epilog(*EXAMPLES) + "\n" + _NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples_epilog(*EXAMPLES) + "\n" + _NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig fields; explicit flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or a last.pt) exactly where it stopped")

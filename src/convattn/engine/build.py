@@ -18,22 +18,20 @@ __all__ = ["build_model", "model_from_checkpoint", "load_run", "init_from_run", 
 def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
     """The model of ``config`` for a dataset described by ``data_info`` (``convattn.models.create_model``).
 
-    Models whose factory takes ``image_size`` (``gated_mlp``) get the dataset's unless
-    ``model_kwargs`` sets it.
+    ``placement`` applies to models whose registry entry ``places_attention``; models that
+    take ``image_size`` (``gated_mlp``) get the dataset's unless ``model_kwargs`` sets it.
     """
-    import inspect
-
-    from ..models import create_model, get_model_entry
+    from ..models import create_model, get_model_info
 
     kwargs = dict(config.model_kwargs)
-    params = inspect.signature(get_model_entry(config.model)).parameters
-    if config.placement is not None and "attn_where" not in params:
+    info = get_model_info(config.model)
+    if config.placement is not None and not info.places_attention:
         raise ConfigError(
             f"placement applies to networks that insert_attn places layers in (convattn list models: the "
             f"torchvision / timm networks, resnet*), got placement={config.placement!r} for {config.model!r}, "
             "which places its attention itself"
         )
-    if "image_size" in params and data_info.get("image_size"):
+    if info.takes_image_size and data_info.get("image_size"):
         kwargs.setdefault("image_size", tuple(int(s) for s in data_info["image_size"]))
     return create_model(
         config.model,
