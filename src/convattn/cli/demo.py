@@ -28,9 +28,8 @@ ORDER = 40
 
 EXAMPLES = (
     "convattn demo                      # under 10 minutes on a 2-core CPU (two runs at a time)",
-    "convattn demo --jobs 1 --threads 2  # one run at a time",
     "convattn demo --epochs 2 --train-size 1000 --variants plain,stn",
-    "convattn demo --out runs/demo2 --force",
+    "convattn demo --jobs 1 --threads 2 --out runs/demo2 --force  # one run at a time, retrained",
 )
 
 

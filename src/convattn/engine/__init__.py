@@ -1,5 +1,8 @@
 """Training engine: ``TrainConfig``, ``train``, ``evaluate``, checkpoints and ``load_run``.
 
+One run: its config (``config``), model (``build``), run directory and resume rules (``rundir``),
+stages (``stages``), metrics log (``metrics``), evaluation (``evaluate``) and loop (``trainer``).
+
 Example:
     >>> from convattn.engine import TrainConfig
     >>> cfg = TrainConfig(model="simple_cnn", attention="se", epochs=1, batch_size=32)
@@ -14,7 +17,7 @@ from .config import TrainConfig
 from .inference import evaluate_run, plot_confusion, predict_images
 from .optim import WarmupSchedule, build_optimizer, param_groups_no_decay
 from .recipes import get_recipe, list_recipes, resolve_config
-from .build import build_model, init_from_run, load_run, model_from_checkpoint
+from .build import init_from_run, load_run, model_from_checkpoint
 from .evaluate import evaluate, logits_of
 from .trainer import train
 
