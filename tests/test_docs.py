@@ -5,8 +5,9 @@ temporary directory (a block that starts with ``>>>`` runs as a doctest). A bloc
 work would take minutes is marked ``<!-- skip-test: reason -->`` on the line before it; the
 reason is printed. Every ``convattn ...`` line of a ```bash / ```console block is parsed by
 the real command-line parser (without running it) and must not use a deprecated spelling.
-Relative links must point at files and headings that exist; README stays at most 200 lines
-with its documentation index in the first 60.
+Every ``convattn.a.b`` the prose names must exist; relative links must point at files and
+headings that exist; README stays at most 200 lines with its documentation index in the
+first 60.
 """
 
 from __future__ import annotations
@@ -194,6 +195,33 @@ def test_command_line_extraction():
 def test_a_bad_command_line_is_caught(parser):
     with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
         parser.parse_args(["train", "--no-such-flag"])
+
+
+# ---------------------------------------------------------------- names in the prose
+
+def resolve(dotted: str):
+    """The object a dotted name such as ``convattn.engine.build_optimizer`` names (importing modules on the way)."""
+    import importlib
+
+    parts = dotted.split(".")
+    obj = importlib.import_module(parts[0])
+    for i, part in enumerate(parts[1:], 1):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            obj = importlib.import_module(".".join(parts[: i + 1]))
+    return obj
+
+
+@pytest.mark.parametrize("path", DOC_FILES, ids=_ids(DOC_FILES))
+def test_api_names_in_the_prose_exist(path):
+    missing = []
+    for name in sorted(set(re.findall(r"`(convattn(?:\.\w+)+)", FENCE.sub("", path.read_text())))):
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as exc:
+            missing.append(f"{name} ({exc})")
+    assert not missing, f"{path.relative_to(ROOT)} names what does not exist: " + "; ".join(missing)
 
 
 # ---------------------------------------------------------------- links and README's shape
