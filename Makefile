@@ -24,14 +24,14 @@ test-full: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m convattn demo
 
-# The measured tables quoted in README (each script prints its command's table).
+# The measured tables of docs/benchmarks.md (each script prints its command's table).
 bench: $(STAMP)
 	$(PY) benchmarks/layer_table.py
 	$(PY) benchmarks/attention_memory.py --markdown
 	$(PY) benchmarks/speed_targets.py --quick --threads 1
 	$(PY) benchmarks/cbam_vs_timm.py --resnet
 
-# Three seeds of every variant of benchmarks/train_accuracy.py (the demo's and the AACN controls): about half an hour on a 2-core CPU (1,775 s for six of them, docs/demo.md).
+# Three seeds of every variant of benchmarks/train_accuracy.py (the demo's and the AACN controls): about half an hour on a 2-core CPU (1,775 s for six of them, docs/benchmarks.md).
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/train_accuracy.py --markdown --jobs 2 --threads 1
 

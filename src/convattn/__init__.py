@@ -41,7 +41,7 @@ __version__ = "0.1.0"
 # `import convattn` and building layers stay light: the networks (torchvision), the
 # training engine (yaml, tqdm, PIL, torchvision datasets) and the sub-packages that
 # pull in matplotlib or Grad-CAM load on first use.
-_LAZY_MODULES = ("bench", "data", "engine", "eval", "models", "viz")
+_LAZY_MODULES = ("bench", "data", "engine", "eval", "experiments", "maps", "models", "viz")
 _LAZY_NAMES = {
     "TrainConfig": "engine",
     "evaluate": "engine",

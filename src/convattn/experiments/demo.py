@@ -35,7 +35,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # AACN's staged recipe in the same epoch budget, its feature branch taken from a finished plain run:
     # simple_cnn for 2/3 of the epochs (a run of its own), then from it (init_from) attention + decision
     # with the features frozen and features + decision with the attention frozen, alternating. Trained
-    # in one run instead (the recipe's own feature stage), AACN trailed plain (README).
+    # in one run instead (the recipe's own feature stage), AACN trailed plain (docs/benchmarks.md).
     "aacn": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
 }
 

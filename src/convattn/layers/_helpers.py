@@ -22,7 +22,6 @@ __all__ = [
     "check_odd",
     "check_choice",
     "check_input",
-    "is_tracing",
     "HardSigmoid",
 ]
 
@@ -143,10 +142,6 @@ def check_choice(layer: str, name: str, value: object, choices: Sequence[object]
 
 
 _DIM_NAMES = {3: "(B, {c}, L)", 4: "(B, {c}, H, W)", 5: "(B, {c}, T, H, W)"}
-
-
-#: The former name of :func:`convattn.layers.modes.is_symbolic`, still imported by ``models/gated.py``.
-is_tracing = is_symbolic
 
 
 def check_input(
