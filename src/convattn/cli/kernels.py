@@ -6,13 +6,16 @@ import argparse
 import json
 import time
 
+from ._options import add_command
+
 ORDER = 90
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "kernels", help="build the C++ CPU kernels ahead of time, or show their status", description=run.__doc__
-    )
+    p = add_command(sub, "kernels", help="build the C++ CPU kernels ahead of time, or show their status",
+                    description=run.__doc__, examples=(
+                        "convattn kernels build", "convattn kernels build --force",
+                        "CONVATTN_KERNELS_DIR=/opt/kernels convattn kernels status --json"))
     p.add_argument(
         "action",
         choices=["build", "status"],
