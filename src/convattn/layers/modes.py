@@ -79,8 +79,14 @@ def forward_mode_ad() -> bool:
 
 
 def _transformed() -> bool:
-    """A ``torch.func`` transform, forward-mode AD or a dispatch mode is active."""
-    return bool(_functorch_transforms()) or forward_mode_ad() or _get_current_dispatch_mode() is not None
+    """A ``torch.func`` transform, forward-mode AD or a dispatch mode is active. (Its callers also
+    ask :func:`is_symbolic`, so forward-mode AD under ``torch.compile`` needs no exception here; this
+    runs on every kernel layer's call, so it asks torch's cheapest questions only.)"""
+    return (
+        peek_interpreter_stack() is not None
+        or torch.autograd.forward_ad._current_level >= 0
+        or _get_current_dispatch_mode() is not None
+    )
 
 
 def must_run_plain(x: object = None) -> bool:
