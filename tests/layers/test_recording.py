@@ -85,3 +85,104 @@ def test_distributed_data_parallel_paths(tmp_path):
         assert list(maps) == ["1"] and maps["1"].shape[0] == 2
     finally:
         dist.destroy_process_group()
+
+
+def _lean(layer):
+    """No context records ``layer``: the memory-lean path, nothing stored."""
+    return layer.recording is False and "_attn_sink" not in layer.__dict__
+
+
+def test_contexts_exiting_out_of_order_each_keep_their_maps_and_restore_every_layer():
+    net = nn.Sequential(convattn.create_attn("se", 8), convattn.create_attn("non_local", 8))
+    x1, x2, x3 = (torch.randn(2, 8, 4, 4) for _ in range(3))
+    a, b = convattn.record_attention(net), convattn.record_attention(net)
+    maps_a = a.__enter__()
+    net(x1)
+    maps_b = b.__enter__()
+    net(x2)
+    a.__exit__(None, None, None)  # A leaves first
+    assert maps_a.keys() == maps_b.keys() == {"0", "1"}
+    for key in maps_a:
+        assert torch.equal(maps_a[key], maps_b[key])  # both saw the pass with x2
+    seen_by_a = {k: v.clone() for k, v in maps_a.items()}
+    assert all(m.recording for m in net)  # B still records
+    net(x3)
+    for key in maps_a:
+        assert torch.equal(maps_a[key], seen_by_a[key])  # A's maps are A's
+        assert not torch.equal(maps_b[key], seen_by_a[key])  # B got the new pass
+    b.__exit__(None, None, None)
+    assert all(_lean(m) for m in net)
+    seen_by_b = {k: v.clone() for k, v in maps_b.items()}
+    net(x1)
+    assert all(torch.equal(maps_b[k], seen_by_b[k]) for k in maps_b)
+
+
+def test_a_layer_switched_on_by_hand_stays_on_after_the_contexts():
+    layer = convattn.create_attn("se", 8)
+    layer.recording = True
+    with convattn.record_attention(layer), convattn.record_attention(layer):
+        pass
+    assert layer.recording is True and "_attn_sink" not in layer.__dict__
+
+
+def test_two_threads_record_their_own_passes_and_exit_in_any_order():
+    import threading
+
+    net = nn.Sequential(convattn.create_attn("se", 8), convattn.create_attn("non_local", 8))
+    inputs = {"A": torch.randn(2, 8, 4, 4), "B": torch.randn(3, 8, 4, 4)}
+    expected = {}
+    for who, x in inputs.items():
+        with convattn.record_attention(net) as maps:
+            net(x)
+        expected[who] = maps
+    a_entered, b_entered, a_exited = threading.Event(), threading.Event(), threading.Event()
+    got, errors = {}, []
+
+    def thread_a():
+        try:
+            with convattn.record_attention(net) as maps:
+                a_entered.set()
+                b_entered.wait(10)
+                net(inputs["A"])
+            got["A"] = maps
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            a_exited.set()
+
+    def thread_b():
+        try:
+            a_entered.wait(10)
+            with convattn.record_attention(net) as maps:
+                b_entered.set()
+                a_exited.wait(10)  # A exits while B is open
+                assert all(m.recording for m in net)
+                net(inputs["B"])
+            got["B"] = maps
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    for who in ("A", "B"):
+        assert got[who].keys() == expected[who].keys()
+        for key in got[who]:
+            torch.testing.assert_close(got[who][key], expected[who][key])  # its own thread's pass only
+    assert all(_lean(m) for m in net)
+
+
+def test_a_thread_without_a_context_stores_nothing():
+    import threading
+
+    layer = convattn.create_attn("se", 8)
+    with convattn.record_attention(layer) as maps:
+        t = threading.Thread(target=layer, args=(torch.randn(2, 8, 3, 3),))
+        t.start()
+        t.join()
+        assert maps == {}
+        layer(torch.randn(1, 8, 3, 3))
+        assert list(maps) == ["SqueezeExcite"] and maps["SqueezeExcite"].shape[0] == 1
