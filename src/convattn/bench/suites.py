@@ -9,6 +9,8 @@ convattn row gets ``vs_timm`` = convattn latency / timm latency.
 from __future__ import annotations
 
 import fnmatch
+import math
+import os
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -16,8 +18,9 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from .measure import measure_module
+from .tables import human_bytes
 
-__all__ = ["bench_layers", "bench_models", "layer_input", "resolve_dtype", "resolve_names"]
+__all__ = ["bench_layers", "bench_models", "check_fits", "layer_input", "resolve_dtype", "resolve_names"]
 
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "half": torch.float16, "float64": torch.float64}
@@ -38,6 +41,26 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("bench: --device cuda was asked for, but no CUDA device is available")
     return device
+
+
+def check_fits(what: str, shape: Sequence[int], dtype: torch.dtype, device: torch.device,
+               tensor: str = "an input") -> None:
+    """Refuse a tensor larger than the machine's memory before allocating it.
+
+    It is made in float32 on the host, then cast and moved: the host needs ``numel × 4`` bytes
+    (of its physical memory), a CUDA device ``numel × dtype size`` (of its total memory).
+    """
+    numel = math.prod(int(n) for n in shape)
+    asked = " × ".join(str(int(n)) for n in shape)
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    needs = [(numel * 4, pages, "this machine")]
+    if device.type == "cuda":
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        needs.append((numel * itemsize, torch.cuda.get_device_properties(device).total_memory, str(device)))
+    for need, have, where in needs:
+        if have is not None and need > have:
+            raise ConfigError(f"{what}: {tensor} of {asked} values needs {human_bytes(need)}, more than the "
+                              f"{human_bytes(have)} of memory {where} has; use a smaller batch, width or size")
 
 
 def resolve_names(spec: str | Sequence[str] | None, available: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -184,6 +207,8 @@ def bench_layers(
         from .peers import create_timm_layer, require_timm
 
         require_timm()
+    check_fits("bench layers", (batch, channels, size, size), dt, dev)
+    check_fits("bench layers", (channels, channels, 3, 3), dt, dev, "the 3×3 convolution's weight")
     found, missing = resolve_names(names, list_attn())
     layer_kwargs = layer_kwargs or {}
     common = {"repeats": repeats, "warmup": warmup, "train": train, "memory": memory}
@@ -300,6 +325,7 @@ def bench_models(
         from .peers import create_timm_model, require_timm
 
         require_timm()
+    check_fits("bench models", (batch, in_chans, size, size), dt, dev)
     model_names, missing_models = resolve_names(models, list_models())
     att_spec = attention.split(",") if isinstance(attention, str) else list(attention)
     att_names = [a.strip() for a in att_spec if a.strip()]

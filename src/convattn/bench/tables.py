@@ -32,7 +32,7 @@ def human_bytes(n: float | None) -> str:
     if n is None:
         return ""
     n = float(n)
-    for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    for div, suffix in ((2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if abs(n) >= div:
             return f"{n / div:.3g} {suffix}"
     return f"{int(n)} B"

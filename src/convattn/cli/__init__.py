@@ -4,13 +4,16 @@ Each sub-command lives in a module of this package that defines ``ORDER`` (its
 place in ``--help``), ``add_parser(subparsers)`` (which sets ``func``) and the
 function it calls; options shared by several commands come from ``_options`` so that
 one thing has one name everywhere. Errors in user input (convattn's own exceptions,
-``UnknownOptionError`` included, ``ValueError``, ``FileNotFoundError``) print one line
-and exit with status 2; ``CONVATTN_DEBUG=1`` shows the traceback instead.
+``UnknownOptionError`` included, ``ValueError``), every OS error (naming the path: not found,
+not a directory, read-only, permission denied, disk full) and running out of memory print
+one line and exit with status 2 (or the error's own ``exit_status``: 3 for a diverged run);
+``CONVATTN_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import pkgutil
@@ -38,17 +41,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_REASONS = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOTDIR: "not a directory (a file is in the way)", errno.EISDIR: "is a directory, expected a file",
+    errno.ENOENT: "not found", errno.EEXIST: "already exists", errno.ENAMETOOLONG: "name too long",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OS error: the path(s) it names and what went wrong (``disk full``, ``read-only``, ...)."""
+    if exc.errno is None or exc.strerror is None:
+        return str(exc)
+    reason = _REASONS.get(exc.errno, exc.strerror)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(map(str, paths))}: {reason}" if paths else reason
+
+
+def memory_error_line(exc: BaseException) -> str | None:
+    """One line for running out of memory (``MemoryError``, torch's CPU / CUDA allocators); None otherwise."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text.split("DefaultCPUAllocator: ", 1)[-1]  # torch's CPU allocator prefixes its source location
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
+        return f"not enough memory for this run ({text or type(exc).__name__}); use smaller sizes or batches"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors, OS errors and running out of memory print one line.
+
+    Exit status: 0 done; 2 a usage, OS or memory error (and convattn errors, unless they carry
+    their own ``exit_status``: 3 a diverged run); 130 interrupted; a command may return 1
+    (``predict``: some images could not be read).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except (ConvattnError, ValueError, FileNotFoundError) as exc:
-        if os.environ.get("CONVATTN_DEBUG"):
-            raise
-        print(f"convattn {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"convattn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if isinstance(exc, OSError):
+            line = os_error_line(exc)
+        elif isinstance(exc, (ConvattnError, ValueError)):
+            line = str(exc)
+        else:
+            line = memory_error_line(exc)
+        status = getattr(exc, "exit_status", 2)
+        if line is None or os.environ.get("CONVATTN_DEBUG"):
+            raise
+        print(f"convattn {args.command}: error: {line.splitlines()[0] if line else type(exc).__name__}",
+              file=sys.stderr)
+        return status
     return int(result or 0)

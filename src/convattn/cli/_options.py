@@ -13,12 +13,14 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..engine.config import DEVICES
+from ..exceptions import ConfigError
 
 __all__ = [
     "DEVICES", "add_command", "add_device", "add_out", "add_batch_size", "add_num_images", "add_image_size",
-    "add_progress", "show_progress", "add_deprecated", "examples_epilog",
+    "add_progress", "show_progress", "add_deprecated", "examples_epilog", "check_out_dir", "check_out_file",
 ]
 
 
@@ -110,3 +112,32 @@ def show_progress(args: argparse.Namespace, stream=None) -> bool:
         return bool(args.progress)
     stream = sys.stderr if stream is None else stream
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("CI")
+
+
+def _writable_from(path: Path, option: str) -> None:
+    """Refuse ``path`` when a file stands where a folder above it should be, or its nearest folder is read-only."""
+    here = path.parent
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise ConfigError(f"{option} {path}: {here} is a file, expected a directory")
+    if not os.access(here, os.W_OK | os.X_OK):
+        read_only = hasattr(os, "statvfs") and os.statvfs(here).f_flag & os.ST_RDONLY
+        raise ConfigError(f"{option} {path}: cannot write in {here} "
+                          f"({'read-only file system' if read_only else 'permission denied'})")
+
+
+def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output folder before any work is done: a file in its place or above it, or no write access."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, expected a directory")
+    _writable_from(path / "x", option)
+
+
+def check_out_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output file before any work is done: a directory in its place, a file above it, no write access."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory, expected a file name")
+    _writable_from(path, option)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import platform
 
-from ._options import add_batch_size, add_command, add_device, add_image_size, add_progress, show_progress
+from ._options import (add_batch_size, add_command, add_device, add_image_size, add_progress, check_out_file,
+                       show_progress)
 
 ORDER = 50
 
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    for option in ("csv", "json", "markdown"):
+        if getattr(args, option) is not None:
+            check_out_file(getattr(args, option), f"--{option}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))

@@ -22,7 +22,7 @@ from typing import Any
 from ..exceptions import ConfigError
 from ..experiments import demo as variants
 from ..experiments import jobs_and_threads, train_runs
-from ._options import add_command, add_device, add_num_images, add_out, add_progress, show_progress
+from ._options import add_command, add_device, add_num_images, add_out, add_progress, check_out_dir, show_progress
 
 ORDER = 40
 
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     for name in ("jobs", "threads"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name} must be >= 0 (0: automatic), got {getattr(args, name)}")
+    check_out_dir(args.out)
     return _run(args, chosen)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_batch_size, add_command, add_device, add_num_images, add_out
+from ._options import add_batch_size, add_command, add_device, add_num_images, add_out, check_out_dir
 
 ORDER = 20
 
@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.out is not None:
+        check_out_dir(args.out)
     r = evaluate_run(
         args.path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, size=args.num_images,
         batch_size=args.batch_size, device=args.device, workers=args.workers, out_dir=args.out,

@@ -27,8 +27,16 @@ def run(args: argparse.Namespace) -> int:
     A folder stands for the image files directly inside it, in name order.
 
     Images are converted to the model's channels and input size and normalised
-    with the training dataset's mean and std, all read from the checkpoint.
+    with the training dataset's mean and std, all read from the checkpoint;
+    16-bit images are scaled by 65535 and float images taken as 0-1 values.
+
+    A file that cannot be read (corrupt, not an image, over PIL's decompression-bomb
+    limit) gets one error line on stderr and the others are still predicted.
+    Exit status: 0 all predicted; 1 some files could not be read; 2 none could
+    (or another error).
     """
+    import sys
+
     from ..engine import load_run
     from ..engine.distributed import resolve_device
     from ..engine.inference import predict_images
@@ -37,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     model, _ = load_run(args.path)
-    results = predict_images(model, model.data_info, args.images, topk=args.topk, device=resolve_device(args.device))
+    results = predict_images(model, model.data_info, args.images, topk=args.topk, device=resolve_device(args.device),
+                             skip_unreadable=True)
     for r in results:
+        if "error" in r:
+            print(f"convattn predict: error: {r['error']}", file=sys.stderr)
+            continue
         print(r["image"])
         for name, prob in r["top"]:
             print(f"  {prob:7.2%}  {name}")
-    return 0
+    failed = sum("error" in r for r in results)
+    return 0 if not failed else 2 if failed == len(results) else 1

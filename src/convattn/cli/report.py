@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_command, add_num_images, add_out
+from ._options import add_command, add_num_images, add_out, check_out_file
 
 ORDER = 70
 
@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Table of accuracy / parameters / FLOPs / time, accuracy-vs-cost plot, curves and attention galleries."""
     from ..viz import write_report
 
+    check_out_file(args.out)
     path = write_report(args.runs, args.out, count=args.num_images, dataset=args.dataset, data_dir=args.data_dir,
                         cam=args.cam, title=args.title)
     print(f"wrote {path}")

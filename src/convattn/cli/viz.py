@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import add_command, add_device, add_num_images, add_out
+from ._options import add_command, add_device, add_num_images, add_out, check_out_dir
 
 ORDER = 60
 
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ConfigError(f"--num-images must be >= 1, got {args.num_images}")
     out = args.out if args.out is not None else str(resolve_checkpoint(args.run).parent / "figures")
+    check_out_dir(out)
     paths = visualize_run(args.run, images=args.images, dataset=args.dataset, count=args.num_images, out_dir=out,
                           cam=args.cam, cam_layer=args.cam_layer, query=args.query, data_dir=args.data_dir,
                           device=resolve_device(args.device))

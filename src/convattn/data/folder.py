@@ -10,7 +10,9 @@ Splits:
   80 / 10 / 10 % into train / val / test after a fixed shuffle (the same for every
   ``seed``; classes with at least 3 images get at least one val and one test image).
 
-Images are read as RGB. Training: ``RandomResizedCrop(image_size)`` + horizontal flip;
+Images are read as RGB (16-bit images scaled by 65535, float ones taken as 0–1 values, grey ones
+repeated into three channels; see :mod:`convattn.data.images`); a file that cannot be read raises
+an error naming it. Training: ``RandomResizedCrop(image_size)`` + horizontal flip;
 evaluation: resize the short side to ``image_size / 0.875`` then centre-crop
 ``image_size`` (default 224). Normalised with the ImageNet mean and std.
 """
@@ -24,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..exceptions import ConfigError, DatasetNotFoundError
 from ._base import DatasetInfo, check_split, resolve_size, subsample
+from .images import image_tensor, open_image, unit_image
 
 __all__ = ["FolderDataset", "folder_info", "build_folder_dataset", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -143,14 +146,14 @@ class FolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from torchvision.datasets.folder import default_loader
-
         path, label = self.samples[index]
         try:
-            img = default_loader(path)
+            img = unit_image(open_image(path), 3)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.info.name}: {exc}") from None
         except OSError as exc:
-            raise DatasetNotFoundError(f"{self.info.name}: cannot read {path} ({exc})") from None
-        return self.transform(img), int(label)
+            raise DatasetNotFoundError(f"{self.info.name}: cannot read {path} ({exc.strerror or exc})") from None
+        return self.transform(img if img.mode == "RGB" else image_tensor(img, 3)), int(label)
 
     def __repr__(self) -> str:
         return f"FolderDataset(name={self.info.name!r}, size={len(self)}, image_size={self.info.image_size})"

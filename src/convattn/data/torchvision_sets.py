@@ -141,9 +141,46 @@ def ensure_files(spec: TVSpec, root: Path, download: bool) -> None:
         )
 
 
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The globals a pickled numpy array refers to, under numpy 1's and numpy 2's module names."""
+    import codecs
+
+    allowed: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                              ("_codecs", "encode"): codecs.encode}  # bytes, pickled by protocol 2
+    for protocol, name, module in ((2, "_reconstruct", "multiarray"), (5, "_frombuffer", "numeric")):
+        fn = np.zeros(1).__reduce_ex__(protocol)[0]
+        for package in ("numpy.core", "numpy._core"):
+            allowed[(f"{package}.{module}", name)] = fn
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits what CIFAR's python files hold: dicts, lists, strings, numbers, numpy arrays.
+
+    Any other global (a function or class a crafted file names to run code) is refused.
+    """
+
+    allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: CIFAR files hold only dicts, lists, "
+                                         "strings, numbers and numpy arrays") from None
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    """Read one CIFAR python file through :class:`_CifarUnpickler`; anything else raises DatasetNotFoundError."""
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, pickle.UnpicklingError) as exc:
+        raise DatasetNotFoundError(f"{path}: not a CIFAR python file ({type(exc).__name__}: {exc}); delete it and "
+                                   "fetch the dataset again") from None
+    if not isinstance(entry, dict):
+        raise DatasetNotFoundError(f"{path}: not a CIFAR python file (holds a {type(entry).__name__}, expected a dict)")
+    return entry
 
 
 @lru_cache(maxsize=4)
@@ -177,6 +214,8 @@ def _load(name: str, root: str, train: bool) -> tuple[torch.Tensor, torch.Tensor
             images = torch.from_numpy(np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1))))
             labels = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1))
             labels[labels == 10] = 0  # SVHN stores the digit 0 as label 10
+    except DatasetNotFoundError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError) as exc:
         raise DatasetNotFoundError(
             f"{name}: could not read {folder} ({type(exc).__name__}: {exc}); delete the files and fetch them again"
@@ -201,7 +240,7 @@ def tv_info(name: str, *, data_dir: Path, image_size=None, distort=None) -> Data
         if meta.is_file():
             try:
                 classes = tuple(_unpickle(meta)["fine_label_names"])
-            except Exception:
+            except (DatasetNotFoundError, KeyError, TypeError):  # reading the dataset names the file
                 classes = ()
         classes = classes or tuple(f"class_{i}" for i in range(100))
     return DatasetInfo(name, _num_classes(spec), spec.in_chans, size, spec.mean, spec.std, classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -20,7 +21,9 @@ from .data import build_datasets, make_eval_loader
 from .distributed import resolve_device
 from .evaluate import eval_sums, eval_summary, logits_of
 
-__all__ = ["load_run_split", "evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images"]
+__all__ = [
+    "load_run_split", "dataset_tag", "evaluate_run", "plot_confusion", "load_image", "image_files", "predict_images",
+]
 
 
 def plot_confusion(confusion: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike, *, title: str = "") -> Path:
@@ -127,6 +130,11 @@ def load_run_split(
     return RunSplit(ckpt_path, model, config, ds, names)
 
 
+def dataset_tag(dataset: str) -> str:
+    """``dataset`` as a file-name part: ``"folder:/data/pets"`` -> ``"folder-data-pets"``."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", dataset).strip("-") or "dataset"
+
+
 def evaluate_run(
     path: str | os.PathLike,
     *,
@@ -152,7 +160,8 @@ def evaluate_run(
         device: ``auto``, ``cpu`` or ``cuda``.
         workers: DataLoader workers.
         out_dir: where to write ``confusion_<split>.png`` and ``eval_<split>.json``
-            (default: next to the checkpoint).
+            (default: next to the checkpoint). On a dataset other than the run's own the names
+            carry it (``eval_test_digits.json``), so the run's own evaluation is never overwritten.
 
     Returns:
         ``evaluate``'s dict plus ``"class_names"``, ``"confusion_png"``, ``"json"``.
@@ -167,8 +176,9 @@ def evaluate_run(
     loss_sum, confusion = eval_sums(model, loader, dev, num_classes=info["num_classes"])
     result = eval_summary(loss_sum, confusion)
     out = Path(out_dir) if out_dir is not None else ckpt_path.parent
+    tag = split if dataset is None or dataset == info.get("name") else f"{split}_{dataset_tag(dataset)}"
     png = plot_confusion(
-        confusion, names, out / f"confusion_{split}.png",
+        confusion, names, out / f"confusion_{tag}.png",
         title=f"{config.model} + {config.attention or 'none'} on {config.dataset} ({split}): {result['accuracy']:.2%}",
     )
     record = {
@@ -177,29 +187,24 @@ def evaluate_run(
         "per_class_accuracy": dict(zip(names, result["per_class_accuracy"])),
         "confusion_matrix": confusion.tolist(),
     }
-    js = atomic_write_text(out / f"eval_{split}.json", json.dumps(record, indent=2) + "\n")
+    js = atomic_write_text(out / f"eval_{tag}.json", json.dumps(record, indent=2) + "\n")
     result.update(class_names=list(names), confusion_png=str(png), json=str(js))
     return result
 
 
 def load_image(path: str | os.PathLike, data_info: dict[str, Any]) -> torch.Tensor:
-    """Read an image file as the model's input: channels, size and normalisation of the training data."""
-    from PIL import Image, UnidentifiedImageError
+    """Read an image file as the model's input: channels, size and normalisation of the training data.
+
+    8-bit images are scaled by 255, 16-bit ones by 65535, float ones taken as 0–1 values
+    (:mod:`convattn.data.images`).
+    """
+    from ..data.images import read_image
 
     p = Path(path)
     if not p.is_file():
         raise DatasetNotFoundError(f"image {str(p)!r} does not exist")
-    try:
-        img = Image.open(p)
-        img.load()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConfigError(f"{str(p)!r} is not a readable image ({exc})") from None
     in_chans = int(data_info["in_chans"])
-    img = img.convert("L" if in_chans == 1 else "RGB")
-    h, w = (int(s) for s in data_info["image_size"])
-    img = img.resize((w, h), Image.BILINEAR)
-    x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    x = x.view(h, w, -1).permute(2, 0, 1).float() / 255.0
+    x = read_image(p, in_chans, tuple(int(s) for s in data_info["image_size"]))
     if x.shape[0] != in_chans:  # e.g. a 2-channel model: repeat / trim the RGB planes
         x = x.repeat((in_chans + x.shape[0] - 1) // x.shape[0], 1, 1)[:in_chans]
     mean = torch.tensor(data_info["mean"], dtype=torch.float32).view(-1, 1, 1)
@@ -238,13 +243,18 @@ def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
 @torch.no_grad()
 def predict_images(
     model: nn.Module, data_info: dict[str, Any], paths: Sequence[str | os.PathLike], *, topk: int = 5,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", skip_unreadable: bool = False,
 ) -> list[dict[str, Any]]:
     """Top-k classes and probabilities for each image file (a directory stands for the images in it).
 
+    Args:
+        skip_unreadable: an image that cannot be read (corrupt, not an image, over PIL's
+            decompression-bomb limit) gets ``{"image", "error"}`` instead of raising, and the
+            rest are predicted.
+
     Returns:
         One ``{"image", "top": [(class_name, probability), ...]}`` per image file
-        (directories expanded by :func:`image_files`).
+        (directories expanded by :func:`image_files`), in order.
     """
     if topk < 1:
         raise ConfigError(f"topk must be >= 1, got {topk}")
@@ -252,14 +262,22 @@ def predict_images(
     device = torch.device(device)
     model.eval().to(device)
     names = data_info["class_names"]
-    probs = []
+    results: list[dict[str, Any]] = []
     for start in range(0, len(paths), 64):
-        x = torch.stack([load_image(p, data_info) for p in paths[start:start + 64]]).to(device)
-        probs.append(logits_of(model(x)).float().softmax(1).cpu())
-    probs = torch.cat(probs)
-    k = min(topk, probs.shape[1])
-    values, indices = probs.topk(k, dim=1)
-    return [
-        {"image": str(p), "top": [(names[int(i)], float(v)) for v, i in zip(values[n], indices[n])]}
-        for n, p in enumerate(paths)
-    ]
+        batch: list[tuple[dict[str, Any], torch.Tensor]] = []
+        for p in paths[start:start + 64]:
+            entry: dict[str, Any] = {"image": str(p)}
+            results.append(entry)
+            try:
+                batch.append((entry, load_image(p, data_info)))
+            except ConfigError as exc:
+                if not skip_unreadable:
+                    raise
+                entry["error"] = str(exc)
+        if not batch:
+            continue
+        probs = logits_of(model(torch.stack([x for _, x in batch]).to(device))).float().softmax(1).cpu()
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        for n, (entry, _) in enumerate(batch):
+            entry["top"] = [(names[int(i)], float(v)) for v, i in zip(values[n], indices[n])]
+    return results

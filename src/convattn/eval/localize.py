@@ -199,7 +199,8 @@ def localize_run(
     """:func:`localization` of a trained run on a split of its own dataset (which must have boxes).
 
     With ``save``, the result (and ``"split"``) is stored under ``"localization"`` in the
-    run's ``results.json`` (when the run has one; written atomically, other keys kept).
+    run's ``results.json`` (when the run has one; written atomically, other keys kept); on another
+    dataset than the run's, under ``"localization_<dataset>"``.
     ``dataset`` / ``data_dir`` evaluate on another dataset than the run's; ``size`` on a fixed
     random subset of the split (:func:`convattn.engine.inference.load_run_split`); the other
     arguments are :func:`localization`'s.
@@ -211,7 +212,7 @@ def localize_run(
 
     from .._io import atomic_write_text
     from ..engine.distributed import resolve_device
-    from ..engine.inference import load_run_split
+    from ..engine.inference import dataset_tag, load_run_split
 
     ckpt, model, config, ds, _ = load_run_split(
         path, dataset=dataset, data_dir=data_dir, split=split, size=size, batch_size=batch_size,
@@ -225,7 +226,8 @@ def localize_run(
     results_path = ckpt.parent / "results.json"
     if save and results_path.is_file():
         record = json.loads(results_path.read_text())
-        record["localization"] = result
+        own = dataset is None or dataset == model.data_info.get("name")
+        record["localization" if own else f"localization_{dataset_tag(dataset)}"] = result
         atomic_write_text(results_path, json.dumps(record, indent=2) + "\n")
     result["results_json"] = str(results_path) if save and results_path.is_file() else None
     return result

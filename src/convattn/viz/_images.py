@@ -94,8 +94,11 @@ def load_images(
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
 ) -> torch.Tensor:
-    """Read image files into a normalised ``(B, in_chans, H, W)`` batch (resized to ``image_size`` if given)."""
-    from PIL import Image, UnidentifiedImageError
+    """Read image files into a normalised ``(B, in_chans, H, W)`` batch (resized to ``image_size`` if given).
+
+    16-bit images are scaled by 65535, float images taken as 0–1 values (:mod:`convattn.data.images`).
+    """
+    from ..data.images import read_image
 
     if not paths:
         raise ConfigError("viz: --images was given no files")
@@ -105,15 +108,9 @@ def load_images(
         if not p.is_file():
             raise DatasetNotFoundError(f"viz: image file {str(p)!r} does not exist")
         try:
-            with Image.open(p) as im:
-                im = im.convert("L" if in_chans == 1 else "RGB")
-                if image_size is not None:
-                    im = im.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except UnidentifiedImageError:
-            raise ConfigError(f"viz: {str(p)!r} is not an image file PIL can read") from None
-        t = torch.from_numpy(arr)
-        t = t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+            t = read_image(p, 1 if in_chans == 1 else 3, None if image_size is None else tuple(image_size))
+        except ConfigError as exc:
+            raise ConfigError(f"viz: {exc}") from None
         if in_chans not in (1, 3):
             t = t[:1].expand(in_chans, -1, -1) if t.shape[0] == 1 else t.mean(0, keepdim=True).expand(in_chans, -1, -1)
         out.append(t)
