@@ -63,6 +63,58 @@ def test_shapes_train_and_eval(name, spatial, batch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_batch_one_at_the_smallest_size_in_eval(name):
+    info = convattn.get_attn_info(name)
+    layer = _build(name).eval()
+    x = torch.randn(_shape(info, 1, (max(1, info.min_size),) * 2))
+    _check_output(info, layer(x), x)
+
+
+def _float_buffers(layer: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in layer.named_buffers() if v.is_floating_point()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch(name, training):
+    """B = 0 (an uneven split's last shard, a filtered batch): an empty output of the right shape,
+    a backward that reaches the input with zero parameter gradients, running statistics untouched."""
+    info = convattn.get_attn_info(name)
+    layer = _build(name).train(training)
+    _perturb(layer)
+    before = _float_buffers(layer)
+    x = torch.randn(_shape(info, 0, (6, 7)), requires_grad=True)
+    out = layer(x)
+    _check_output(info, out, x)
+    assert out.shape[0] == 0
+    out.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert all(p.grad is None or not p.grad.any() for p in layer.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in _float_buffers(layer).items())
+
+
+@pytest.mark.parametrize("name", ["se", "cbam", "cbam_channel", "cbam_spatial"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_empty_batch_kernels_on_and_off_agree(name, training, monkeypatch):
+    def run():
+        torch.manual_seed(0)
+        layer = _build(name, bias=True) if name != "cbam_spatial" else _build(name)
+        layer.train(training)
+        x = torch.randn(0, C, 6, 7, requires_grad=True)
+        out = layer(x)
+        out.sum().backward()
+        grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in layer.parameters()]
+        return out, x.grad, grads
+
+    out, dx, grads = run()
+    monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+    ref, ref_dx, ref_grads = run()
+    assert out.shape == ref.shape == (0, C, 6, 7) and dx.shape == ref_dx.shape == (0, C, 6, 7)
+    for u, v in zip(grads, ref_grads):
+        torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_parameter(name):
     info = convattn.get_attn_info(name)
     layer = _build(name)

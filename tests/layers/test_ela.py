@@ -88,3 +88,15 @@ def test_matches_timm_when_its_choices_are_aligned():
 def test_bad_arguments(bad):
     with pytest.raises(ConfigError, match="EfficientLocalAttention"):
         convattn.create_attn("ela", 16, **bad)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_one_value_per_group_is_normalised_to_zero_in_either_mode(training):
+    # B = 1 on a 1×1 map: every strip holds one value per group; F.group_norm refuses it even in eval mode
+    layer = convattn.create_attn("ela", 16).train(training)
+    randomise(layer)
+    x = torch.randn(1, 16, 1, 1, requires_grad=True)
+    out = layer(x)
+    torch.testing.assert_close(out, x * torch.sigmoid(layer.gn.bias).view(1, 16, 1, 1) ** 2)
+    out.sum().backward()
+    assert x.grad is not None

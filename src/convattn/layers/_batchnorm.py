@@ -1,11 +1,13 @@
 """Batch norm for per-sample vectors (the ``(B, C, 1, 1)`` tensors after global pooling).
 
-SK, split attention, BAM and Gather-Excite normalise pooled descriptors. With a
-training batch of one such a tensor has a single value per channel, and
-``nn.BatchNorm2d`` raises. :class:`PooledBatchNorm2d` then normalises with the
-running statistics (and does not update them), so these layers train at batch size
-one like the rest of the library. Every other input is plain ``nn.BatchNorm2d``,
-with the same parameters, buffers and ``state_dict`` keys.
+SK, split attention, BAM, coordinate attention and Gather-Excite normalise pooled
+descriptors. With a training batch of one such a tensor has a single value per channel,
+and ``nn.BatchNorm2d`` raises; with an empty batch (B = 0) there is no value at all.
+:class:`PooledBatchNorm2d` then normalises with the running statistics and leaves them
+(and ``num_batches_tracked``) untouched, so these layers train at batch size one, and
+pass an empty batch through as an empty output, like the rest of the library. Every
+other input is plain ``nn.BatchNorm2d``, with the same parameters, buffers and
+``state_dict`` keys.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ __all__ = ["PooledBatchNorm2d", "resolve_norm"]
 
 
 class PooledBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that uses running statistics when a training batch has one value per channel.
+    """``nn.BatchNorm2d`` that uses running statistics, without updating them, when a training
+    batch has one value per channel or none (B = 0: the output is empty too).
 
     Example:
         >>> import torch
@@ -36,7 +39,7 @@ class PooledBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # An FX graph takes the ordinary batch-norm path (a proxy has no batch size).
         traced = is_fx_proxy(x)
-        if self.training and self.running_mean is not None and not traced and x.shape[0] * x[0, 0].numel() == 1:
+        if self.training and self.running_mean is not None and not traced and x.numel() <= x.shape[1]:
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )

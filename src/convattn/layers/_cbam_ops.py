@@ -36,7 +36,7 @@ def cbam_paper(x, w1, b1, w2, b2, wc, bc):
     pooled = torch.cat((flat.mean(-1), flat.amax(-1)))
     hidden = torch.relu(F.linear(pooled, w1, b1))
     b = x.shape[0]
-    logits = F.linear(hidden.view(2, b, -1).sum(0), w2)
+    logits = F.linear(hidden.view(2, b, hidden.shape[-1]).sum(0), w2)
     g = torch.sigmoid(logits if b2 is None else logits + 2 * b2)
     refined = x * g[:, :, None, None]
     stats = torch.stack((refined.mean(1), refined.amax(1)), 1)
@@ -122,6 +122,8 @@ def pair_conv(stats: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     b, _, h, w = stats.shape
     k = weight.shape[-1]
+    if b == 0:  # an empty batch: no maps to pair, and a convolution of zero groups is undefined
+        return F.conv2d(stats, weight, padding=k // 2)
     per_map = F.conv2d(
         stats.reshape(1, 2 * b, h, w), weight.reshape(2, 1, k, k).repeat(b, 1, 1, 1), padding=k // 2, groups=2 * b
     )

@@ -140,7 +140,7 @@ class CbamChannel(RecordsAttention):
         b = pooled.shape[0] // 2
         hidden = self.act(self.fc1(pooled))
         # W₁ is linear: W₁h_avg + W₁h_max = W₁(h_avg + h_max) (+ the bias twice).
-        logits = F.linear(hidden.view(2, b, -1).sum(0), self.fc2.weight)
+        logits = F.linear(hidden.view(2, b, hidden.shape[-1]).sum(0), self.fc2.weight)
         if self.fc2.bias is not None:
             logits = logits + 2 * self.fc2.bias
         return self.gate(logits)

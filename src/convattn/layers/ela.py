@@ -15,6 +15,15 @@ from ._recording import RecordsAttention
 __all__ = ["EfficientLocalAttention"]
 
 
+class _StripGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also takes one value per group (a 1×1 input gives strips of length 1):
+    it normalises to 0, so the output is the bias. ``F.group_norm`` refuses that input in every
+    mode with a "when training" error; ``torch.group_norm`` computes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
 @register_attn(
     "ela",
     kind="gate",
@@ -43,7 +52,8 @@ class EfficientLocalAttention(RecordsAttention):
         gate_layer: the gate σ.
 
     Shape:
-        ``(B, C, H, W) -> (B, C, H, W)``. Records ``"height"`` ``(B, C, H, 1)`` and
+        ``(B, C, H, W) -> (B, C, H, W)``, any B (0 included) and any H, W ≥ 1, in either mode:
+        a strip of one value per group is normalised to 0. Records ``"height"`` ``(B, C, H, 1)`` and
         ``"width"`` ``(B, C, 1, W)``.
 
     Example:
@@ -70,7 +80,7 @@ class EfficientLocalAttention(RecordsAttention):
         elif isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
             raise ConfigError(f"{name} expects num_groups to divide channels={channels}, got {num_groups!r}")
         self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
-        self.gn = nn.GroupNorm(num_groups, channels)
+        self.gn = _StripGroupNorm(num_groups, channels)
         self.gate = get_layer(gate_layer, owner=name, arg="gate_layer")()
         self.reset_parameters()
 

@@ -90,8 +90,9 @@ class _FusedAttention(torch.autograd.Function):
             out, leaves = ctx.fused
             ctx.fused = None
         inputs = [t for t, w in zip(leaves, wanted) if w]
-        with torch.enable_grad():
-            found = iter(torch.autograd.grad(out, inputs, grad_out))
+        with torch.enable_grad():  # an empty batch leaves the bias out of the kernel's graph: zero gradient
+            grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
+        found = iter(torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads))
         return (*(next(found) if w else None for w in wanted), None)
 
 
