@@ -3,20 +3,26 @@
 Every file convattn writes (checkpoints, configs, metrics, tables, figures, reports) goes
 through :func:`atomic_open`: a temporary file in the target's folder, flushed and
 fsync-ed, then ``os.replace``-d over the target, and the folder fsync-ed so the rename
-itself survives a power cut. The file gets the permissions a plain ``open`` would give
+itself survives a power cut. A write killed before the rename leaves only its temporary
+file (``.NAME.XXXXXXXX.tmp``), which :func:`remove_stale_temps` clears. The file gets the permissions a plain ``open`` would give
 it: an existing target's mode is kept, a new file gets ``0o666`` less the umask.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "remove_stale_temps", "TEMP_NAME", "os_reason"]
+
+#: The names of :func:`atomic_open`'s temporary files: ``mkstemp(prefix=".NAME.", suffix=".tmp")``.
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def _umask() -> int:
@@ -83,3 +89,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
     return Path(path)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that interrupted atomic writes left in ``folder`` (not in sub-folders).
+
+    Only names of :data:`TEMP_NAME`'s pattern are touched; call it only where no other process
+    writes (a run directory under its lock). Returns the removed paths.
+    """
+    removed = []
+    for entry in os.scandir(folder):
+        if TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return sorted(removed)
+
+
+def os_reason(exc: OSError) -> str:
+    """An OS error's reason in words, a full disk said plainly: ``disk full (No space left on device)``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return f"disk full ({reason})" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else reason

@@ -15,6 +15,8 @@ __all__ = [
     "UnknownOptionError",
     "DatasetNotFoundError",
     "CheckpointError",
+    "RunDirectoryError",
+    "RunDivergedError",
 ]
 
 
@@ -44,3 +46,14 @@ class DatasetNotFoundError(ConvattnError, FileNotFoundError):
 
 class CheckpointError(ConvattnError, RuntimeError):
     """A checkpoint is truncated, corrupt, or carries pickled code."""
+
+
+class RunDirectoryError(ConvattnError, OSError):
+    """A run directory cannot be created, written or locked (another run holds it, a full disk, ...)."""
+
+
+class RunDivergedError(ConvattnError, ArithmeticError):
+    """Training stopped at a non-finite loss or gradient norm; the run's results.json says ``diverged``."""
+
+    #: ``convattn train`` exits with this status when a run diverges (2 is a usage error).
+    exit_status = 3

@@ -1,9 +1,10 @@
 """``convattn train``: train a model; every ``TrainConfig`` field is a flag.
 
 Precedence: defaults < the model's recipe (``--recipe``) < ``--config FILE.yaml`` <
-explicit flags. With ``--resume RUN_DIR`` the run's own config is the base and only
-fields that do not change the numbers (``TrainConfig.RESULT_FREE_FIELDS``: ``--out``,
-``--workers``, ``--device``, ``--no-progress`` ...) may differ.
+explicit flags. With ``--resume RUN_DIR`` the run's own config is the base (with the
+result-free fields edited in its config.yaml) and only fields that do not change the numbers
+(``TrainConfig.RESULT_FREE_FIELDS``: ``--workers``, ``--device``, ``--no-progress`` ...) may
+differ; the run continues in RUN_DIR (``--out`` elsewhere is refused).
 """
 
 from __future__ import annotations
@@ -56,10 +57,9 @@ def config_and_sources(args: argparse.Namespace):
             raise ConfigError(f"config file {args.config!r} does not exist")
         file_fields = _yaml_fields(args.config)
     if getattr(args, "resume", None):
-        from ..engine.checkpoint import load_checkpoint
-        from ..engine.rundir import resume_file
+        from ..engine.rundir import resume_config
 
-        base = dict(load_checkpoint(resume_file(args.resume))["config"])
+        base = resume_config(args.resume)
         config = TrainConfig.from_dict({**base, **file_fields, **overrides}, source="train options")
         sources = {k: "flag" if k in overrides else f"config file {args.config}" if k in file_fields else f"run {args.resume}"
                    for k in TrainConfig.field_names()}
@@ -97,7 +97,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=examples_epilog(*EXAMPLES) + "\n" + _NOTES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of TrainConfig fields; explicit flags override it")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (or a last.pt) exactly where it stopped")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (or a last.pt) exactly where it stopped, in RUN_DIR itself "
+                        "(to branch a run, copy its directory and resume the copy)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config as YAML, each value with its source (default, recipe, config file, flag), and exit")
     add_config_arguments(p)

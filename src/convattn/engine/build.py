@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from .._io import atomic_write_text
 from ..exceptions import CheckpointError, ConfigError
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import TrainConfig
 
-__all__ = ["build_model", "model_from_checkpoint", "load_run", "init_from_run", "key_summary"]
+__all__ = ["build_model", "model_from_checkpoint", "load_run", "init_from_run", "write_init_report", "key_summary"]
 
 
 def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
@@ -124,6 +128,16 @@ def init_from_run(model: nn.Module, source: str | os.PathLike) -> dict[str, Any]
         "loaded": sorted(state),
         "new": sorted(k for k in own if k not in state),
     }
+
+
+def write_init_report(report: dict[str, Any], run_dir: Path) -> None:
+    """Write :func:`init_from_run`'s report to ``run_dir/init_from.json`` and say in one line what was loaded."""
+    atomic_write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
+    print(
+        f"init_from {report['checkpoint']} ({report['epochs']} epochs): loaded {len(report['loaded'])} tensors, "
+        f"{len(report['new'])} new: {key_summary(report['new'])} (list in {run_dir / 'init_from.json'})",
+        file=sys.stderr, flush=True,
+    )
 
 
 def key_summary(keys: list[str], limit: int = 4) -> str:

@@ -4,14 +4,19 @@ A checkpoint is a plain dict (tensors, dicts, lists, str / int / float / bool /
 None) so that ``torch.load(weights_only=True)`` reads it: a file that carries
 pickled code is refused before anything in it runs. Writes go to a temporary file
 in the same directory, are flushed and fsync-ed, then ``os.replace``-d over the
-old file, so a crash mid-write never leaves a truncated ``last.pt``.
+old file, so a crash mid-write never leaves a truncated ``last.pt``. Each checkpoint's sha256 is
+recorded in a sidecar (``last.pt.sha256``) and checked at load, so a corrupt file is refused
+by name instead of loading silently (torch does not check the zip's CRCs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import random
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._io import atomic_open
-from ..exceptions import CheckpointError
+from .._io import atomic_open, atomic_write_text, os_reason
+from ..exceptions import CheckpointError, RunDirectoryError
 
 __all__ = [
     "FORMAT",
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
+    "checksum_path",
     "get_rng_state",
     "set_rng_state",
 ]
@@ -35,19 +41,53 @@ FORMAT = "convattn.checkpoint/1"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, ``os.replace``).
+    """Write ``state`` to ``path`` atomically (temp file in the same dir, fsync, ``os.replace``) and
+    record its sha256 in :func:`checksum_path`.
 
     ``state`` must be plain data (checked before anything is written, so a bad value
     never replaces a good file): tensors, dicts, lists, tuples, str / int / float /
-    bool / None.
+    bool / None. The checksum file is rewritten before the rename and lists the new file's
+    sum and the sums before it, so a crash at any point leaves a file that matches.
+
+    Raises:
+        RunDirectoryError: the file cannot be written (full disk, read-only, ...); the
+            checkpoint already at ``path`` is intact.
     """
     _check_plain(state, "state")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, **state}
-    with atomic_open(path, "wb") as fh:
-        torch.save(state, fh)
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    digest = hashlib.sha256(buf.getbuffer()).hexdigest()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as fh:
+            fh.write(buf.getbuffer())
+            sums = [digest, *(s for s in _recorded_sums(path) or [] if s != digest)][:3]
+            atomic_write_text(checksum_path(path), "".join(f"{s}  {path.name}\n" for s in sums))
+    except OSError as exc:
+        raise RunDirectoryError(
+            f"cannot write checkpoint {str(path)!r}: {os_reason(exc)}; the checkpoints already in "
+            f"{str(path.parent)!r} are intact"
+        ) from None
     return path
+
+
+def checksum_path(path: str | os.PathLike) -> Path:
+    """The file recording a checkpoint's sha256 (``last.pt`` -> ``last.pt.sha256``, ``sha256sum`` format)."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def _recorded_sums(path: Path) -> list[str] | None:
+    """The sha256 sums recorded for ``path`` (newest first), ``None`` when none were recorded."""
+    try:
+        lines = checksum_path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return []
+    words = (line.split()[0].lower() for line in lines if line.split())
+    return [w for w in words if len(w) == 64 and all(c in "0123456789abcdef" for c in w)]
 
 
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
@@ -83,10 +123,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a convattn checkpoint with ``torch.load(weights_only=True)``.
+    """Load a convattn checkpoint with ``torch.load(weights_only=True)``, checking its recorded sha256.
 
     Args:
-        path: a ``.pt`` file, or a run directory (its ``best.pt``, else ``last.pt``).
+        path: a ``.pt`` file, or a run directory (its ``best.pt``, else ``last.pt``; a
+            corrupt ``best.pt`` falls back to ``last.pt`` with a warning).
         map_location: passed to ``torch.load``.
 
     Returns:
@@ -94,13 +135,34 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ``optimizer``, ``scheduler``, ``scaler``, ``rng``, ``epoch``, ``step``, ...
 
     Raises:
-        CheckpointError: missing, truncated or corrupt file; a file whose pickle
-            holds code or objects other than plain data (refused, nothing runs);
-            a file that is not a convattn checkpoint.
+        CheckpointError: missing, truncated or corrupt file (one whose bytes do not match
+            its recorded sha256); a file whose pickle holds code or objects other than plain
+            data (refused, nothing runs); a file that is not a convattn checkpoint.
+            Checkpoints saved before checksums were recorded load unchecked.
     """
-    p = resolve_checkpoint(path)
+    p = Path(path)
+    if p.is_dir() and (p / "best.pt").is_file() and (p / "last.pt").is_file():
+        try:
+            return _load(p / "best.pt", map_location)
+        except CheckpointError as exc:
+            warnings.warn(f"{exc}; loading {str(p / 'last.pt')!r} instead", stacklevel=2)
+            return _load(p / "last.pt", map_location)
+    return _load(resolve_checkpoint(p), map_location)
+
+
+def _load(p: Path, map_location: Any) -> dict[str, Any]:
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {os_reason(exc)}") from None
+    sums = _recorded_sums(p)
+    if sums is not None and hashlib.sha256(data).hexdigest() not in sums:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is truncated or corrupt: its sha256 does not match the one recorded in "
+            f"{checksum_path(p).name} when it was saved"
+        )
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if "Unsupported global" in msg or "GLOBAL" in msg or "not an allowed global" in msg:
@@ -112,7 +174,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             ) from None
         detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported" in ln), "unreadable pickle")
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({detail})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
+            IndexError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

@@ -215,12 +215,12 @@ class TrainConfig:
             self.distort = None
         if self.distort is not None and not isinstance(self.distort, str):
             raise bad("distort", "a distortion name or None")
-        for name in ("train_size", "val_size", "test_size", "image_size", "clip_grad", "save_every"):
+        for name in ("train_size", "val_size", "test_size", "image_size", "save_every"):
             value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise bad(name, "a number > 0 or None")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise bad(name, "an integer >= 1 or None")
+        if self.clip_grad is not None and (not _number(self.clip_grad) or not self.clip_grad > 0):
+            raise bad("clip_grad", "a finite number > 0 or None")
         for name in ("epochs", "batch_size", "step_epochs", "patience"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -17,7 +19,10 @@ from torch import nn
 
 from ..exceptions import ConfigError
 
-__all__ = ["DistContext", "setup", "cleanup", "resolve_device", "all_reduce_sum", "broadcast_buffers"]
+__all__ = [
+    "DistContext", "setup", "cleanup", "resolve_device", "all_reduce_sum", "all_reduce_eval", "broadcast_buffers",
+    "broadcast_path", "gather_objects",
+]
 
 
 @dataclass
@@ -84,6 +89,35 @@ def all_reduce_sum(ctx: DistContext, values: list[float], device: torch.device) 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_eval(ctx: DistContext, loss_sum: float, confusion: torch.Tensor,
+                    device: torch.device) -> tuple[float, torch.Tensor]:
+    """An evaluation's loss sum and confusion matrix summed over all ranks, identity on a single process."""
+    if not ctx.enabled:
+        return loss_sum, confusion
+    t = torch.cat([torch.tensor([loss_sum], dtype=torch.float64), confusion.double().flatten()]).to(device)
+    dist.all_reduce(t)
+    t = t.cpu()
+    return float(t[0]), t[1:].round().long().view_as(confusion)
+
+
+def broadcast_path(ctx: DistContext, path: Path) -> Path:
+    """Rank 0's ``path`` on every rank (a run directory named by the time it starts)."""
+    if not ctx.enabled:
+        return path
+    holder = [str(path)]
+    dist.broadcast_object_list(holder, src=0)
+    return Path(holder[0])
+
+
+def gather_objects(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` on a single process."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_buffers(ctx: DistContext, module: nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""The metrics log of a run: one row per epoch in ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard)."""
+"""The metrics log of a run: one row per epoch in ``metrics.jsonl`` and ``metrics.csv`` (and TensorBoard),
+and its ``results.json``. Both are strict JSON: a non-finite number is written as ``null``."""
 
 from __future__ import annotations
 
@@ -7,12 +8,20 @@ import io
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text
 
-__all__ = ["METRIC_COLUMNS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "json_safe"]
+__all__ = [
+    "METRIC_COLUMNS", "RUN_STATUSES", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
+    "write_results", "json_safe", "strict_json", "progress_bar",
+]
+
+#: ``results.json``'s ``status``: trained to the end and tested; stopped at a non-finite loss (no
+#: accuracy is reported); stopped by Ctrl-C (resume it).
+RUN_STATUSES = ("finished", "diverged", "interrupted")
 
 #: The columns of ``metrics.csv`` (``metrics.jsonl`` rows also hold the stage's trained / frozen groups).
 METRIC_COLUMNS = [
@@ -31,6 +40,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``value`` with non-finite floats as ``null`` (never the bare ``NaN`` JSON forbids)."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (none when it is missing; unreadable lines skipped)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -42,6 +56,19 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return rows
+
+
+def progress_bar(enabled: bool, **kwargs: Any) -> Any:
+    """A tqdm bar over an epoch's steps where ``enabled`` and stderr is a terminal (never under CI), else ``None``."""
+    try:
+        shown = enabled and not os.environ.get("CI") and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        shown = False
+    if not shown:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(leave=False, dynamic_ncols=True, **kwargs)
 
 
 def epoch_line(row: dict[str, Any]) -> str:
@@ -60,12 +87,24 @@ def run_results(rows: list[dict[str, Any]], *, run_dir: str | os.PathLike, param
     last = rows[-1] if rows else {}
     times = [float(r.get("epoch_time", nan)) for r in rows]
     return {
-        "run_dir": str(run_dir), "params": int(params), "epochs": epochs, "steps": steps,
+        "status": "finished", "run_dir": str(run_dir), "params": int(params), "epochs": epochs, "steps": steps,
         "epoch_time": sum(times) / len(times) if times else nan,
         **{k: last.get(k, nan) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
         "best_val_acc": best_val_acc, "test_loss": test["loss"], "test_acc": test["accuracy"],
         "images_per_s": last.get("images_per_s", nan),
     }
+
+
+def stopped_results(status: str, *, run_dir: str | os.PathLike, epochs: int, steps: int, reason: str) -> dict[str, Any]:
+    """``results.json`` of a run that stopped before its end (``diverged`` / ``interrupted``): no accuracy."""
+    if status not in RUN_STATUSES[1:]:
+        raise ValueError(f"stopped_results expects status diverged or interrupted, got {status!r}")
+    return {"status": status, "run_dir": str(run_dir), "epochs": epochs, "steps": steps, "reason": reason}
+
+
+def write_results(run_dir: str | os.PathLike, result: dict[str, Any]) -> None:
+    """Write ``result`` as the run's ``results.json`` (strict JSON, atomically)."""
+    atomic_write_text(Path(run_dir) / "results.json", strict_json(result, indent=2) + "\n")
 
 
 class MetricsWriter:
@@ -80,7 +119,7 @@ class MetricsWriter:
         self.csv = run_dir / "metrics.csv"
         if keep_before_epoch is not None:
             rows = [r for r in read_metrics(run_dir) if int(r.get("epoch", 0)) <= keep_before_epoch]
-            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(self.jsonl, "".join(strict_json(r) + "\n" for r in rows))
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             w.writeheader()
@@ -100,11 +139,11 @@ class MetricsWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         with open(self.jsonl, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.write(strict_json(row) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         with open(self.csv, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore").writerow(row)
+            csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore").writerow(json_safe(row))
             fh.flush()
             os.fsync(fh.fileno())
         if self.tb is not None:

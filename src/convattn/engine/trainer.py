@@ -11,12 +11,13 @@ Runs are reproducible and resumable: the seed fixes model initialisation, each
 epoch's data order (a permutation of ``(seed, epoch)``), augmentation and dropout;
 ``last.pt`` holds every random state, and ``train(config, resume=run_dir)``
 continues a run, also from the middle of an epoch, to the same final weights.
+A non-finite loss, gradient norm or weight stops the run as ``diverged``; no checkpoint
+is written from non-finite weights.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -28,48 +29,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..exceptions import CheckpointError, ConfigError
-from .._io import atomic_write_text
+from ..exceptions import CheckpointError, ConfigError, ConvattnError, RunDirectoryError, RunDivergedError
+from .._io import os_reason
 from . import distributed as D
-from .build import build_model, init_from_run, key_summary
+from .build import build_model, init_from_run, write_init_report
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
 from .evaluate import eval_sums, eval_summary, logits_of
+from .guard import check_finite, largest_weight
 from .memory import keep_freed_memory
-from .metrics import MetricsWriter, epoch_line, json_safe, read_metrics, run_results
+from .metrics import MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
 from .optim import WarmupSchedule, build_optimizer, mixed_precision
-from .rundir import check_resume_config, finished_results, new_run_dir, resume_file
+from .rundir import (
+    check_resume_config, check_resume_out, claim_run_dir, config_file_edits, finished_results, new_run_dir, resume_file,
+)
 from .stages import apply_stage, check_groups, plan_for, stage_groups, stage_runs
 
 __all__ = ["train"]
 
 
-def _progress_enabled(config: TrainConfig, ctx: D.DistContext) -> bool:
-    if not config.progress or not ctx.is_main or os.environ.get("CI"):
-        return False
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):
-        return False
-
 # ------------------------------------------------------------------- trainer
 class _Trainer:
-    def __init__(self, config: TrainConfig, ctx: D.DistContext, resume: str | os.PathLike | None):
+    def __init__(self, config: TrainConfig, ctx: D.DistContext, run_dir: Path, resume: str | os.PathLike | None):
         self.config = config
         self.ctx = ctx
         self.device = ctx.device
+        self.run_dir = run_dir
         self.ckpt = None
         if resume is not None:
             self.ckpt = load_checkpoint(resume_file(resume), map_location="cpu")
-            self.run_dir = resume_file(resume).parent
             check_resume_config(config, self.ckpt["config"])
-        else:
-            self.run_dir = new_run_dir(config, check=ctx.is_main)
-        if ctx.enabled:  # every rank uses rank 0's directory name
-            holder = [str(self.run_dir)]
-            torch.distributed.broadcast_object_list(holder, src=0)
-            self.run_dir = Path(holder[0])
+            config_file_edits(run_dir, self.ckpt["config"])
 
         seed_everything(config.seed)
         datasets, self.data_info = build_datasets(config)
@@ -102,6 +93,7 @@ class _Trainer:
         self.step = 0
         self.batch_in_epoch = 0
         self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the current epoch
+        self.epoch_elapsed = 0.0  # seconds of the current epoch run before the last checkpoint
         self.best_val_acc = -1.0
         self.opt_run_id = -1
         self.optimizer = None
@@ -144,11 +136,7 @@ class _Trainer:
     # ------------------------------------------------------------ checkpoints
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every rank's random states (a collective: call it on all ranks)."""
-        if not self.ctx.enabled:
-            return [get_rng_state()]
-        states: list[Any] = [None] * self.ctx.world_size
-        torch.distributed.all_gather_object(states, get_rng_state())
-        return states
+        return D.gather_objects(self.ctx, get_rng_state())
 
     def _state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -162,6 +150,7 @@ class _Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "partial": list(self.partial),
+            "epoch_elapsed": self.epoch_elapsed,
             "best_val_acc": self.best_val_acc,
             "plan": self.plan.state_dict(),
             "opt_run_id": self.opt_run_id,
@@ -176,6 +165,10 @@ class _Trainer:
         if self.ctx.is_main:
             save_checkpoint(self._state(rng), self.run_dir / name)
 
+    def _check_finite(self, what: str, *values: float, lr: float) -> None:
+        check_finite(self.ctx, what, values, where=f"step {self.step} (epoch {self.epoch + 1}, lr {lr:.3g})",
+                     saved=(self.run_dir / "last.pt").is_file())
+
     def _restore(self) -> None:
         c = self.ckpt
         try:
@@ -184,6 +177,7 @@ class _Trainer:
             self.batch_in_epoch = int(c["batch_in_epoch"])
             self.step = int(c["step"])
             self.partial = [float(v) for v in c["partial"]]
+            self.epoch_elapsed = float(c.get("epoch_elapsed", 0.0))
             self.best_val_acc = float(c["best_val_acc"])
             self.plan.load_state_dict(c["plan"])
             if c["opt_run_id"] == self.plan.run_id and not self.plan.done:
@@ -213,16 +207,9 @@ class _Trainer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         has_reg = callable(getattr(self.model, "regularization", None))
         remaining = self.steps_per_epoch - self.batch_in_epoch
-        bar = None
-        if _progress_enabled(cfg, self.ctx):
-            from tqdm.auto import tqdm
-
-            bar = tqdm(
-                total=self.steps_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
-                desc=f"epoch {self.epoch + 1}/{self._epochs_label()} [{self.plan.current['name']}]",
-            )
-        t0 = time.perf_counter()
-        images = 0
+        bar = progress_bar(cfg.progress and self.ctx.is_main, total=self.steps_per_epoch, initial=self.batch_in_epoch,
+                           desc=f"epoch {self.epoch + 1}/{self._epochs_label()} [{self.plan.current['name']}]")
+        t0 = time.perf_counter() - self.epoch_elapsed  # a resumed epoch counts its time before the interruption
         for i, (x, y) in enumerate(self.train_loader):
             if i >= remaining:
                 break
@@ -230,6 +217,7 @@ class _Trainer:
             if cfg.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = torch.as_tensor(y).to(self.device, non_blocking=True)
+            lr = self.optimizer.param_groups[0]["lr"]
             with self.autocast() if self.autocast is not None else contextlib.nullcontext():
                 outputs = self.fwd(x)
                 logits = logits_of(outputs)
@@ -238,25 +226,31 @@ class _Trainer:
                     loss = loss + self.alpha * self.model.regularization(outputs)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
+            grad_norm = 0.0
             if cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            self.step += 1
+            loss_value = float(loss.detach())
+            self._check_finite("the loss", loss_value, lr=lr)
+            if not self.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow
+                self._check_finite("the gradient norm", float(grad_norm), lr=lr)
             with torch.no_grad():
-                self.partial[0] += float(loss.detach()) * y.shape[0]
+                self.partial[0] += loss_value * y.shape[0]
                 self.partial[1] += float((logits.detach().argmax(1) == y).sum())
                 self.partial[2] += y.shape[0]
-            self.step += 1
             self.batch_in_epoch += 1
-            images += y.shape[0]
             if bar is not None:
-                rate = images * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
+                rate = self.partial[2] * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{self.partial[0] / self.partial[2]:.4f}",
                                 acc=f"{self.partial[1] / self.partial[2]:.3f}", img_s=f"{rate:.0f}")
                 bar.update(1)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+                self._check_finite("the largest weight", largest_weight(self.model), lr=lr)
+                self.epoch_elapsed = time.perf_counter() - t0
                 self._save("last.pt")
         if bar is not None:
             bar.close()
@@ -266,7 +260,7 @@ class _Trainer:
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
             "epoch_time": elapsed,
-            "images_per_s": images * self.ctx.world_size / max(elapsed, 1e-9),
+            "images_per_s": count / max(elapsed, 1e-9),
         }
 
     def _epochs_label(self) -> str:
@@ -278,13 +272,7 @@ class _Trainer:
             self.model, loader, self.device, num_classes=self.data_info["num_classes"],
             autocast=self.autocast, channels_last=self.config.channels_last,
         )
-        if self.ctx.enabled:
-            t = torch.cat([torch.tensor([loss_sum], dtype=torch.float64), confusion.double().flatten()]).to(self.device)
-            torch.distributed.all_reduce(t)
-            t = t.cpu()
-            loss_sum = float(t[0])
-            confusion = t[1:].round().long().view_as(confusion)
-        return eval_summary(loss_sum, confusion)
+        return eval_summary(*D.all_reduce_eval(self.ctx, loss_sum, confusion, self.device))
 
     def run(self) -> dict[str, Any]:
         cfg = self.config
@@ -296,13 +284,7 @@ class _Trainer:
                 tensorboard=cfg.tensorboard,
             )
             if self.init_report is not None:
-                rep = self.init_report
-                atomic_write_text(self.run_dir / "init_from.json", json.dumps(rep, indent=2) + "\n")
-                print(
-                    f"init_from {rep['checkpoint']} ({rep['epochs']} epochs): loaded {len(rep['loaded'])} tensors, "
-                    f"{len(rep['new'])} new: {key_summary(rep['new'])} (list in {self.run_dir / 'init_from.json'})",
-                    file=sys.stderr, flush=True,
-                )
+                write_init_report(self.init_report, self.run_dir)
         self.ckpt = None  # free memory
         rows = read_metrics(self.run_dir) if self.epoch > 0 else []  # resumed: the epochs already run count
         try:
@@ -315,10 +297,13 @@ class _Trainer:
                 D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
                 val = self._evaluate(self.val_loader)
                 lr = self.optimizer.param_groups[0]["lr"]
+                self._check_finite("the largest weight", largest_weight(self.model), lr=lr)
+                self._check_finite("the validation loss", val["loss"], lr=lr)
                 self.plan.end_epoch(val["loss"])
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.partial = [0.0, 0.0, 0.0]
+                self.epoch_elapsed = 0.0
                 row = {
                     "epoch": self.epoch, "stage": stage_name, "step": self.step, **{k: tr[k] for k in ("train_loss", "train_acc")},
                     "val_loss": val["loss"], "val_acc": val["accuracy"], "lr": lr,
@@ -338,6 +323,12 @@ class _Trainer:
                     save_checkpoint(state, self.run_dir / "last.pt")
                     print(epoch_line(row), file=sys.stderr, flush=True)
             test = self._evaluate(self.test_loader)
+        except (RunDivergedError, KeyboardInterrupt) as exc:
+            if self.ctx.is_main:  # the checkpoints stay as they were; results.json says why the run stopped
+                status = "diverged" if isinstance(exc, RunDivergedError) else "interrupted"
+                write_results(self.run_dir, stopped_results(status, run_dir=self.run_dir, epochs=self.epoch,
+                                                            steps=self.step, reason=str(exc) or "interrupted"))
+            raise
         finally:
             if self.ctx.is_main:
                 metrics.close()
@@ -348,7 +339,7 @@ class _Trainer:
         if self.init_report is not None:
             result["init_from"] = {k: self.init_report[k] for k in ("checkpoint", "epochs")}
         if self.ctx.is_main:
-            atomic_write_text(self.run_dir / "results.json", json.dumps(json_safe(result), indent=2) + "\n")
+            write_results(self.run_dir, result)
         return result
 
 
@@ -375,22 +366,34 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None) -> di
         "test_loss", "test_acc", "images_per_s"}``.
 
     Raises:
-        ConfigError: invalid values, unknown model / layer / parameter group, a run
-            directory that already holds a run.
+        ConfigError: invalid values, unknown model / layer / parameter group, a new run in a non-empty
+            directory, ``resume`` with ``config.out`` elsewhere, a config.yaml edited before resuming.
+        RunDirectoryError: the run directory is locked by another run, or cannot be written.
+        RunDivergedError: a non-finite loss, gradient norm or weight (results.json: ``diverged``).
         DatasetNotFoundError: missing dataset files.
-        CheckpointError: an unreadable or unsafe checkpoint to resume from.
+        CheckpointError: an unreadable, corrupt or unsafe checkpoint to resume from.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train expects a TrainConfig, got {type(config).__name__}")
     config.validate()
     if resume is not None:
+        check_resume_out(config, resume)
         finished = finished_results(config, resume)
         if finished is not None:
             return finished
+    run_dir = resume_file(resume).parent if resume is not None else new_run_dir(config, check=False)
     ctx = D.setup(config.device)
     if ctx.device.type == "cpu":
         keep_freed_memory()
+    lock = None
     try:
-        return _Trainer(config, ctx, resume).run()
+        run_dir = D.broadcast_path(ctx, run_dir)  # every rank uses rank 0's directory name
+        if ctx.is_main:
+            lock = claim_run_dir(run_dir, resume=resume is not None)
+        return _Trainer(config, ctx, run_dir, resume).run()
+    except OSError as exc:  # a full disk, a read-only folder ...: one line naming the file
+        raise exc if isinstance(exc, ConvattnError) else RunDirectoryError(f"{exc.filename or run_dir}: {os_reason(exc)}")
     finally:
+        if lock is not None:
+            lock.release()
         D.cleanup(ctx)

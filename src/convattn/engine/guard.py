@@ -1,0 +1,40 @@
+"""What stops a run early: the first non-finite loss, gradient norm or weight (``RunDivergedError``).
+
+The trainer checks the loss (and the gradient norm when clipping) after every step, and the
+weights before every checkpoint, so no checkpoint is ever written from non-finite weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..exceptions import RunDivergedError
+from . import distributed as D
+
+__all__ = ["largest_weight", "check_finite"]
+
+
+def largest_weight(model: nn.Module) -> float:
+    """The largest absolute value of ``model``'s floating-point parameters and buffers (NaN if any is NaN)."""
+    with torch.no_grad():
+        worst = [t.abs().amax().float() for t in model.state_dict().values() if t.is_floating_point() and t.numel()]
+        return float(torch.stack(worst).amax()) if worst else 0.0
+
+
+def check_finite(ctx: D.DistContext, what: str, values: Iterable[float], *, where: str, saved: bool) -> None:
+    """Raise RunDivergedError when one of ``values`` is not finite on any rank (a collective under DDP).
+
+    ``what`` names the quantity, ``where`` the step, epoch and learning rate; ``saved`` says
+    whether a checkpoint was written before (it is kept).
+    """
+    bad = [v for v in values if not math.isfinite(v)]
+    if D.all_reduce_sum(ctx, [float(len(bad))], ctx.device)[0]:
+        kept = "the checkpoints written before it are kept" if saved else "no checkpoint was written"
+        raise RunDivergedError(
+            f"training diverged at {where}: {what} is {bad[0] if bad else 'not finite on another rank'}; "
+            f"{kept}; lower --lr or set --clip-grad"
+        )
