@@ -150,3 +150,11 @@ def test_threads_are_set_per_run_and_restored(tmp_path, fake_train, capsys):
     assert "1 run(s) at a time, 3 thread(s) each" in capsys.readouterr().out
     assert main(argv[:-1] + ["-1"]) == 2
     assert "--threads must be >= 0" in capsys.readouterr().err
+
+
+def test_demo_out_onto_a_file_is_refused_before_training(tmp_path, fake_train, capsys):
+    (tmp_path / "taken").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path / "taken"), "--no-viz"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"convattn demo: error: --out {tmp_path / 'taken'} is a file, expected a directory\n"
+    assert fake_train == [] and (tmp_path / "taken").read_text() == "mine"

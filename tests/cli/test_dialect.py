@@ -2,13 +2,14 @@
 kept for one release with a one-line deprecation warning, examples in every ``--help``."""
 
 import argparse
+import errno
 import io
 
 import pytest
 
 from convattn import cli
 from convattn.cli import _options
-from convattn.exceptions import UnknownOptionError
+from convattn.exceptions import ConvattnError, UnknownOptionError
 
 
 def _leaves(parser, prog=()):
@@ -21,6 +22,7 @@ def _leaves(parser, prog=()):
         yield from _leaves(child, (*prog, name))
 
 
+BUILD_PARSER = cli.build_parser
 PARSER = cli.build_parser()
 COMMANDS = dict(_leaves(PARSER))
 # where each shared option must exist (more may have it; none may spell it differently)
@@ -171,6 +173,52 @@ def test_errors_print_one_line_and_exit_2(exc, monkeypatch, capsys):
     assert cli.main(["fail"]) == 2
     err = capsys.readouterr().err
     assert err == f"convattn fail: error: {exc}\n"
+
+
+def _run_failing(exc, monkeypatch):
+    """Run ``convattn fail``, a command that raises ``exc``."""
+
+    def parser():
+        p = BUILD_PARSER()
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        sub.add_parser("fail").set_defaults(func=_raise, exc=exc)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    return cli.main(["fail"])
+
+
+@pytest.mark.parametrize("exc, line", [
+    (OSError(errno.ENOSPC, "No space left on device", "runs/a/last.pt"), "runs/a/last.pt: disk full"),
+    (OSError(errno.EROFS, "Read-only file system", "/ro/out"), "/ro/out: read-only file system"),
+    (PermissionError(errno.EACCES, "Permission denied", "/root/x"), "/root/x: permission denied"),
+    (NotADirectoryError(errno.ENOTDIR, "Not a directory", "file/sub"), "file/sub: not a directory"),
+    (IsADirectoryError(errno.EISDIR, "Is a directory", "report.html"), "report.html: is a directory"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "gone.pt"), "gone.pt: not found"),
+    (OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b"), "a -> b: Invalid cross-device link"),
+    (FileNotFoundError("checkpoint 'x' does not exist"), "checkpoint 'x' does not exist"),
+    (MemoryError("Unable to allocate 71.1 PiB for an array"), "not enough memory for this run (Unable to allocate"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 4000000000000000 bytes."), "not enough memory for this run (can't allocate "
+                                                                "memory: you tried to allocate 4000000000000000"),
+])
+def test_os_and_memory_errors_print_one_line_and_exit_2(exc, line, monkeypatch, capsys):
+    assert _run_failing(exc, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"convattn fail: error: {line}") and err.count("\n") == 1, err
+
+
+def test_errors_carry_their_exit_status_and_debug_shows_the_traceback(monkeypatch, capsys):
+    class Diverged(ConvattnError, ArithmeticError):
+        exit_status = 3
+
+    assert _run_failing(Diverged("loss is nan at step 4"), monkeypatch) == 3
+    assert capsys.readouterr().err == "convattn fail: error: loss is nan at step 4\n"
+    with pytest.raises(RuntimeError, match="a bug"):  # not a user error: the traceback
+        _run_failing(RuntimeError("a bug"), monkeypatch)
+    monkeypatch.setenv("CONVATTN_DEBUG", "1")
+    with pytest.raises(OSError):
+        _run_failing(OSError(errno.ENOSPC, "No space left on device", "x"), monkeypatch)
 
 
 @pytest.mark.parametrize("argv, words", [

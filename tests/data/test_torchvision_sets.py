@@ -40,7 +40,16 @@ def write_mnist(root, folder):
     return data["train"], data["t10k"]
 
 
-def write_cifar(root, hundred=False):
+def _cifar_entry(x, y, key, name, hundred):
+    """What a CIFAR python file holds: a dict of a uint8 array, int lists, a bytes label and file names."""
+    entry = {"batch_label": f"{name} batch".encode(), "data": x, key: y, "filenames": [f"img_{i}.png" for i in y]}
+    if hundred:
+        entry["coarse_labels"] = [i // 5 for i in y]
+    return entry
+
+
+def write_cifar(root, hundred=False, protocol=pickle.DEFAULT_PROTOCOL):
+    """CIFAR's files, written as its python pickles are (the originals: protocol 2, from Python 2)."""
     rng = np.random.default_rng(1)
     folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
     folder.mkdir(parents=True)
@@ -52,15 +61,18 @@ def write_cifar(root, hundred=False):
     for name in names:
         x, y = _images(rng, per, (3 * 32 * 32,)), rng.integers(0, ncls, size=per).tolist()
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": x, key: y}, f)
+            pickle.dump(_cifar_entry(x, y, key, name, hundred), f, protocol=protocol)
         xs.append(x)
         ys += y
     xt, yt = _images(rng, N_TEST, (3 * 32 * 32,)), rng.integers(0, ncls, size=N_TEST).tolist()
     with open(folder / ("test" if hundred else "test_batch"), "wb") as f:
-        pickle.dump({"data": xt, key: yt}, f)
-    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else {"label_names": [f"k{i}" for i in range(10)]}
+        pickle.dump(_cifar_entry(xt, yt, key, "test", hundred), f, protocol=protocol)
+    if hundred:
+        meta = {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}
+    else:
+        meta = {"num_cases_per_batch": per, "label_names": [f"k{i}" for i in range(10)], "num_vis": 3072}
     with open(folder / ("meta" if hundred else "batches.meta"), "wb") as f:
-        pickle.dump(meta, f)
+        pickle.dump(meta, f, protocol=protocol)
     return (np.concatenate(xs).reshape(-1, 3, 32, 32), np.array(ys)), (xt.reshape(-1, 3, 32, 32), np.array(yt))
 
 
@@ -123,6 +135,42 @@ def test_cifar(tmp_path, hundred):
     assert any(not torch.equal(tr[4][0], plain[4][0]) for _ in range(5))  # augmentation does something
     with pytest.raises(ConfigError, match="grayscale"):
         build_dataset(name, "test", data_dir=tmp_path, distort="rotate")
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_files_of_every_pickle_protocol_are_read(tmp_path, protocol):
+    """The restricted unpickler admits numpy arrays as protocol 2 (the originals) and 5 write them."""
+    _, (xte, yte) = write_cifar(tmp_path, protocol=protocol)
+    te = build_dataset("cifar10", "test", data_dir=tmp_path)
+    assert [te[i][1] for i in range(N_TEST)] == yte.tolist() and te.info.class_names[9] == "k9"
+    torch.testing.assert_close(_unnormalise(te[1][0], te.info), torch.from_numpy(xte[1]).float() / 255, atol=1e-5,
+                               rtol=0)
+
+
+class _Payload:
+    """What a planted file carries: unpickling it would run ``exec`` (here: write a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+@pytest.mark.parametrize("hundred, planted", [(False, "batches.meta"), (True, "meta"), (False, "test_batch")])
+def test_planted_pickle_is_refused_and_runs_nothing(tmp_path, hundred, planted):
+    name = "cifar100" if hundred else "cifar10"
+    write_cifar(tmp_path, hundred)
+    folder = tmp_path / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    marker = tmp_path / "payload-ran"
+    with open(folder / planted, "wb") as f:
+        pickle.dump({"label_names": _Payload(marker), "fine_label_names": _Payload(marker)}, f)
+    get_dataset_info(name, data_dir=tmp_path)  # cifar100 reads its class names from meta here
+    with pytest.raises(DatasetNotFoundError) as info:
+        build_dataset(name, "test", data_dir=tmp_path)
+    message = str(info.value)
+    assert str(folder / planted) in message and "refused to load builtins.exec" in message
+    assert "\n" not in message and not marker.exists()
 
 
 def test_svhn(tmp_path):

@@ -90,3 +90,25 @@ def test_size_takes_images_of_the_split_the_run_was_tested_on(stn_run):
     assert len(load_run_split(stn_run, size=50).dataset) == 8
     with pytest.raises(Exception, match="size must be a positive number of images, got 0"):
         load_run_split(stn_run, size=0)
+
+
+def test_eval_on_another_dataset_writes_its_own_files(stn_run, capsys):
+    """``eval --dataset digits`` on a cluttered-digits run never overwrites the run's own eval_test.json."""
+    assert cli.main(["eval", str(stn_run), "--num-images", "4"]) == 0
+    own = (stn_run / "eval_test.json").read_bytes()
+    assert json.loads(own)["dataset"] == "cluttered-digits"
+    assert cli.main(["eval", str(stn_run), "--dataset", "digits", "--num-images", "6"]) == 0
+    assert f"results: {stn_run / 'eval_test_digits.json'}" in capsys.readouterr().out
+    other = json.loads((stn_run / "eval_test_digits.json").read_text())
+    assert other["dataset"] == "digits" and other["count"] == 6
+    assert (stn_run / "confusion_test_digits.png").is_file()
+    assert (stn_run / "eval_test.json").read_bytes() == own
+    assert cli.main(["eval", str(stn_run), "--dataset", "cluttered-digits", "--num-images", "4"]) == 0  # its own
+    assert (stn_run / "eval_test.json").read_bytes() == own and not list(stn_run.glob("eval_test_cluttered*"))
+
+
+def test_dataset_tag_is_a_file_name_part():
+    from convattn.engine.inference import dataset_tag
+
+    assert dataset_tag("digits") == "digits"
+    assert dataset_tag("folder:/data/my pets/") == "folder-data-my-pets"

@@ -114,9 +114,8 @@ def show_progress(args: argparse.Namespace, stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)()) and not os.environ.get("CI")
 
 
-def _writable_from(path: Path, option: str) -> None:
-    """Refuse ``path`` when a file stands where a folder above it should be, or its nearest folder is read-only."""
-    here = path.parent
+def _writable_from(here: Path, path: Path, option: str) -> None:
+    """Refuse ``path`` when a file stands at folder ``here`` or above it, or the nearest existing folder is read-only."""
     while not here.exists() and here != here.parent:
         here = here.parent
     if not here.is_dir():
@@ -132,7 +131,7 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, expected a directory")
-    _writable_from(path / "x", option)
+    _writable_from(path, path, option)
 
 
 def check_out_file(path: str | os.PathLike, option: str = "--out") -> None:
@@ -140,4 +139,4 @@ def check_out_file(path: str | os.PathLike, option: str = "--out") -> None:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{option} {path} is a directory, expected a file name")
-    _writable_from(path, option)
+    _writable_from(path.parent, path, option)
