@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from ._options import add_command
@@ -31,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     Builds are cached per torch version, compiler version, Python and CPU under
     ``$CONVATTN_KERNELS_DIR`` (default ``~/.cache/convattn/kernels``). ``build`` exits 1 when a
-    kernel does not compile; ``status`` exits 0 and says why a kernel is not built.
+    kernel does not compile and 2 when the cache folder cannot be written (read-only, a file in
+    the way, disk full); ``status`` exits 0 and says why a kernel is not built or is corrupt.
     """
     from tabulate import tabulate
 
@@ -41,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
         if not kernels.extensions_enabled():
             print("convattn kernels: CONVATTN_EXTENSIONS is off; building anyway (the layers will not use them)")
         started = time.monotonic()
-        present = {lib for lib in kernels.LIBRARIES if kernels.build_dir(lib).joinpath(f"{lib}.so").exists()}
+        present = {lib for lib in kernels.LIBRARIES if kernels.verify(lib) is None}
         try:
             built = kernels.build(force=args.force)
+        except kernels.KernelCacheError as exc:  # the cache folder, not the code: a usage error
+            print(f"convattn kernels build: error: {exc}", file=sys.stderr)
+            return 2
         except kernels.KernelBuildError as exc:
             print(f"convattn kernels build: error: {exc}")
             return 1

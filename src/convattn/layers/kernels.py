@@ -14,6 +14,12 @@ build gives up after ``$CONVATTN_BUILD_TIMEOUT`` seconds (default 900) with a me
 lock. The lock is released by the operating system when its holder exits, so an interrupted
 build never leaves a lock behind. Loading is thread-safe.
 
+A build is compiled in a temporary folder, renamed into place and then described by a manifest
+(size and sha256), written last; a library is loaded only when it matches its manifest
+(:mod:`convattn.layers._kernel_cache`). One that does not (an interrupted build, a full disk, a
+build by an older convattn without a manifest) is rebuilt, or, in a read-only cache, skipped with
+one warning; it is never loaded, and ``status`` reports it as ``corrupt``.
+
 Where the build fails, the layers warn once and use their PyTorch-op paths, which compute the
 same result; ``CONVATTN_EXTENSIONS=0`` skips the kernels altogether. ``convattn kernels
 status`` (:func:`status`) says what is built, where, for which torch / compiler / CPU, and why
@@ -35,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import warnings
@@ -44,16 +51,18 @@ from typing import Any
 
 import torch
 
-from ..exceptions import ConvattnError
+from ._kernel_cache import BuildLock, KernelBuildError, KernelCacheError, cache_error, check, install
 
 __all__ = [
     "KernelBuildError",
+    "KernelCacheError",
     "LIBRARIES",
     "build",
     "build_dir",
     "extensions_enabled",
     "load",
     "status",
+    "verify",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -74,10 +83,6 @@ name, source, folder = sys.argv[1:4]
 load(name=name, sources=[source], build_directory=folder, extra_cflags=sys.argv[4].split(),
      extra_ldflags=sys.argv[5].split(), is_python_module=False, verbose=True)
 """
-
-
-class KernelBuildError(ConvattnError, RuntimeError):
-    """The C++ kernels could not be built or loaded (no compiler, a compile error, a lock timeout)."""
 
 
 def extensions_enabled() -> bool:
@@ -184,97 +189,81 @@ def _library_file(library: str) -> Path:
     return build_dir(library) / f"{library}{'.pyd' if sys.platform == 'win32' else '.so'}"
 
 
-class _BuildLock:
-    """An exclusive lock on a build folder (``flock``), waited for at most ``timeout`` seconds.
+def verify(library: str) -> str | None:
+    """Why this environment's build of ``library`` may not be loaded (not built, or it does not match
+    its manifest), or ``None`` where it may."""
+    target = _library_file(library)
+    return check(target) if target.exists() else "not built"
 
-    The operating system releases it when the holding process exits, however it exits, so an
-    interrupted build cannot leave a stale lock. Where ``fcntl`` is missing (Windows) builds are
-    not serialised across processes (torch's own lock file then applies).
+
+def _compile(library: str, force: bool = False) -> Path:
+    """Build ``library`` into its folder unless a verified build is there; returns the library's path.
+
+    Raises:
+        KernelCacheError: the cache cannot be written, or its build fails the check in a read-only cache.
+        KernelBuildError: the build itself failed.
     """
-
-    def __init__(self, folder: Path, timeout: float) -> None:
-        self.path = folder / "convattn-build.lock"
-        self.timeout = timeout
-        self._file = None
-
-    def __enter__(self) -> _BuildLock:
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    self._file.seek(0)
-                    holder = self._file.read().strip() or "another process"
-                    self._file.close()
-                    self._file = None
-                    raise KernelBuildError(
-                        f"timed out after {self.timeout:.0f} s waiting for the kernel build lock {self.path} "
-                        f"(held by {holder}). Wait for that build to finish, or stop it; "
-                        "CONVATTN_BUILD_TIMEOUT sets the wait, CONVATTN_EXTENSIONS=0 skips the kernels."
-                    ) from None
-                time.sleep(0.2)
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"pid {os.getpid()} on {platform.node()}")
-        self._file.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            import fcntl
-
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-
-def _compile(library: str) -> Path:
-    """Build ``library`` into its folder unless already built; returns the shared library's path."""
     target = _library_file(library)
     folder = target.parent
-    if target.exists() and not os.access(folder, os.W_OK):  # a read-only cache (a built image): no lock to take,
-        return target  # and nothing can be building there
-    with _BuildLock(folder, _build_timeout()):
-        if target.exists():  # built by another process while this one waited
-            return target
-        env = _environment()
-        if env["compiler"] is None:
-            raise KernelBuildError(f"no C++ compiler: `{env['cxx']} --version` failed (install one or set CXX)")
-        ninja_dir = _ninja_path()
-        if ninja_dir is None:
-            raise KernelBuildError("ninja is not installed (pip install ninja)")
-        stale = folder / "lock"  # torch's own lock file, left by an interrupted build: we hold the folder
-        stale.unlink(missing_ok=True)
-        _LOG.warning(
-            "convattn: compiling its C++ CPU kernels %s for torch %s with %s into %s "
-            "(once per environment, one to two minutes; `convattn kernels build` does it ahead of time)",
-            library,
-            env["torch"],
-            env["compiler"],
-            folder,
-        )
-        started = time.monotonic()
-        child_env = dict(os.environ, PATH=ninja_dir + os.pathsep + os.environ.get("PATH", ""))
-        cmd = [sys.executable, "-c", _BUILD_SCRIPT, library, str(_SRC / LIBRARIES[library]), str(folder)]
+    problem = "a rebuild was asked for" if force else verify(library)
+    if problem is None:
+        return target  # verified: no lock to take (a read-only cache is fine)
+    if target.exists() and not os.access(folder, os.W_OK):
+        raise KernelCacheError(f"not loading {target}: {problem}, and its folder is read-only, so it cannot be rebuilt")
+    try:
+        with BuildLock(folder, _build_timeout()):
+            return _build_locked(library, target, force)
+    except OSError as e:
+        raise cache_error(folder, e) from None
+
+
+def _build_locked(library: str, target: Path, force: bool) -> Path:
+    """The build itself, under the folder's lock: into a temporary folder, then installed."""
+    folder = target.parent
+    problem = "a rebuild was asked for" if force else verify(library)
+    if problem is None:  # built by another process while this one waited
+        return target
+    env = _environment()
+    if env["compiler"] is None:
+        raise KernelBuildError(f"no C++ compiler: `{env['cxx']} --version` failed (install one or set CXX)")
+    ninja_dir = _ninja_path()
+    if ninja_dir is None:
+        raise KernelBuildError("ninja is not installed (pip install ninja)")
+    (folder / "lock").unlink(missing_ok=True)  # torch's own lock file, left by an older interrupted build
+    for stale in folder.glob(".build-*"):  # interrupted builds' folders: we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    replacing = f"; replacing the cached build: {problem}" if target.exists() else ""
+    if target.exists() and not force:  # never loaded: a short library mapped into a process ends it
+        target.unlink()
+    _LOG.warning(
+        "convattn: compiling its C++ CPU kernels %s for torch %s with %s into %s "
+        "(once per environment, one to two minutes; `convattn kernels build` does it ahead of time)%s",
+        library,
+        env["torch"],
+        env["compiler"],
+        folder,
+        replacing,
+    )
+    started = time.monotonic()
+    child_env = dict(os.environ, PATH=ninja_dir + os.pathsep + os.environ.get("PATH", ""))
+    scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    try:
+        cmd = [sys.executable, "-c", _BUILD_SCRIPT, library, str(_SRC / LIBRARIES[library]), str(scratch)]
         cmd += [" ".join(_CFLAGS), " ".join(_LDFLAGS)]
         proc = subprocess.run(cmd, env=child_env, capture_output=True, text=True)
         log = proc.stdout + proc.stderr
-        if proc.returncode != 0 or not target.exists():
+        built = scratch / target.name
+        if proc.returncode != 0 or not built.exists():
             (folder / "build-error.log").write_text(log)
             errors = [line for line in log.splitlines() if "error" in line.lower()]
             detail = (errors or log.strip().splitlines() or ["no output"])[0].strip()
             raise KernelBuildError(f"building {library} failed: {detail} (full log: {folder / 'build-error.log'})")
-        (folder / "build-error.log").unlink(missing_ok=True)
-        _LOG.info("convattn: built %s in %.0f s", library, time.monotonic() - started)
-        return target
+        install(built, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    (folder / "build-error.log").unlink(missing_ok=True)
+    _LOG.info("convattn: built %s in %.0f s", library, time.monotonic() - started)
+    return target
 
 
 def _load_library(library: str, register: Callable[[Any], None] | None) -> Any:
@@ -309,7 +298,7 @@ def load(library: str, register: Callable[[Any], None] | None = None) -> Any:
             ops = None
             _ERRORS[library] = f"{type(e).__name__}: {e}"
             warnings.warn(
-                f"convattn could not build its C++ kernels ({_ERRORS[library]}); using the PyTorch-op paths "
+                f"convattn could not build or load its C++ kernels ({_ERRORS[library]}); using the PyTorch-op paths "
                 "(same results, slower on CPU). `convattn kernels status` says more; "
                 "CONVATTN_EXTENSIONS=0 skips the build.",
                 RuntimeWarning,
@@ -323,29 +312,32 @@ def build(libraries: Iterable[str] | None = None, *, force: bool = False) -> dic
     """Build the kernels ahead of time (``convattn kernels build``); returns each library's file.
 
     Raises:
+        KernelCacheError: the cache folder cannot be written (its message names it and says why).
         KernelBuildError: a library could not be built (its message says why).
     """
     built = {}
     for library in libraries or LIBRARIES:
         if library not in LIBRARIES:
             raise KernelBuildError(f"unknown kernel library {library!r}; expected one of {sorted(LIBRARIES)}")
-        if force:
-            with _BuildLock(build_dir(library), _build_timeout()):
-                _library_file(library).unlink(missing_ok=True)
-        built[library] = _compile(library)
+        built[library] = _compile(library, force=force)
     return built
 
 
 def status() -> list[dict[str, Any]]:
-    """One record per kernel library: whether it is built and loaded, where, for which torch,
-    compiler, Python and CPU, and why not (``reason``)."""
+    """One record per kernel library: whether it is built (and matches its manifest) and loaded,
+    where, for which torch, compiler, Python and CPU, and why not (``reason``). ``state`` is one of
+    ``loaded``, ``built``, ``corrupt``, ``failed``, ``not built``, ``disabled``."""
     env = _environment()
     rows = []
     for library in LIBRARIES:
         path = _library_file(library)
         error_log = path.parent / "build-error.log"
+        problem = check(path) if path.exists() else None
         if not extensions_enabled():
             state, reason = "disabled", "CONVATTN_EXTENSIONS is set to off"
+        elif problem is not None:
+            fix = "rebuilt on next use" if os.access(path.parent, os.W_OK) else "its folder is read-only"
+            state, reason = "corrupt", f"{problem}; never loaded ({fix}, or `convattn kernels build`)"
         elif library in _ERRORS:
             state, reason = "failed", _ERRORS[library]
         elif path.exists():
