@@ -336,8 +336,9 @@ def status() -> list[dict[str, Any]]:
         if not extensions_enabled():
             state, reason = "disabled", "CONVATTN_EXTENSIONS is set to off"
         elif problem is not None:
-            fix = "rebuilt on next use" if os.access(path.parent, os.W_OK) else "its folder is read-only"
-            state, reason = "corrupt", f"{problem}; never loaded ({fix}, or `convattn kernels build`)"
+            fix = ("rebuilt on next use or by `convattn kernels build`" if os.access(path.parent, os.W_OK)
+                   else "its folder is read-only: run `convattn kernels build` where it is writable")
+            state, reason = "corrupt", f"{problem}; never loaded, {fix}"
         elif library in _ERRORS:
             state, reason = "failed", _ERRORS[library]
         elif path.exists():
