@@ -9,7 +9,7 @@ import pytest
 
 from convattn import cli
 from convattn.cli import _options
-from convattn.exceptions import ConvattnError, UnknownOptionError
+from convattn.exceptions import ConfigError, ConvattnError, UnknownOptionError
 
 
 def _leaves(parser, prog=()):
@@ -197,6 +197,12 @@ def _run_failing(exc, monkeypatch):
     (FileNotFoundError(errno.ENOENT, "No such file or directory", "gone.pt"), "gone.pt: not found"),
     (OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b"), "a -> b: Invalid cross-device link"),
     (FileNotFoundError("checkpoint 'x' does not exist"), "checkpoint 'x' does not exist"),
+    (ConfigError("Caught ConfigError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                 "  File \"x.py\", line 1, in f\nconvattn.exceptions.ConfigError: folder:x: 'a.png' is not a readable "
+                 "image"), "folder:x: 'a.png' is not a readable image"),
+    (PermissionError("Caught PermissionError in DataLoader worker process 1.\nOriginal Traceback (most recent call "
+                     "last):\nPermissionError: [Errno 13] Permission denied: 'b.png'"),
+     "[Errno 13] Permission denied: 'b.png'"),
     (MemoryError("Unable to allocate 71.1 PiB for an array"), "not enough memory for this run (Unable to allocate"),
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                   "tried to allocate 4000000000000000 bytes."), "not enough memory for this run (can't allocate "

@@ -58,10 +58,18 @@ def os_error_line(exc: OSError) -> str:
     return f"{' -> '.join(map(str, paths))}: {reason}" if paths else reason
 
 
+def first_line(text: str) -> str:
+    """The line that says what went wrong: the first, or for an error re-raised from a DataLoader worker
+    (``Caught ... in DataLoader worker process 0.`` + a traceback) the original error's message."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and lines[1].startswith("Original Traceback"):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else ""
+
+
 def memory_error_line(exc: BaseException) -> str | None:
     """One line for running out of memory (``MemoryError``, torch's CPU / CUDA allocators); None otherwise."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = text.split("DefaultCPUAllocator: ", 1)[-1]  # torch's CPU allocator prefixes its source location
+    text = first_line(str(exc)).split("DefaultCPUAllocator: ", 1)[-1]  # torch's prefix: its source location
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
         return f"not enough memory for this run ({text or type(exc).__name__}); use smaller sizes or batches"
     return None
@@ -91,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
         status = getattr(exc, "exit_status", 2)
         if line is None or os.environ.get("CONVATTN_DEBUG"):
             raise
-        print(f"convattn {args.command}: error: {line.splitlines()[0] if line else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"convattn {args.command}: error: {first_line(line) or type(exc).__name__}", file=sys.stderr)
         return status
     return int(result or 0)
