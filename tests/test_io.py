@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from convattn._io import atomic_open, atomic_write_bytes, atomic_write_text
@@ -40,3 +43,21 @@ def test_new_files_follow_the_umask_and_existing_files_keep_their_mode(tmp_path)
         assert stat.S_IMODE(p.stat().st_mode) == 0o640 and p.read_text() == "y"
     finally:
         os.umask(old)
+
+
+def test_stale_temporary_files_are_removed_only_by_pattern_and_only_in_that_folder(tmp_path):
+    import errno
+    import tempfile
+
+    from convattn._io import os_reason, remove_stale_temps
+
+    # what a write killed before its rename leaves: atomic_open's own temporary name
+    fd, stale = tempfile.mkstemp(prefix=".last.pt.", suffix=".tmp", dir=tmp_path)
+    os.close(fd)
+    keep = [tmp_path / "mine.tmp", tmp_path / ".last.pt.tmp", tmp_path / "sub" / ".x.abcdefgh.tmp"]
+    keep[2].parent.mkdir()
+    for p in keep:
+        p.write_text("mine")
+    assert remove_stale_temps(tmp_path) == [Path(stale)]
+    assert all(p.exists() for p in keep)
+    assert os_reason(OSError(errno.ENOSPC, "No space left on device")) == "disk full (No space left on device)"

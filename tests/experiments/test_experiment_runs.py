@@ -10,7 +10,7 @@ import yaml
 
 from convattn.engine import TrainConfig
 from convattn.engine.rundir import check_resume_config
-from convattn.exceptions import ConfigError
+from convattn.exceptions import ConfigError, RunDivergedError
 from convattn.experiments import demo, runs
 
 
@@ -42,6 +42,21 @@ def test_unfinished_run_is_resumed(tmp_path, fake_train):
     res, how = runs.train_or_reuse(cfg)
     assert how == "resumed" and fake_train[-1][1] == tmp_path / "plain"
     assert yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())["epochs"] == 1
+
+
+def test_a_diverged_run_is_never_reused_as_a_result_and_an_interrupted_one_resumes(tmp_path, fake_train):
+    (cfg,) = demo.make_configs("plain", out=tmp_path / "plain", epochs=1, train_size=10)
+    run = tmp_path / "plain"
+    run.mkdir()
+    cfg.to_yaml(run / "config.yaml")
+    (run / "results.json").write_text(json.dumps({"status": "diverged", "run_dir": str(run), "epochs": 0,
+                                                  "steps": 3, "reason": "training diverged at step 3"}))
+    with pytest.raises(RunDivergedError, match="diverged .*step 3.*--force"):
+        runs.train_or_reuse(cfg)
+    assert fake_train == []
+    (run / "results.json").write_text(json.dumps({"status": "interrupted", "run_dir": str(run), "epochs": 0}))
+    (run / "last.pt").write_bytes(b"")
+    assert runs.train_or_reuse(cfg)[1] == "resumed"
 
 
 def test_reuse_and_resume_share_the_result_free_fields(tmp_path, fake_train):

@@ -177,6 +177,8 @@ def _load(p: Path, map_location: Any) -> dict[str, Any]:
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, AttributeError,
             IndexError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, (KeyError, IndexError)):  # the unpickler reading text or other bytes
+            first = "not a PyTorch file"
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(

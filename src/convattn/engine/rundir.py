@@ -38,7 +38,6 @@ __all__ = [
 MARKER = "run.json"
 RUN_FORMAT = "convattn.run/1"
 _LOCK = "run.lock"
-_RUN_FILES = {"best.pt", "config.yaml", "metrics.jsonl", "metrics.csv", "results.json"}
 
 
 def default_run_dir(config: TrainConfig) -> Path:
@@ -59,22 +58,27 @@ def new_run_dir(config: TrainConfig, *, check: bool = True) -> Path:
     return run_dir
 
 
-def _check_new(run_dir: Path) -> None:
-    """Refuse a new run in ``run_dir`` unless it is missing or empty: name what is there."""
+def _check_new(run_dir: Path, *, locked: bool = True) -> None:
+    """Refuse a new run in ``run_dir`` unless it is missing or empty: name what is there. Before the
+    lock is taken (``locked=False``) only a directory that is no convattn run is refused, so that a
+    run in progress is reported by its lock, naming its holder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory; choose another --out")
     names = sorted(p.name for p in run_dir.iterdir() if p.name != _LOCK) if run_dir.is_dir() else []
     if not names:
         return
     found = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
+    is_run = bool({MARKER, "last.pt", "best.pt"} & set(names))  # runs from before the marker hold a checkpoint
+    if not is_run:
+        raise ConfigError(f"--out {str(run_dir)!r} is not empty and is not a convattn run (found {found}); "
+                          "choose a new or empty directory")
+    if not locked:
+        return
     if (run_dir / "last.pt").is_file():
         raise ConfigError(f"run directory {str(run_dir)!r} already holds a run ({found}); resume it with "
                           f"--resume {run_dir} or choose another --out")
-    if MARKER in names or _RUN_FILES & set(names):
-        raise ConfigError(f"run directory {str(run_dir)!r} holds another run that has no last.pt to resume from "
-                          f"({found}); remove it or choose another --out")
-    raise ConfigError(f"--out {str(run_dir)!r} is not empty and is not a convattn run (found {found}); "
-                      "choose a new or empty directory")
+    raise ConfigError(f"run directory {str(run_dir)!r} holds another run that has no last.pt to resume from "
+                      f"({found}); remove it or choose another --out")
 
 
 class RunLock:
@@ -120,7 +124,7 @@ def claim_run_dir(run_dir: str | os.PathLike, *, resume: bool) -> RunLock:
     run_dir = Path(run_dir)
     try:
         if not resume:
-            _check_new(run_dir)  # before anything is created in someone else's directory
+            _check_new(run_dir, locked=False)  # before anything is created in someone else's directory
         file_above = next((p for p in run_dir.parents if p.exists() and not p.is_dir()), None)
         if file_above is not None:
             raise RunDirectoryError(f"cannot create run directory {str(run_dir)!r}: {str(file_above)!r} is a file")

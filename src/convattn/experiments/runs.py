@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, RunDivergedError
 
 __all__ = ["usable_cores", "jobs_and_threads", "train_or_reuse", "train_runs"]
 
@@ -43,10 +43,12 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
     (:meth:`~convattn.engine.TrainConfig.result_changes`), resume an unfinished one.
 
     Returns the result dict of :func:`convattn.engine.train` and what happened
-    (``"trained"``, ``"reused"``, ``"resumed"``). ``force`` deletes the run directory first.
+    (``"trained"``, ``"reused"``, ``"resumed"``). ``force`` deletes the run directory first. Only a
+    run whose results.json says ``finished`` is reused; an interrupted one is resumed.
 
     Raises:
         ConfigError: ``config.out`` holds a run with other result settings, or one without ``last.pt``.
+        RunDivergedError: the run diverged, now or before (its results.json says ``diverged``).
     """
     import json
 
@@ -65,8 +67,11 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
                 f"{run_dir} holds a run with other settings; pass --force to retrain it or --out to write elsewhere"
             )
         results = run_dir / "results.json"
-        if results.is_file():
-            res = json.loads(results.read_text())
+        res = json.loads(results.read_text()) if results.is_file() else {}
+        if res.get("status") == "diverged":
+            raise RunDivergedError(f"{run_dir} diverged ({res.get('reason', 'no reason recorded')}); "
+                                   "pass --force to retrain it")
+        if res.get("status", "finished") == "finished" and "test_acc" in res:
             res.setdefault("run_dir", str(run_dir))
             return res, "reused"
         if (run_dir / "last.pt").is_file():
