@@ -1,8 +1,10 @@
 """Checks shared by the SE / CBAM tests: each runs a layer through one workflow of the PyTorch
-toolchain and compares it with plain autograd (``CONVATTN_EXTENSIONS=0``) or eager mode."""
+toolchain and compares it with plain autograd (``CONVATTN_EXTENSIONS=0``) or eager mode; and
+the stand-in for the compiler used by the kernel-cache tests."""
 
 import copy
 import os
+import subprocess
 
 import pytest
 import torch
@@ -24,6 +26,20 @@ def require(library):
             pytest.fail(f"{library} did not build in CI: {why}")
         pytest.skip(f"convattn's C++ kernels could not be built here: {why}")
     return ops
+
+
+def fake_build(calls, ok=True):
+    """Stands in for the compiler subprocess: records the call and writes the library (or fails)."""
+
+    def run(cmd, env, capture_output, text):
+        calls.append(env["PATH"])
+        folder = cmd[5]
+        if ok:
+            open(os.path.join(folder, f"{cmd[3]}.so"), "w").close()
+            return subprocess.CompletedProcess(cmd, 0, "ninja: built", "")
+        return subprocess.CompletedProcess(cmd, 1, "", "se_cpu.cpp:12:3: error: 'foo' was not declared\nmore\n")
+
+    return run
 
 
 def _input(layer, batch=2, size=(3, 4), dtype=torch.float64):

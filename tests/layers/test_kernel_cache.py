@@ -13,13 +13,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from convattn.cli import main
 from convattn.layers import kernels
 from convattn.layers._kernel_cache import BuildLock, check, install, manifest_of
-from kernel_checks import require
-from test_kernels import fake_build
+from kernel_checks import fake_build, require
 
 LIB = "convattn_se"
 

@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 
 import convattn
 from convattn.cli import main
@@ -19,7 +18,7 @@ from convattn.layers import kernels
 from convattn.layers._kernel_cache import BuildLock
 from convattn.layers import cbam as cbam_module
 from convattn.layers import se as se_module
-from kernel_checks import require
+from kernel_checks import fake_build, require
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
@@ -28,20 +27,6 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "_LOADED", {})
     monkeypatch.setattr(kernels, "_ERRORS", {})
     return tmp_path
-
-
-def fake_build(calls, ok=True):
-    """Stands in for the compiler subprocess: records the call and writes the library (or fails)."""
-
-    def run(cmd, env, capture_output, text):
-        calls.append(env["PATH"])
-        folder = cmd[5]
-        if ok:
-            open(os.path.join(folder, f"{cmd[3]}.so"), "w").close()
-            return subprocess.CompletedProcess(cmd, 0, "ninja: built", "")
-        return subprocess.CompletedProcess(cmd, 1, "", "se_cpu.cpp:12:3: error: 'foo' was not declared\nmore\n")
-
-    return run
 
 
 # --- building -----------------------------------------------------------------------------
