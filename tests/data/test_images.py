@@ -33,7 +33,8 @@ def write_bomb(path, monkeypatch, pixels):
 
 def test_16bit_png_is_scaled_by_65535(tmp_path):
     path = write_ramp16(tmp_path / "ramp.png")
-    assert Image.open(path).mode in ("I;16", "I")
+    with Image.open(path) as img:
+        assert img.mode in ("I;16", "I")
     x = read_image(path, 1)
     assert x.shape == (1, 32, 48) and x.dtype == torch.float32
     assert x.mean().item() == pytest.approx(0.5, abs=1e-3)  # not 0.983: clipped to 8 bits

@@ -148,7 +148,8 @@ class FolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
-            img = unit_image(open_image(path), 3)
+            with open_image(path) as opened:
+                img = unit_image(opened, 3)
         except ConfigError as exc:
             raise ConfigError(f"{self.info.name}: {exc}") from None
         except OSError as exc:

@@ -33,7 +33,8 @@ _OPEN_LOCK = threading.Lock()  # the warnings filter below is process-wide: one 
 
 
 def open_image(path: str | os.PathLike):
-    """Open and decode ``path`` with PIL; a bad file raises one :class:`ConfigError` naming it.
+    """Open and decode ``path`` with PIL (close it, or use it in a ``with``); a bad file raises one
+    :class:`ConfigError` naming it.
 
     Over ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (PIL only warns below twice that) is an error too.
     """
@@ -44,7 +45,11 @@ def open_image(path: str | os.PathLike):
         with _OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(p)
-        img.load()
+        try:
+            img.load()
+        except BaseException:
+            img.close()
+            raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ConfigError(f"{str(p)!r} is too large to read safely ({exc}); raise PIL.Image.MAX_IMAGE_PIXELS "
                           "if you trust it") from None
@@ -58,7 +63,10 @@ def open_image(path: str | os.PathLike):
 
 
 def unit_image(img, channels: int):
-    """``img`` as ``L`` / ``RGB`` (8-bit) or as a single-channel ``F`` image of 0–1 values (16-bit, float)."""
+    """``img`` as ``L`` / ``RGB`` (8-bit) or as a single-channel ``F`` image of 0–1 values (16-bit, float).
+
+    Always a new image: ``img`` can be closed.
+    """
     from PIL import Image
 
     scale = _HIGH_DEPTH.get(img.mode)
@@ -82,7 +90,8 @@ def read_image(path: str | os.PathLike, channels: int, size: tuple[int, int] | N
     """Read ``path`` as a float ``(1 or 3, H, W)`` tensor in 0–1, resized (PIL bilinear) to ``size = (H, W)``."""
     from PIL import Image
 
-    img = unit_image(open_image(path), channels)
+    with open_image(path) as opened:
+        img = unit_image(opened, channels)
     if size is not None:
         img = img.resize((int(size[1]), int(size[0])), Image.BILINEAR)
     return image_tensor(img, channels)
