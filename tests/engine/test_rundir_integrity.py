@@ -169,6 +169,13 @@ def test_out_refuses_what_is_not_a_fresh_run(tmp_path, capsys):
     assert "holds another run that has no last.pt" in capsys.readouterr().err and (run / "best.pt").exists()
 
 
+def test_a_run_that_failed_before_writing_anything_leaves_its_directory_usable(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _train("--lr-mult", "nosuchgroup=0.1", "--out", str(run)) == 2
+    assert sorted(os.listdir(run)) == ["run.json", "run.lock"]
+    assert _train("--out", str(run)) == 0
+
+
 def test_resume_continues_in_its_own_directory(tmp_path, capsys):
     run = tmp_path / "a"
     assert _train("--epochs", "2", "--out", str(run)) == 0

@@ -1,7 +1,8 @@
 """Training engine: ``TrainConfig``, ``train``, ``evaluate``, checkpoints and ``load_run``.
 
 One run: its config (``config``), model (``build``), run directory and resume rules (``rundir``),
-stages (``stages``), metrics log (``metrics``), evaluation (``evaluate``) and loop (``trainer``).
+stages (``stages``), metrics log and results (``metrics``), evaluation (``evaluate``), divergence checks
+(``guard``) and loop (``trainer``).
 
 Example:
     >>> from convattn.engine import TrainConfig

@@ -65,7 +65,7 @@ def _check_new(run_dir: Path, *, locked: bool = True) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"run directory {str(run_dir)!r} is a file, not a directory; choose another --out")
     names = sorted(p.name for p in run_dir.iterdir() if p.name != _LOCK) if run_dir.is_dir() else []
-    if not names:
+    if names in ([], [MARKER]):  # a marker alone: a run that stopped before writing anything (a bad option)
         return
     found = ", ".join(names[:5]) + (f", ... ({len(names)} entries)" if len(names) > 5 else "")
     is_run = bool({MARKER, "last.pt", "best.pt"} & set(names))  # runs from before the marker hold a checkpoint
