@@ -78,6 +78,12 @@ def checksum_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def _matches(path: Path, data: bytes) -> bool:
+    """Whether ``data`` (the bytes of ``path``) has a sha256 recorded for ``path``, or none was recorded."""
+    sums = _recorded_sums(path)
+    return sums is None or hashlib.sha256(data).hexdigest() in sums
+
+
 def _recorded_sums(path: Path) -> list[str] | None:
     """The sha256 sums recorded for ``path`` (newest first), ``None`` when none were recorded."""
     try:
@@ -110,9 +116,15 @@ def _check_plain(obj: Any, where: str) -> None:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A ``.pt`` file as given, or a run directory's ``best.pt`` (else ``last.pt``)."""
+    """A ``.pt`` file as given, or a run directory's ``best.pt`` (else ``last.pt``; a ``best.pt`` that does
+    not match its recorded sha256 falls back to ``last.pt`` with a warning)."""
     p = Path(path)
     if p.is_dir():
+        best, last = p / "best.pt", p / "last.pt"
+        if best.is_file() and last.is_file() and not _matches(best, best.read_bytes()):
+            warnings.warn(f"checkpoint {str(best)!r} is corrupt (its sha256 does not match {checksum_path(best).name}); "
+                          f"using {str(last)!r}", stacklevel=2)
+            return last
         for name in ("best.pt", "last.pt"):
             if (p / name).is_file():
                 return p / name
@@ -126,8 +138,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """Load a convattn checkpoint with ``torch.load(weights_only=True)``, checking its recorded sha256.
 
     Args:
-        path: a ``.pt`` file, or a run directory (its ``best.pt``, else ``last.pt``; a
-            corrupt ``best.pt`` falls back to ``last.pt`` with a warning).
+        path: a ``.pt`` file, or a run directory (:func:`resolve_checkpoint`: its ``best.pt``, else
+            ``last.pt``; a corrupt ``best.pt`` falls back to ``last.pt`` with a warning).
         map_location: passed to ``torch.load``.
 
     Returns:
@@ -140,14 +152,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             data (refused, nothing runs); a file that is not a convattn checkpoint.
             Checkpoints saved before checksums were recorded load unchecked.
     """
-    p = Path(path)
-    if p.is_dir() and (p / "best.pt").is_file() and (p / "last.pt").is_file():
-        try:
-            return _load(p / "best.pt", map_location)
-        except CheckpointError as exc:
-            warnings.warn(f"{exc}; loading {str(p / 'last.pt')!r} instead", stacklevel=2)
-            return _load(p / "last.pt", map_location)
-    return _load(resolve_checkpoint(p), map_location)
+    return _load(resolve_checkpoint(path), map_location)
 
 
 def _load(p: Path, map_location: Any) -> dict[str, Any]:
@@ -155,8 +160,7 @@ def _load(p: Path, map_location: Any) -> dict[str, Any]:
         data = p.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"checkpoint {str(p)!r} cannot be read: {os_reason(exc)}") from None
-    sums = _recorded_sums(p)
-    if sums is not None and hashlib.sha256(data).hexdigest() not in sums:
+    if not _matches(p, data):
         raise CheckpointError(
             f"checkpoint {str(p)!r} is truncated or corrupt: its sha256 does not match the one recorded in "
             f"{checksum_path(p).name} when it was saved"
