@@ -2,6 +2,7 @@
 
 Environment:
     CONVATTN_TEST_KILL_AT: SIGKILL this process right after that optimiser step.
+    CONVATTN_TEST_KILL_SIGNAL: send this signal instead (``TERM``).
     CONVATTN_TEST_RANK_DIR: after training, each rank saves its model's state_dict there.
 """
 
@@ -27,7 +28,7 @@ if kill_at:
     def step(self, *args, **kwargs):
         _step(self, *args, **kwargs)
         if self.last_epoch == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("CONVATTN_TEST_KILL_SIGNAL", "KILL")))
 
     trainer.WarmupSchedule.step = step
 

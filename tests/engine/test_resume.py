@@ -18,8 +18,9 @@ ARGS = ["train", "--epochs", "3", "--batch-size", "16", "--lr", "0.2", "--warmup
         "--save-every", "4", "--no-progress", "--device", "cpu", "--seed", "3", "--recipe", "none"]
 
 
-def _start(out, *extra, kill_at=0):
-    env = {**os.environ, "CONVATTN_TEST_KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1"}
+def _start(out, *extra, kill_at=0, kill_signal="KILL"):
+    env = {**os.environ, "CONVATTN_TEST_KILL_AT": str(kill_at), "CONVATTN_TEST_KILL_SIGNAL": kill_signal,
+           "OMP_NUM_THREADS": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     return subprocess.Popen([sys.executable, str(RUNNER), *ARGS, "--out", str(out), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -57,6 +58,30 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert _metrics(ref_dir) == _metrics(run_dir)  # epochs re-run after the kill are not duplicated
     assert json.loads((ref_dir / "results.json").read_text())["test_acc"] == \
         json.loads((run_dir / "results.json").read_text())["test_acc"]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_as_interrupted_and_resumes_exactly(tmp_path):
+    """SIGTERM (a scheduler's stop) ends the run as Ctrl-C does: exit 130, results.json says
+    ``interrupted`` with no accuracy, and the resumed run ends where an uninterrupted one does."""
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = _start(ref_dir)
+    stopped = _start(run_dir, kill_at=10, kill_signal="TERM")
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 130, err
+    assert "interrupted" in err
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "interrupted" and "test_acc" not in res
+    resumed = subprocess.run([sys.executable, str(RUNNER), "train", "--resume", str(run_dir), "--no-progress"],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    _, err = ref.communicate(timeout=120)
+    assert ref.returncode == 0, err
+    a, b = load_checkpoint(ref_dir / "last.pt"), load_checkpoint(run_dir / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
 
 
 def test_resume_refuses_a_changed_config_and_a_corrupt_checkpoint(tmp_path, monkeypatch, capsys):

@@ -98,3 +98,36 @@ def test_cli_report(cbam_run, tmp_path, capsys):
     assert out.is_file() and "wrote" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.html")]) == 2
     assert not (tmp_path / "x.html").exists()
+
+
+def test_unfinished_runs_show_their_status_and_no_accuracy(cbam_run, tmp_path):
+    """A diverged run is reported as diverged: no accuracy in the table, none in the plot."""
+    import json
+    import shutil
+
+    from convattn.viz.report import run_summary
+
+    run = tmp_path / "diverged"
+    shutil.copytree(cbam_run, run)
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "finished" and results["test_acc"] is not None
+    (run / "results.json").write_text(json.dumps({"status": "diverged", "reason": "loss nan at step 3"}))
+    s = run_summary(run, latency=False)
+    assert (s["status"], s["test_acc"], s["val_acc"]) == ("diverged", None, None)
+    assert run_summary(cbam_run, latency=False)["status"] == "finished"
+
+
+def test_localization_leaves_an_unfinished_run_s_results_alone(cbam_run, tmp_path):
+    """Scoring a diverged run's maps stores nothing in its results.json."""
+    import json
+    import shutil
+
+    from convattn.eval import localize_run
+
+    run = tmp_path / "run"
+    shutil.copytree(cbam_run, run)
+    diverged = {"status": "diverged", "reason": "loss nan at step 3"}
+    (run / "results.json").write_text(json.dumps(diverged))
+    out = localize_run(run, size=8, cam=False)
+    assert out["results_json"] is None and out["maps"]
+    assert json.loads((run / "results.json").read_text()) == diverged

@@ -1,4 +1,5 @@
-"""What stops a run early: the first non-finite loss, gradient norm or weight (``RunDivergedError``).
+"""What stops a run early: the first non-finite loss, gradient norm or weight (``RunDivergedError``),
+and a stop request (Ctrl-C, or SIGTERM from a scheduler or ``kill``, both as ``KeyboardInterrupt``).
 
 The trainer checks the loss (and the gradient norm when clipping) after every step, and the
 weights before every checkpoint, so no checkpoint is ever written from non-finite weights.
@@ -6,8 +7,11 @@ weights before every checkpoint, so no checkpoint is ever written from non-finit
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -15,7 +19,7 @@ from torch import nn
 from ..exceptions import RunDivergedError
 from . import distributed as D
 
-__all__ = ["largest_weight", "check_finite"]
+__all__ = ["largest_weight", "check_finite", "sigterm_as_interrupt"]
 
 
 def largest_weight(model: nn.Module) -> float:
@@ -38,3 +42,23 @@ def check_finite(ctx: D.DistContext, what: str, values: Iterable[float], *, wher
             f"training diverged at {where}: {what} is {bad[0] if bad else 'not finite on another rank'}; "
             f"{kept}; lower --lr or set --clip-grad"
         )
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("terminated (SIGTERM)")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a run trains, SIGTERM (a scheduler's stop, ``kill``) stops it as Ctrl-C does: the
+    checkpoints stay, results.json says ``interrupted``, and ``--resume`` continues exactly. Only in
+    the main thread and where SIGTERM still has its default action (a handler the caller installed is
+    left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -37,7 +37,7 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
 from .evaluate import eval_sums, eval_summary, logits_of
-from .guard import check_finite, largest_weight
+from .guard import check_finite, largest_weight, sigterm_as_interrupt
 from .memory import keep_freed_memory
 from .metrics import MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
 from .optim import WarmupSchedule, build_optimizer, mixed_precision
@@ -390,7 +390,8 @@ def train(config: TrainConfig, *, resume: str | os.PathLike | None = None) -> di
         run_dir = D.broadcast_path(ctx, run_dir)  # every rank uses rank 0's directory name
         if ctx.is_main:
             lock = claim_run_dir(run_dir, resume=resume is not None)
-        return _Trainer(config, ctx, run_dir, resume).run()
+        with sigterm_as_interrupt():
+            return _Trainer(config, ctx, run_dir, resume).run()
     except OSError as exc:  # a full disk, a read-only folder ...: one line naming the file
         raise exc if isinstance(exc, ConvattnError) else RunDirectoryError(f"{exc.filename or run_dir}: {os_reason(exc)}")
     finally:

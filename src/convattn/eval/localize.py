@@ -199,8 +199,9 @@ def localize_run(
     """:func:`localization` of a trained run on a split of its own dataset (which must have boxes).
 
     With ``save``, the result (and ``"split"``) is stored under ``"localization"`` in the
-    run's ``results.json`` (when the run has one; written atomically, other keys kept); on another
-    dataset than the run's, under ``"localization_<dataset>"``.
+    run's ``results.json`` (when the run has one and it finished; written atomically, other keys
+    kept); on another dataset than the run's, under ``"localization_<dataset>"``. A diverged or
+    interrupted run's results stay as they are: its maps are scored, not stored.
     ``dataset`` / ``data_dir`` evaluate on another dataset than the run's; ``size`` on a fixed
     random subset of the split (:func:`convattn.engine.inference.load_run_split`); the other
     arguments are :func:`localization`'s.
@@ -213,6 +214,7 @@ def localize_run(
     from .._io import atomic_write_text
     from ..engine.distributed import resolve_device
     from ..engine.inference import dataset_tag, load_run_split
+    from ..engine.metrics import strict_json
 
     ckpt, model, config, ds, _ = load_run_split(
         path, dataset=dataset, data_dir=data_dir, split=split, size=size, batch_size=batch_size,
@@ -224,11 +226,13 @@ def localize_run(
     result = {"dataset": config.dataset, "split": split, **localization(model, loader, cam=cam, cam_layer=cam_layer, tolerance=tolerance,
                                              device=dev, progress=progress)}
     results_path = ckpt.parent / "results.json"
-    if save and results_path.is_file():
-        record = json.loads(results_path.read_text())
+    record = json.loads(results_path.read_text()) if save and results_path.is_file() else None
+    if record is not None and record.get("status", "finished") != "finished":
+        record = None
+    if record is not None:
         own = dataset is None or dataset == model.data_info.get("name")
         record["localization" if own else f"localization_{dataset_tag(dataset)}"] = result
-        atomic_write_text(results_path, json.dumps(record, indent=2) + "\n")
-    result["results_json"] = str(results_path) if save and results_path.is_file() else None
+        atomic_write_text(results_path, strict_json(record, indent=2) + "\n")
+    result["results_json"] = str(results_path) if record is not None else None
     return result
 

@@ -68,12 +68,13 @@ def run_summary(
     """Load one run and measure what the report shows.
 
     Returns:
-        ``{"label", "model", "attention", "dataset", "test_acc", "val_acc",
+        ``{"label", "model", "attention", "dataset", "status", "test_acc", "val_acc",
         "params", "flops", "epoch_time", "latency_ms", "localization", "metrics",
         "module", "info", "config", "run_dir"}``; ``localization`` is the entry
         :func:`convattn.eval.localize_run` stored in ``results.json`` (or ``None``); ``flops`` is per image (batch 1, forward),
         ``latency_ms`` the median batch-1 forward on this machine, both on
-        ``example[:1]`` if given, else a zero image of the run's input size.
+        ``example[:1]`` if given, else a zero image of the run's input size. A run whose
+        ``results.json`` says it did not finish (``diverged``, ``interrupted``) has no accuracy.
     """
     from ..bench.measure import count_flops, count_params, measure_module
 
@@ -91,13 +92,16 @@ def run_summary(
     flops = count_flops(model, x)
     lat = measure_module(model, x, repeats=5, warmup=1, memory=False, flops=False)["latency_ms"] if latency else None
     name = label or (run_dir.name if run_dir is not None else type(model).__name__)
+    status = results.get("status", "finished") if results else ("finished" if run_dir is None else "unknown")
+    finished = status == "finished"
     return {
         "label": name,
         "model": getattr(config, "model", type(model).__name__),
         "attention": getattr(config, "attention", None) or "none",
         "dataset": getattr(config, "dataset", None) or info.get("name"),
-        "test_acc": results.get("test_acc"),
-        "val_acc": results.get("best_val_acc", last.get("val_acc")),
+        "status": status,
+        "test_acc": results.get("test_acc") if finished else None,
+        "val_acc": results.get("best_val_acc", last.get("val_acc")) if finished else None,
         "params": count_params(model),
         "flops": flops,
         "epoch_time": results.get("epoch_time", last.get("epoch_time")),
@@ -208,12 +212,12 @@ def write_report(
              "(torch.utils.flop_counter); latency: batch-1 forward on the machine that wrote this page.</p>"]
 
     parts.append("<h2>Runs</h2><table id='runs'><thead><tr><th>run</th><th>model</th><th>attention</th>"
-                 "<th>dataset</th><th>test acc</th><th>best val acc</th><th>params</th><th>FLOPs / image</th>"
+                 "<th>dataset</th><th>status</th><th>test acc</th><th>best val acc</th><th>params</th><th>FLOPs / image</th>"
                  "<th>s / epoch</th><th>latency ms</th></tr></thead><tbody>")
     for s in summaries:
         parts.append(
             f"<tr class='run'><td>{_fmt(s['label'])}</td><td>{_fmt(s['model'])}</td><td>{_fmt(s['attention'])}</td>"
-            f"<td>{_fmt(s['dataset'])}</td><td>{_fmt(s['test_acc'], 'pct')}</td><td>{_fmt(s['val_acc'], 'pct')}</td>"
+            f"<td>{_fmt(s['dataset'])}</td><td>{_fmt(s['status'])}</td><td>{_fmt(s['test_acc'], 'pct')}</td><td>{_fmt(s['val_acc'], 'pct')}</td>"
             f"<td>{_fmt(s['params'], 'count')}</td><td>{_fmt(s['flops'], 'count')}</td>"
             f"<td>{_fmt(s['epoch_time'], 's')}</td><td>{_fmt(s['latency_ms'], 'ms')}</td></tr>")
     parts.append("</tbody></table>")
