@@ -15,7 +15,7 @@ from typing import Any
 from .._io import atomic_write_text
 
 __all__ = [
-    "METRIC_COLUMNS", "RUN_STATUSES", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
+    "METRIC_COLUMNS", "RUN_STATUSES", "DESCRIBING_FIELDS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
     "write_results", "json_safe", "strict_json", "progress_bar",
 ]
 
@@ -79,15 +79,31 @@ def epoch_line(row: dict[str, Any]) -> str:
             f"{row['images_per_s']:.0f} img/s")
 
 
+#: What a run is, copied from its config.yaml into results.json, so a folder of runs groups by variant and seed.
+DESCRIBING_FIELDS = ("model", "attention", "placement", "weights", "dataset", "seed")
+
+
+def _described(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """:data:`DESCRIBING_FIELDS` from the run's config.yaml (``weights`` is ``None`` in configs without it)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {k: cfg.get(k) for k in DESCRIBING_FIELDS} if isinstance(cfg, dict) else {}
+
+
 def run_results(rows: list[dict[str, Any]], *, run_dir: str | os.PathLike, params: int, epochs: int, steps: int,
                 best_val_acc: float, test: dict[str, Any]) -> dict[str, Any]:
     """A finished run's results (``results.json``) from its metrics ``rows`` and the test evaluation:
-    the last epoch's losses and accuracies, the mean seconds per epoch."""
+    what the run is (:data:`DESCRIBING_FIELDS`), the last epoch's losses and accuracies, the mean seconds per epoch."""
     nan = float("nan")
     last = rows[-1] if rows else {}
     times = [float(r.get("epoch_time", nan)) for r in rows]
     return {
-        "status": "finished", "run_dir": str(run_dir), "params": int(params), "epochs": epochs, "steps": steps,
+        "status": "finished", "run_dir": str(run_dir), **_described(run_dir), "params": int(params), "epochs": epochs,
+        "steps": steps,
         "epoch_time": sum(times) / len(times) if times else nan,
         **{k: last.get(k, nan) for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
         "best_val_acc": best_val_acc, "test_loss": test["loss"], "test_acc": test["accuracy"],
@@ -96,10 +112,12 @@ def run_results(rows: list[dict[str, Any]], *, run_dir: str | os.PathLike, param
 
 
 def stopped_results(status: str, *, run_dir: str | os.PathLike, epochs: int, steps: int, reason: str) -> dict[str, Any]:
-    """``results.json`` of a run that stopped before its end (``diverged`` / ``interrupted``): no accuracy."""
+    """``results.json`` of a run that stopped before its end (``diverged`` / ``interrupted``): what the run is,
+    no accuracy."""
     if status not in RUN_STATUSES[1:]:
         raise ValueError(f"stopped_results expects status diverged or interrupted, got {status!r}")
-    return {"status": status, "run_dir": str(run_dir), "epochs": epochs, "steps": steps, "reason": reason}
+    return {"status": status, "run_dir": str(run_dir), **_described(run_dir), "epochs": epochs, "steps": steps,
+            "reason": reason}
 
 
 def write_results(run_dir: str | os.PathLike, result: dict[str, Any]) -> None:

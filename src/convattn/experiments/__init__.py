@@ -1,4 +1,5 @@
-"""Many runs: chains of configs trained in parallel workers, finished runs reused, the demo's variants.
+"""Many runs: chains of configs trained in parallel workers, finished runs reused, the demo's variants,
+and comparisons of variants over seeds (``compare``) with their table.
 
 Example:
     >>> from convattn.experiments import make_configs
@@ -8,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+from .compare import compare, compare_configs, parse_seeds, read_variants, variant_specs
 from .demo import (
     DATASET,
     KERNELS,
@@ -24,6 +26,18 @@ from .demo import (
     variant_configs,
 )
 from .runs import jobs_and_threads, train_or_reuse, train_runs, usable_cores
+from .stats import mean_std, paired_interval, t_quantile
+from .table import (
+    comparison_table,
+    records_from_runs,
+    run_flops,
+    run_record,
+    table_cells,
+    table_csv,
+    table_markdown,
+    table_note,
+    write_table,
+)
 
 __all__ = [
     "train_runs",
@@ -43,4 +57,21 @@ __all__ = [
     "localization",
     "localization_table",
     "accuracy_table",
+    "compare",
+    "compare_configs",
+    "variant_specs",
+    "read_variants",
+    "parse_seeds",
+    "comparison_table",
+    "records_from_runs",
+    "run_record",
+    "run_flops",
+    "table_cells",
+    "table_note",
+    "table_markdown",
+    "table_csv",
+    "write_table",
+    "mean_std",
+    "paired_interval",
+    "t_quantile",
 ]

@@ -132,9 +132,30 @@ def _train_chain(
     return res, "+".join(hows), time.perf_counter() - start
 
 
+def _chain_or_failure(cfg_dicts: list[dict], force: bool, threads: int | None, prefix: str | None,
+                      prepare: Callable[[], Any] | None, after: Callable[[dict], dict] | None,
+                      keep_going: bool) -> tuple[dict, str, float]:
+    """:func:`_train_chain`; with ``keep_going`` an error (and, in a worker process, an interrupt) ends the
+    chain with its last run's ``{"status", "reason", "run_dir"}`` and how ``"failed"`` instead of raising."""
+    if not keep_going:
+        return _train_chain(cfg_dicts, force, threads, prefix, prepare, after)
+    start = time.perf_counter()
+    caught = (Exception, KeyboardInterrupt) if prefix is not None else Exception
+    try:
+        return _train_chain(cfg_dicts, force, threads, prefix, prepare, after)
+    except caught as exc:
+        status = ("diverged" if isinstance(exc, RunDivergedError) else
+                  "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        lines = str(exc).strip().splitlines()
+        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        print(f"{prefix or ''}run {status}: {reason}", file=sys.stderr, flush=True)
+        res = {"status": status, "reason": reason, "run_dir": cfg_dicts[-1].get("out")}
+        return res, "failed", time.perf_counter() - start
+
+
 def _train_keyed(item: tuple) -> tuple[Any, tuple[dict, str, float]]:
     key, *args = item
-    return key, _train_chain(*args)
+    return key, _chain_or_failure(*args)
 
 
 def _label(key: Any) -> str:
@@ -150,12 +171,15 @@ def train_runs(
     on_done: Callable[[Any, dict, str, float], None] | None = None,
     prepare: dict[Any, Callable[[], Any]] | None = None,
     after: Callable[[dict], dict] | None = None,
+    keep_going: bool = False,
 ) -> dict[Any, tuple[dict[str, Any], str, float]]:
     """Train each chain of ``TrainConfig`` s (in order, in one process), ``jobs`` chains at a time.
 
     ``jobs > 1`` trains in that many spawned worker processes, each with ``threads`` torch
     threads (default: the usable cores shared out) and its log lines prefixed by its key; a
-    failing run stops the others; ``jobs == 1`` trains here (``threads``, when
+    failing run stops the others, unless ``keep_going``: then a chain whose run raises ends with
+    ``{"status": "failed" / "diverged" / "interrupted" (a worker's), "reason", "run_dir"}`` as its results
+    and ``"failed"`` as how, and the others go on; ``jobs == 1`` trains here (``threads``, when
     given, is set for the runs and restored). Chains start in the order given. Finished
     identical runs are reused and unfinished ones resumed (:func:`train_or_reuse`).
     ``prepare[key]()`` runs before that chain's first run, and ``after(results)`` after its last
@@ -184,7 +208,7 @@ def train_runs(
         before = torch.get_num_threads()
         try:
             for key, cfgs in dicts.items():
-                finish(key, _train_chain(cfgs, force, threads, None, prepare.get(key), after))
+                finish(key, _chain_or_failure(cfgs, force, threads, None, prepare.get(key), after, keep_going))
         finally:
             torch.set_num_threads(before)
         return done
@@ -193,7 +217,8 @@ def train_runs(
     jobs = min(jobs, len(dicts))
     if threads is None:
         threads = max(1, usable_cores() // jobs)
-    work = [(key, cfgs, force, threads, f"[{_label(key)}] ", prepare.get(key), after) for key, cfgs in dicts.items()]
+    work = [(key, cfgs, force, threads, f"[{_label(key)}] ", prepare.get(key), after, keep_going)
+            for key, cfgs in dicts.items()]
     # leaving the block terminates the workers: a failed run or Ctrl-C starts nothing more
     # (runs cut short keep their last.pt and resume)
     with mp.get_context("spawn").Pool(jobs) as pool:

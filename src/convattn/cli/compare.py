@@ -1,0 +1,114 @@
+"""``convattn compare``: train variants × seeds and compare them with a baseline (mean ± std, paired 95%
+interval, verdict, cost), written to ``<out>/compare.md|csv|json`` and an HTML page.
+
+Variants: ``--attention none,se,cbam`` (one per layer), ``--variant NAME:"TRAIN FLAGS"`` (repeatable) or
+``--variants FILE.yaml`` (names mapped to TrainConfig fields or to train flags); every other train flag
+applies to every run. Runs live in ``<out>/<variant>/seed<k>``; running the same command again reuses
+finished runs and resumes interrupted ones (``--force`` retrains). A run that fails or diverges is shown
+as such in the table, and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from ..exceptions import ConfigError
+from ._options import check_out_dir, examples_epilog
+from ._train_options import add_config_arguments, explicit_overrides
+
+ORDER = 45
+
+EXAMPLES = (
+    "convattn compare --model resnet18 --attention none,se,cbam,eca --seeds 3 --dataset folder:data/flowers --epochs 10",
+    "convattn compare --attention none,cbam --variant cbam-id:'--attention cbam --model-kwargs identity_init=true' "
+    "--seeds 0,3,7 --baseline none",
+    "convattn compare --variants variants.yaml --dataset digits --epochs 2 --jobs 2 --out runs/cmp",
+)
+
+
+class _FlagError(argparse.ArgumentParser):
+    """The train flags of one variant: a parse error raises instead of exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def variant_fields(name: str, flags: str) -> dict[str, Any]:
+    """The TrainConfig fields that ``flags`` (``convattn train`` flags) set, for variant ``name``."""
+    parser = _FlagError(prog=f"variant {name}", add_help=False)
+    add_config_arguments(parser)
+    try:
+        return explicit_overrides(parser.parse_args(shlex.split(flags)))
+    except ConfigError as exc:
+        raise ConfigError(f"--variant {name}: {exc}") from None
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    # conflict_handler: --attention and --out below replace the train flags of those names
+    p = sub.add_parser("compare", help="train attention variants over seeds and compare them with a baseline",
+                       description=__doc__, epilog=examples_epilog(*EXAMPLES), conflict_handler="resolve",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p)
+    p.add_argument("--attention", dest="attentions", metavar="A,B,...",
+                   help="one variant per attention layer, comma-separated (none: the plain model)")
+    p.add_argument("--variant", dest="named", action="append", default=[], metavar='NAME:"FLAGS"',
+                   help="a named variant: convattn train flags over the shared ones (repeatable)")
+    p.add_argument("--variants", metavar="FILE.yaml",
+                   help="YAML mapping variant names to TrainConfig fields or to a string of train flags")
+    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list such as 0,3,7 (default: 3)")
+    p.add_argument("--baseline", help="the variant the others are compared with (default: the first)")
+    p.add_argument("--out", dest="parent", default="runs/compare", metavar="DIR",
+                   help="parent of <variant>/seed<k> run directories and of compare.md|csv|json|html "
+                        "(default: runs/compare)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs trained at once, each in its own process; 0 (default): one per CPU core (1 on CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per run; 0 (default): the cores shared out")
+    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
+                   help="write <out>/compare.html: table, curves, accuracy against cost (default: on)")
+    p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
+    p.set_defaults(func=run)
+
+
+def _variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from ..experiments import read_variants, variant_specs
+
+    specs: dict[str, Any] = {}
+    if args.attentions:
+        specs.update(variant_specs([a.strip() for a in args.attentions.split(",") if a.strip()]))
+    if args.variants:
+        specs.update(read_variants(args.variants))
+    for text in args.named:
+        name, sep, flags = text.partition(":")
+        if not sep or not name.strip():
+            raise ConfigError(f'--variant expects NAME:"TRAIN FLAGS", got {text!r}')
+        specs[name.strip()] = flags
+    if not specs:
+        raise ConfigError("compare: expected variants (--attention A,B, --variant NAME:FLAGS or --variants FILE), got none")
+    return {name: variant_fields(name, spec) if isinstance(spec, str) else spec for name, spec in specs.items()}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train every variant with every seed, print the comparison table, write it and its HTML page."""
+    from ..experiments import compare
+
+    specs = _variants(args)
+    check_out_dir(args.parent)
+    table = compare(specs, seeds=args.seeds, out=args.parent, baseline=args.baseline, jobs=args.jobs,
+                    threads=args.threads, force=args.force, **explicit_overrides(args))
+    from ..experiments import table_markdown
+
+    print(table_markdown(table))
+    files = table["files"]
+    if args.html:
+        from ..viz.compare import write_compare_page
+
+        files.append(str(write_compare_page(table, f"{args.parent}/compare.html")))
+    reused = sum(r.get("how") == "reused" for row in table["rows"] for r in row["runs"])
+    if reused:
+        print(f"reused {reused} finished run(s) (--force retrains)")
+    print("wrote " + ", ".join(files))
+    sys.stdout.flush()
+    return 0
