@@ -5,7 +5,7 @@ Variants: ``--attention none,se,cbam`` (one per layer), ``--variant NAME:"TRAIN 
 ``--variants FILE.yaml`` (names mapped to TrainConfig fields or to train flags); every other train flag
 applies to every run. Runs live in ``<out>/<variant>/seed<k>``; running the same command again reuses
 finished runs and resumes interrupted ones (``--force`` retrains). A run that fails or diverges is shown
-as such in the table, and the others go on.
+as such in the table, the others go on, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def _variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train every variant with every seed, print the comparison table, write it and its HTML page."""
+    """Train every variant with every seed, print the comparison table, write it and its HTML page; exit 1 when
+    some run did not finish."""
     from ..experiments import compare
 
     specs = _variants(args)
@@ -106,9 +107,13 @@ def run(args: argparse.Namespace) -> int:
         from ..viz.compare import write_compare_page
 
         files.append(str(write_compare_page(table, f"{args.parent}/compare.html")))
-    reused = sum(r.get("how") == "reused" for row in table["rows"] for r in row["runs"])
+    runs = [r for row in table["rows"] for r in row["runs"]]
+    reused = sum(r.get("how") == "reused" for r in runs)
     if reused:
         print(f"reused {reused} finished run(s) (--force retrains)")
+    unfinished = [r for r in runs if r["status"] != "finished"]
+    for r in unfinished:
+        print(f"{r['variant']} seed {r['seed']}: {r['status']} ({r.get('reason', 'no reason recorded')}) in {r['run_dir']}")
     print("wrote " + ", ".join(files))
     sys.stdout.flush()
-    return 0
+    return 1 if unfinished else 0

@@ -1,4 +1,5 @@
-"""``convattn report RUN_DIR... --out report.html``: one self-contained HTML page comparing runs."""
+"""``convattn report RUN_DIR... --out report.html``: one self-contained HTML page comparing runs, and their
+table grouped by variant with mean ± std over seeds."""
 
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Table of accuracy / parameters / FLOPs / time, accuracy-vs-cost plot, curves and attention galleries."""
+    """Table of accuracy / parameters / FLOPs / time, accuracy-vs-cost plot, curves and attention galleries.
+
+    Given several runs, also prints them grouped by variant (model, attention, placement, weights, dataset from
+    each run's results.json or config.yaml): mean ± std over seeds against the first variant, as ``convattn compare``.
+    """
     from ..viz import write_report
 
     check_out_file(args.out)
     path = write_report(args.runs, args.out, count=args.num_images, dataset=args.dataset, data_dir=args.data_dir,
                         cam=args.cam, title=args.title)
+    if len(args.runs) > 1:
+        from ..experiments import comparison_table, records_from_runs, table_markdown
+
+        print(table_markdown(comparison_table(records_from_runs(args.runs))))
     print(f"wrote {path}")
     return 0

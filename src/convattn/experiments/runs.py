@@ -55,11 +55,14 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
     import yaml
 
     from ..engine import train
+    from ..engine.rundir import MARKER
 
     run_dir = Path(config.out)
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # a marker and its lock alone: a run that failed before writing anything (a bad option) takes a new run
+    held = {p.name for p in run_dir.iterdir()} - {MARKER, "run.lock"} if run_dir.is_dir() else set()
+    if held:
         saved = run_dir / "config.yaml"
         old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
         if not isinstance(old, dict) or config.result_changes(old):

@@ -233,9 +233,9 @@ def _describe(run_dir: Path) -> dict[str, Any]:
 
 
 def records_from_runs(run_dirs: Sequence[str | os.PathLike], *, flops: bool = True) -> list[dict[str, Any]]:
-    """Records of run directories, one variant per (model, attention, placement, weights, dataset), named by
+    """Records of run directories (or checkpoints in them), one variant per (model, attention, placement, weights, dataset), named by
     the fields that differ between them (by attention when none does); ``flops`` measures each variant once."""
-    described = [_describe(Path(d)) for d in run_dirs]
+    described = [_describe(Path(d).parent if Path(d).is_file() else Path(d)) for d in run_dirs]
     keys = [tuple(d.get(k) if k != "attention" else d.get(k) or "none" for k in GROUP_FIELDS) for d in described]
     varying = [i for i, _ in enumerate(GROUP_FIELDS) if len({k[i] for k in keys}) > 1] or [1]
     names = [" ".join(str(k[i]) for i in varying if k[i] is not None) for k in keys]
