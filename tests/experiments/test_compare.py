@@ -1,0 +1,231 @@
+"""``convattn compare`` / ``convattn.experiments.compare``: variants × seeds, reuse, failed runs, the paired
+interval, the grouped table of ``convattn report``."""
+
+import csv
+import json
+import math
+import sys
+
+import pytest
+import yaml
+
+import convattn.engine
+from convattn.cli import main
+from convattn.cli.compare import variant_fields
+from convattn.engine import TrainConfig
+from convattn.exceptions import ConfigError, RunDivergedError
+from convattn.experiments import (
+    compare,
+    comparison_table,
+    parse_seeds,
+    paired_interval,
+    records_from_runs,
+    runs,
+    t_quantile,
+    table_markdown,
+)
+from convattn.experiments.stats import T975
+
+TINY = ["--model", "simple_cnn", "--dataset", "digits", "--train-size", "64", "--val-size", "32", "--test-size", "32",
+        "--epochs", "1", "--image-size", "16", "--batch-size", "32", "--jobs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A real compare: simple_cnn plain and with SE, seeds 0 and 1, and a variant whose layer does not exist."""
+    out = tmp_path_factory.mktemp("cmp")
+    argv = ["compare", *TINY, "--attention", "none,se", "--variant", "bad:--attention nosuchlayer", "--seeds", "2",
+            "--out", str(out)]
+    status = main(argv)
+    return out, argv, status
+
+
+def test_tiny_compare_writes_one_table_and_reports_the_failed_run(tiny, capsys):
+    out, _, status = tiny
+    assert status == 1  # a run did not finish
+    table = json.loads((out / "compare.json").read_text())
+    assert [r["variant"] for r in table["rows"]] == ["none", "se", "bad"] and table["baseline"] == "none"
+    none, se, bad = table["rows"]
+    assert [r["seed"] for r in none["runs"]] == [0, 1] and none["finished"] == se["finished"] == 2
+    accs = [r["test_acc"] for r in se["runs"]]
+    assert se["test_acc"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert se["test_acc"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    diffs = [a["test_acc"] - b["test_acc"] for a, b in zip(se["runs"], none["runs"])]
+    assert se["diff"]["mean"] == pytest.approx(sum(diffs) / 2) and se["diff"]["n"] == 2
+    assert se["params"] > none["params"] > 0 and none["flops"] > 0 and se["epoch_time"] > 0 and se["images_per_s"] > 0
+    assert none["diff"] is None and none["best_val_acc"]["mean"] is not None
+    # the failed variant: in the table as failed, no accuracy, the others finished
+    assert bad["finished"] == 0 and [r["status"] for r in bad["runs"]] == ["failed", "failed"]
+    assert "nosuchlayer" in bad["runs"][0]["reason"] and bad["test_acc"]["mean"] is None
+    md = (out / "compare.md").read_text()
+    assert "s0: failed, s1: failed" in md and "baseline" in md and "within noise" in md
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["variant"] for r in rows] == ["none", "se", "bad"] and rows[1]["verdict"] == se["diff"]["verdict"]
+    assert rows[2]["test_acc_per_seed"] == "0:failed;1:failed"
+    page = (out / "compare.html").read_text()
+    assert page.count("<tr class='variant'>") == 3 and page.count("data:image/png;base64") == 2
+    # each run describes itself
+    res = json.loads((out / "se" / "seed1" / "results.json").read_text())
+    assert {k: res[k] for k in ("model", "attention", "placement", "weights", "dataset", "seed", "status")} == {
+        "model": "simple_cnn", "attention": "se", "placement": None, "weights": None, "dataset": "digits", "seed": 1,
+        "status": "finished"}
+
+
+def test_running_again_reuses_every_finished_run(tiny, monkeypatch, capsys):
+    out, argv, _ = tiny
+    first = json.loads((out / "compare.json").read_text())
+
+    def no_training(config, *, resume=None):
+        if config.attention != "nosuchlayer":
+            raise AssertionError(f"{config.out} was trained again")
+        raise ConfigError("unknown attention layer 'nosuchlayer'")
+
+    monkeypatch.setattr(convattn.engine, "train", no_training)
+    assert main(argv[:-2] + ["--out", str(out), "--no-html"]) == 1
+    text = capsys.readouterr().out
+    assert "reused 4 finished run(s)" in text and "bad seed 0: failed" in text
+    again = json.loads((out / "compare.json").read_text())
+    assert [r["how"] for row in again["rows"][:2] for r in row["runs"]] == ["reused"] * 4
+    assert [row["test_acc"] for row in again["rows"]] == [row["test_acc"] for row in first["rows"]]
+
+
+def test_report_groups_the_same_runs_into_the_same_table(tiny):
+    out, _, _ = tiny
+    dirs = [out / v / f"seed{s}" for v in ("none", "se") for s in (0, 1)]
+    grouped = comparison_table(records_from_runs(dirs))
+    made = json.loads((out / "compare.json").read_text())
+    assert [r["variant"] for r in grouped["rows"]] == ["none", "se"]
+    for g, m in zip(grouped["rows"], made["rows"]):
+        assert g["test_acc"] == pytest.approx(m["test_acc"]) and g["flops"] == m["flops"]
+        assert (g["diff"] or {}).get("low") == pytest.approx((m["diff"] or {}).get("low"))
+
+
+def _fake_run(path, **fields):
+    path.mkdir(parents=True)
+    TrainConfig(**{k: v for k, v in fields.items() if k != "test_acc"}).to_yaml(path / "config.yaml")
+    (path / "results.json").write_text(json.dumps({"status": "finished", "test_acc": fields["test_acc"]}))
+    return path
+
+
+def test_report_grouping_falls_back_to_config_yaml_and_names_what_differs(tmp_path):
+    dirs = [_fake_run(tmp_path / f"r{i}", model=m, attention=a, seed=s, test_acc=acc)
+            for i, (m, a, s, acc) in enumerate([("simple_cnn", None, 0, 0.5), ("simple_cnn", None, 1, 0.6),
+                                                ("gated_cnn", "se", 0, 0.7), ("gated_cnn", "se", 1, 0.9)])]
+    table = comparison_table(records_from_runs(dirs, flops=False))
+    assert [r["variant"] for r in table["rows"]] == ["simple_cnn none", "gated_cnn se"]
+    assert table["rows"][1]["diff"]["mean"] == pytest.approx(0.25)
+    assert table["rows"][0]["test_acc"]["mean"] == pytest.approx(0.55)
+
+
+def test_paired_interval_against_a_hand_computation(monkeypatch):
+    variant, baseline = [0.71, 0.74, 0.69, 0.73], [0.70, 0.71, 0.70, 0.70]
+    # differences 0.01, 0.03, -0.01, 0.03: mean 0.015, sd sqrt(0.0011 / 3), t(0.975, 3 dof) = 3.1824
+    half = 3.1824 * math.sqrt(0.0011 / 3) / 2
+    d = paired_interval(variant, baseline)
+    assert d["n"] == 4 and d["mean"] == pytest.approx(0.015)
+    assert (d["low"], d["high"]) == pytest.approx((0.015 - half, 0.015 + half), abs=1e-5)
+    assert (d["low"], d["high"]) == pytest.approx((-0.01547, 0.04547), abs=1e-5) and d["verdict"] == "within noise"
+    assert paired_interval([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])["verdict"] == "better"
+    assert paired_interval([0.6, 0.62, 0.61], [0.7, 0.71, 0.72])["verdict"] == "worse"
+    assert paired_interval([0.6], [0.7])["verdict"] == "one seed" and paired_interval([], [])["verdict"] == "no pairs"
+    # without scipy, the table of quantiles: the same numbers
+    with_scipy = [t_quantile(n) for n in range(1, 30)]
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert [t_quantile(n) for n in range(1, 30)] == list(T975) == pytest.approx(with_scipy, abs=1e-4)
+    assert paired_interval(variant, baseline)["low"] == pytest.approx(d["low"], abs=1e-5)
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """``convattn.engine.train`` writing results at once: accuracy 0.5 + 0.1·seed (+0.05 with attention); a run
+    whose lr is 0.123 raises, one whose lr is 0.321 diverges."""
+    calls = []
+
+    def train(config, *, resume=None):
+        calls.append(config)
+        if config.lr == 0.123:
+            raise RuntimeError("boom\nsecond line")
+        if config.lr == 0.321:
+            raise RunDivergedError("training diverged at step 3")
+        from pathlib import Path
+
+        d = Path(config.out)
+        d.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(d / "config.yaml")
+        res = {"status": "finished", "run_dir": str(d), "test_acc": 0.5 + 0.1 * config.seed + 0.05 * bool(config.attention),
+               "best_val_acc": 0.4, "params": 10, "epoch_time": 1.0, "images_per_s": 100.0}
+        (d / "results.json").write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(convattn.engine, "train", train)
+    return calls
+
+
+def test_library_compare_keeps_going_past_failed_and_diverged_runs(tmp_path, fake_train, capsys):
+    variants = {"plain": {}, "se": {"attention": "se"}, "boom": {"lr": 0.123}, "nan": {"lr": 0.321}}
+    seen = []
+    table = compare(variants, seeds=[0, 3], out=tmp_path, baseline="se", jobs=1, model="simple_cnn",
+                    dataset="digits", epochs=1, on_done=lambda v, s, res, how, secs: seen.append((v, s, how)))
+    assert [(c.out.split("/")[-2], c.seed) for c in fake_train] == [
+        ("plain", 0), ("se", 0), ("boom", 0), ("nan", 0), ("plain", 3), ("se", 3), ("boom", 3), ("nan", 3)]
+    assert ("boom", 3, "failed") in seen and len(seen) == 8
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert table["baseline"] == "se" and rows["se"]["diff"] is None
+    assert rows["plain"]["diff"]["mean"] == pytest.approx(-0.05) and rows["plain"]["diff"]["verdict"] == "worse"
+    assert [r["status"] for r in rows["boom"]["runs"]] == ["failed"] * 2
+    assert rows["boom"]["runs"][0]["reason"] == "RuntimeError: boom"
+    assert [r["status"] for r in rows["nan"]["runs"]] == ["diverged"] * 2
+    assert "s0: diverged, s3: diverged" in table_markdown(table)
+    assert {p.rsplit("/", 1)[-1] for p in table["files"]} == {"compare.md", "compare.csv", "compare.json"}
+
+
+def test_compare_refuses_what_it_sets_itself_and_bad_names(tmp_path, fake_train):
+    with pytest.raises(ConfigError, match="compare sets seed itself"):
+        compare(["none"], seeds=1, out=tmp_path, seed=3)
+    with pytest.raises(ConfigError, match="variant x: compare sets out itself"):
+        compare({"x": {"out": "elsewhere"}}, seeds=1, out=tmp_path)
+    with pytest.raises(ConfigError, match="folder name"):
+        compare({"a/b": {}}, seeds=1, out=tmp_path)
+    with pytest.raises(ConfigError, match=r"--baseline must name a variant \(none, se\), got 'cbam'"):
+        compare(["none", "se"], seeds=1, out=tmp_path, baseline="cbam")
+    with pytest.raises(ConfigError, match="unknown"):
+        compare(["none"], seeds=1, out=tmp_path, lrr=0.1)
+    assert fake_train == []
+
+
+def test_seeds_and_variant_flags_parse_like_train(tmp_path, capsys):
+    assert parse_seeds("3") == [0, 1, 2] and parse_seeds("0,3,7") == [0, 3, 7] and parse_seeds("5,") == [5]
+    for bad in ("0", "a", "1,1", "-1,2"):
+        with pytest.raises(ConfigError, match="--seeds expects"):
+            parse_seeds(bad)
+    assert variant_fields("cbam-id", "--attention cbam --model-kwargs identity_init=true --lr 0.01") == {
+        "attention": "cbam", "model_kwargs": {"identity_init": True}, "lr": 0.01}
+    with pytest.raises(ConfigError, match="--variant x: .*--lr expects float, got 'abc'"):
+        variant_fields("x", "--lr abc")
+    with pytest.raises(ConfigError, match="--variant x: unrecognized arguments: --nope"):
+        variant_fields("x", "--nope 1")
+    assert main(["compare", "--variant", "x:--lr abc", "--out", str(tmp_path)]) == 2
+    assert "error: --variant x:" in capsys.readouterr().err
+    assert main(["compare", "--out", str(tmp_path)]) == 2
+    assert "expected variants" in capsys.readouterr().err
+
+
+def test_variants_file_mixes_fields_and_flags(tmp_path, fake_train, capsys):
+    path = tmp_path / "variants.yaml"
+    path.write_text(yaml.safe_dump({"plain": None, "cbam-id": "--attention cbam --model-kwargs identity_init=true",
+                                    "se": {"attention": "se", "attn_kwargs": {"rd_ratio": 0.25}}}))
+    assert main(["compare", "--variants", str(path), "--seeds", "1", "--baseline", "se", "--model", "simple_cnn",
+                 "--epochs", "1", "--jobs", "1", "--out", str(tmp_path / "o"), "--no-html"]) == 0
+    by = {c.out.split("/")[-2]: c for c in fake_train}
+    assert by["cbam-id"].attention == "cbam" and by["cbam-id"].model_kwargs == {"identity_init": True}
+    assert by["se"].attn_kwargs == {"rd_ratio": 0.25} and by["plain"].attention is None
+    assert {c.epochs for c in fake_train} == {1} and {c.model for c in fake_train} == {"simple_cnn"}
+    assert "| se " in capsys.readouterr().out
+
+
+def test_a_folder_holding_only_a_failed_runs_marker_takes_a_new_run(tmp_path, fake_train):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text('{"format": "convattn.run/1"}\n')
+    (run / "run.lock").write_text("pid 1\n")
+    assert runs.train_or_reuse(TrainConfig(epochs=1, out=str(run)))[1] == "trained"
