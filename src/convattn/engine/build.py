@@ -15,6 +15,7 @@ from .._io import atomic_write_text
 from ..exceptions import CheckpointError, ConfigError
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .config import TrainConfig
+from .plugins import use_modules
 
 __all__ = ["build_model", "model_from_checkpoint", "load_run", "init_from_run", "write_init_report", "key_summary"]
 
@@ -24,9 +25,12 @@ def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
 
     ``placement`` applies to models whose registry entry ``places_attention``; models that
     take ``image_size`` (``gated_mlp``) get the dataset's unless ``model_kwargs`` sets it.
+    A model or layer of your own: its module is imported and recorded in ``data_info["modules"]``
+    (:func:`~convattn.engine.plugins.use_modules`).
     """
     from ..models import create_model, get_model_info
 
+    use_modules(config, data_info)
     kwargs = dict(config.model_kwargs)
     info = get_model_info(config.model)
     if config.placement is not None and not info.places_attention:
