@@ -62,7 +62,9 @@ def test_plot_attention_and_curves_return_figures():
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), convattn.create_attn("cbam", 16),
                         convattn.create_attn("self_attn", 16))
     figs = plot_attention(net, torch.randn(2, 3, 9, 7))
-    assert len(figs) == 2 and len(figs[0].axes) == 4  # input, channel, spatial, self-attention query
+    panels = [ax for ax in figs[0].axes if ax.get_label() != "<colorbar>"]
+    assert len(figs) == 2 and len(panels) == 4  # input, channel, spatial, self-attention query
+    assert len(figs[0].axes) == 6  # + colour bars of the spatial and the query heat maps
     fig = plot_curves([{"epoch": 1, "train_loss": 2.0, "val_acc": 0.1}, {"epoch": 2, "train_loss": 1.0, "val_acc": 0.4}])
     loss_ax, acc_ax = fig.axes
     assert len(loss_ax.lines) == 1 and len(acc_ax.lines) == 1
@@ -81,13 +83,14 @@ def test_visualize_run_from_run_dir(cbam_run, tmp_path):
     out = tmp_path / "viz"
     paths = visualize_run(cbam_run, count=2, out_dir=out)
     names = sorted(p.name for p in paths)
-    assert names == ["attention_000.png", "attention_001.png", "curves.png"]
+    assert names == ["curves.png", "test_000_attention.png", "test_000_cam.png", "test_001_attention.png",
+                     "test_001_cam.png"]
     assert sorted(p.name for p in out.iterdir()) == names
     for p in paths:
         w, h = _png_size(p)
         assert w >= 300 and h >= 200 and p.stat().st_size > 5_000
-    # input + Grad-CAM + 3 CBAM blocks x (channel, spatial) panels -> a wide figure of two rows
-    w, h = _png_size(out / "attention_000.png")
+    # input + 3 CBAM blocks x (channel, spatial) panels -> a wide figure of two rows
+    w, h = _png_size(out / "test_000_attention.png")
     assert w > 1000 and h > 400
 
 
@@ -99,7 +102,7 @@ def test_visualize_run_image_files_and_stn(cbam_run, tmp_path):
         Image.fromarray((np.random.rand(40, 50) * 255).astype(np.uint8)).save(p)
         files.append(p)
     paths = visualize_run(cbam_run / "best.pt", images=files, out_dir=tmp_path / "files", cam=False)
-    assert [p.name for p in paths] == ["attention_000.png", "attention_001.png", "curves.png"]
+    assert [p.name for p in paths] == ["img0_attention.png", "img1_attention.png", "curves.png"]
 
     stn_model = create_model("stn_cnn", num_classes=10, in_chans=1)
     paths = visualize_run(stn_model, images=torch.randn(2, 1, 28, 28), out_dir=tmp_path / "stn")
@@ -113,7 +116,7 @@ def test_visualize_run_image_files_and_stn(cbam_run, tmp_path):
 def test_cli_viz(cbam_run, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["viz", str(cbam_run), "--count", "2", "--out", str(out), "--no-cam", "--query", "10,10"]) == 0
-    assert len(list(out.glob("attention_*.png"))) == 2
+    assert len(list(out.glob("test_*_attention.png"))) == 2 and not list(out.glob("*_cam.png"))
     assert main(["viz", str(tmp_path / "no_such_run"), "--out", str(out)]) == 2
     assert "error" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -3,7 +3,8 @@
 :func:`record_maps` runs a model once and returns every convattn layer's maps, each layer's
 input shape, and each spatial transformer's input, output and θ; :func:`interpret_maps`
 reads the recorded tensors as spatial / channel / query / matrix / theta maps;
-:func:`grad_cam` computes Grad-CAM at a target layer found automatically.
+:func:`grad_cam` computes Grad-CAM (built in) or another CAM method (pytorch-grad-cam) at a target layer
+found automatically.
 
 Example:
     >>> import torch, convattn
@@ -16,15 +17,17 @@ Example:
     [('1:channel', 'channel'), ('1:spatial', 'spatial')]
 """
 
-from .cam import LogitsOnly, find_cam_layer, grad_cam
+from .cam import CAM_METHODS, LogitsOnly, cam_title, find_cam_layer, grad_cam
 from .kinds import AttentionMap, interpret_maps, query_map
 from .record import Recording, TransformerPass, collect_attention, find_transformers, is_transformer, record_maps
 
 __all__ = [
     "AttentionMap",
+    "CAM_METHODS",
     "LogitsOnly",
     "Recording",
     "TransformerPass",
+    "cam_title",
     "collect_attention",
     "find_cam_layer",
     "find_transformers",

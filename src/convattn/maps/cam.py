@@ -1,4 +1,5 @@
-"""Grad-CAM (Selvaraju et al., ICCV 2017; https://arxiv.org/abs/1610.02391) through ``pytorch-grad-cam``.
+"""Class activation maps: a built-in Grad-CAM (Selvaraju et al., ICCV 2017; https://arxiv.org/abs/1610.02391)
+and the other methods of ``pytorch-grad-cam`` (Grad-CAM++, Score-CAM, Eigen-CAM, Ablation-CAM, XGrad-CAM, LayerCAM).
 
 The target layer is found automatically: the largest module around the last
 ``Conv2d`` the forward pass runs (not counting the convolutions inside attention
@@ -14,11 +15,28 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..exceptions import ConfigError
 
-__all__ = ["find_cam_layer", "grad_cam", "LogitsOnly"]
+__all__ = ["CAM_METHODS", "cam_title", "find_cam_layer", "grad_cam", "LogitsOnly"]
+
+#: ``--cam`` names -> ``(pytorch-grad-cam class, title)``; ``gradcam`` is built in and needs no package.
+CAM_METHODS = {
+    "gradcam": ("GradCAM", "Grad-CAM"),
+    "gradcam++": ("GradCAMPlusPlus", "Grad-CAM++"),
+    "scorecam": ("ScoreCAM", "Score-CAM"),
+    "eigencam": ("EigenCAM", "Eigen-CAM"),
+    "ablationcam": ("AblationCAM", "Ablation-CAM"),
+    "xgradcam": ("XGradCAM", "XGrad-CAM"),
+    "layercam": ("LayerCAM", "LayerCAM"),
+}
+
+
+def cam_title(method: str) -> str:
+    """The display name of a :data:`CAM_METHODS` entry (``"gradcam++"`` -> ``"Grad-CAM++"``)."""
+    return CAM_METHODS[method][1]
 
 
 class LogitsOnly(nn.Module):
@@ -121,14 +139,63 @@ def find_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
     return conv_name
 
 
+def _builtin_grad_cam(wrapped: nn.Module, layer: nn.Module, images: torch.Tensor,
+                      targets: Sequence[int] | None) -> np.ndarray:
+    """Grad-CAM by hooks: ReLU of the activations weighted by their spatially averaged gradients,
+    min-max scaled, resized (bilinear) to the input, min-max scaled again (as pytorch-grad-cam does)."""
+    saved: dict[str, torch.Tensor] = {}
+
+    def hook(mod, args, out):
+        if isinstance(out, torch.Tensor):
+            saved["act"] = out.detach().clone()  # before any in-place op that follows the layer
+            out.register_hook(lambda g: saved.__setitem__("grad", g))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        logits = wrapped(images)
+    finally:
+        handle.remove()
+    if "act" not in saved or saved["act"].dim() != 4:
+        raise ConfigError(f"Grad-CAM: the target layer must output (B, C, H, W), got "
+                          f"{None if 'act' not in saved else tuple(saved['act'].shape)}")
+    classes = logits.argmax(1) if targets is None else torch.as_tensor(list(targets), device=logits.device)
+    logits.gather(1, classes.view(-1, 1).long()).sum().backward()
+    act, grad = saved["act"], saved["grad"].detach()
+    cam = (grad.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True).clamp_min(0).float()
+
+    def scale(t: torch.Tensor) -> torch.Tensor:
+        lo = t.amin((2, 3), keepdim=True)
+        return (t - lo) / (1e-7 + (t - lo).amax((2, 3), keepdim=True))
+
+    cam = F.interpolate(scale(cam), size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+    return scale(cam)[:, 0].cpu().numpy()
+
+
+def _package_cam(method: str, wrapped: nn.Module, layer: nn.Module, images: torch.Tensor,
+                 targets: Sequence[int] | None) -> np.ndarray:
+    try:
+        import pytorch_grad_cam
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        raise ConfigError(f"CAM method {method!r} needs pytorch-grad-cam, which is not installed: "
+                          "pip install 'convattn[cam]' (or use the built-in --cam gradcam)") from None
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method][0])
+    cam_targets: Any = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
+    with cam_class(model=wrapped, target_layers=[layer]) as cam:
+        if method == "scorecam":
+            cam.batch_size = 16
+        return cam(input_tensor=images, targets=cam_targets)
+
+
 def grad_cam(
     model: nn.Module,
     images: torch.Tensor,
     *,
     target_layer: str | None = None,
     targets: Sequence[int] | None = None,
+    method: str = "gradcam",
 ) -> tuple[np.ndarray, str]:
-    """Grad-CAM maps of ``images`` for the predicted (or given) classes.
+    """Class activation maps of ``images`` for the predicted (or given) classes.
 
     Args:
         model: a classifier (dict outputs are handled, see :class:`LogitsOnly`).
@@ -136,19 +203,17 @@ def grad_cam(
         target_layer: module path to take activations and gradients from;
             ``None`` finds it (:func:`find_cam_layer`).
         targets: class per image; ``None`` uses the predicted class.
+        method: a :data:`CAM_METHODS` name; ``"gradcam"`` is built in, the others run
+            ``pytorch-grad-cam`` (the ``cam`` extra).
 
     Returns:
         ``(cams, layer)``: ``(B, H, W)`` maps in ``[0, 1]`` and the layer used.
 
     Raises:
-        ConfigError: ``pytorch-grad-cam`` is not installed, or the layer name is unknown.
+        ConfigError: an unknown method or layer name, or ``pytorch-grad-cam`` missing for a method other than ``gradcam``.
     """
-    try:
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError:
-        raise ConfigError("Grad-CAM needs pytorch-grad-cam: pip install 'convattn[cam]' (or pip install grad-cam); "
-                          "or pass --no-cam") from None
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; expected one of {', '.join(CAM_METHODS)}")
     modules = _modules_by_name(model)
     if target_layer is None:
         target_layer = find_cam_layer(model, images)
@@ -156,15 +221,19 @@ def grad_cam(
         convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-3:]
         raise ConfigError(f"Grad-CAM: {type(model).__name__} has no module {target_layer!r} "
                           f"(module paths look like {convs})")
+    if targets is not None and len(targets) != images.shape[0]:
+        raise ConfigError(f"grad_cam: expected one target class per image ({images.shape[0]}), got {len(targets)}")
     wrapped = LogitsOnly(model).eval()
-    cam_targets: Any = None if targets is None else [ClassifierOutputTarget(int(t)) for t in targets]
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            with GradCAM(model=wrapped, target_layers=[modules[target_layer]]) as cam:
-                maps = cam(input_tensor=images, targets=cam_targets)
+            if method == "gradcam":
+                maps = _builtin_grad_cam(wrapped, modules[target_layer], images, targets)
+            else:
+                maps = _package_cam(method, wrapped, modules[target_layer], images, targets)
     finally:
+        model.zero_grad(set_to_none=True)
         model.train(was_training)
     maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
     return np.clip(maps, 0.0, 1.0), target_layer

@@ -27,8 +27,25 @@ def _panel_grid(n: int, max_cols: int = 5) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _draw_panel(ax, image: np.ndarray, name: str, payload: Any, *, max_bars: int = 64, fontsize: int = 8) -> None:
-    """Draw one panel: the input (payload None), Grad-CAM (payload an array), or a map (payload (map, index))."""
+def _colour_bar(ax, values: np.ndarray, label: str, cmap: str) -> None:
+    """A colour bar beside ``ax`` spanning ``values``' range, labelled with what the value is."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    lo, hi = float(np.min(values)), float(np.max(values))
+    bar = ax.figure.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-12), cmap=cmap), ax=ax,
+                             fraction=0.046, pad=0.03)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+
+
+def _draw_panel(ax, image: np.ndarray, name: str, payload: Any, *, max_bars: int = 64, fontsize: int = 8,
+                colour_bars: bool = False, cam_label: str = "CAM") -> None:
+    """Draw one panel: the input (payload None), a CAM (payload an array), or a map (payload (map, index)).
+
+    With ``colour_bars``, heat maps get a colour bar of their values: the attention weight (its
+    range in this map), or the CAM (0–1).
+    """
     ax.set_title(name if len(name) <= 32 else "…" + name[-31:], fontsize=fontsize)
     H, W = image.shape[:2]
     if payload is None:
@@ -38,6 +55,8 @@ def _draw_panel(ax, image: np.ndarray, name: str, payload: Any, *, max_bars: int
     if not isinstance(payload, tuple):
         ax.imshow(heat_overlay(image, payload))
         ax.axis("off")
+        if colour_bars:
+            _colour_bar(ax, payload, f"{cam_label} (0–1)", "jet")
         return
     m, b = payload
     data = m.data[b]
@@ -48,20 +67,22 @@ def _draw_panel(ax, image: np.ndarray, name: str, payload: Any, *, max_bars: int
                       fontsize=7)
         ax.set_ylabel("weight", fontsize=7)
         ax.tick_params(labelsize=6)
-    elif m.kind == "spatial":
+        return
+    if m.kind in ("spatial", "query"):
         ax.imshow(heat_overlay(image, data))
-        ax.axis("off")
-    elif m.kind == "query":
-        ax.imshow(heat_overlay(image, data))
-        if m.query is not None:
+        if m.kind == "query" and m.query is not None:
             gh, gw = m.grid
             qy, qx = m.query
             ax.plot([(qx + 0.5) * W / gw - 0.5], [(qy + 0.5) * H / gh - 0.5], marker="+", color="white",
                     markersize=12, markeredgewidth=2)
         ax.axis("off")
+        cmap = "jet"
     else:
         ax.imshow(data, cmap="viridis", interpolation="nearest")
         ax.tick_params(labelsize=6)
+        cmap = "viridis"
+    if colour_bars:
+        _colour_bar(ax, data, "attention weight", cmap)
 
 
 def gallery_figure(
@@ -104,29 +125,35 @@ def attention_figure(
     entries: Sequence[tuple[AttentionMap, int]],
     *,
     cam: np.ndarray | None = None,
+    cam_label: str = "Grad-CAM",
     title: str | None = None,
     max_bars: int = 64,
+    max_cols: int = 5,
 ):
-    """One image's figure: the input, Grad-CAM (if given), then one panel per map.
+    """One image's figure: the input, a CAM (if given), then one panel per map, wrapped into rows
+    of ``max_cols``; heat maps carry a colour bar of their values.
 
     Args:
         image: ``(H, W, 3)`` in [0, 1] (see :func:`convattn.viz.to_display`).
         entries: ``(map, index into its batch)`` pairs.
-        cam: ``(H, W)`` Grad-CAM in [0, 1].
+        cam: ``(H, W)`` class activation map in [0, 1].
+        cam_label: the CAM's panel title and colour-bar label.
         title: figure title.
         max_bars: channel charts show the first this-many channels.
+        max_cols: panels per row.
 
     Returns:
         a ``matplotlib.figure.Figure``.
     """
     panels: list[tuple[str, Any]] = [("input", None)]
     if cam is not None:
-        panels.append(("Grad-CAM", cam))
+        panels.append((cam_label, cam))
     panels += [(m.key, (m, b)) for m, b in entries if m.kind != "theta"]
-    rows, cols = _panel_grid(len(panels))
-    fig = new_figure(3.0 * cols, 3.0 * rows + (0.4 if title else 0))
+    rows, cols = _panel_grid(len(panels), max_cols)
+    fig = new_figure(3.4 * cols, 3.0 * rows + (0.4 * (1 + title.count("\n")) if title else 0))
     for i, (name, payload) in enumerate(panels):
-        _draw_panel(fig.add_subplot(rows, cols, i + 1), image, name, payload, max_bars=max_bars)
+        _draw_panel(fig.add_subplot(rows, cols, i + 1), image, name, payload, max_bars=max_bars, colour_bars=True,
+                    cam_label=cam_label)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -157,8 +184,9 @@ def plot_attention(
         >>> import torch, convattn
         >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), convattn.create_attn("cbam", 16))
         >>> figs = plot_attention(net, torch.randn(2, 3, 12, 12))
-        >>> len(figs), len(figs[0].axes)
-        (2, 3)
+        >>> panels = [ax for ax in figs[0].axes if ax.get_label() != "<colorbar>"]   # input, channel, spatial
+        >>> len(figs), len(panels), len(figs[0].axes) - len(panels)                   # + the spatial map's colour bar
+        (2, 3, 1)
     """
     rec = record_maps(model, images)
     entries = interpret_maps(rec.maps, rec.shapes, image_hw=tuple(images.shape[-2:]), query=query)
