@@ -163,3 +163,19 @@ def test_cli_viz_cam_methods_and_target_class(cbam_run, class_folder, tmp_path, 
                  "--target-class", "3"]) == 2
     with pytest.raises(SystemExit):
         main(["viz", str(cbam_run), "--images", img, "--cam", "gradcam+++"])
+
+
+def test_a_big_network_figure_wraps_into_rows():
+    from convattn.maps import AttentionMap
+    from convattn.viz import attention_figure
+
+    rng = np.random.default_rng(0)
+    entries = [(AttentionMap(f"layer{i // 4 + 1}.{i % 4}.attn:{'spatial' if i % 2 else 'channel'}",
+                             "spatial" if i % 2 else "channel",
+                             rng.random((1, 7, 7)) if i % 2 else rng.random((1, 64))), 0) for i in range(16)]
+    fig = attention_figure(rng.random((32, 32, 3)), entries, title="ResNet-18 + CBAM: 16 maps")
+    panels = _panels(fig)
+    assert len(panels) == 17 and len(_colour_bars(fig)) == 8
+    rows = {ax.get_subplotspec().rowspan.start for ax in panels}
+    cols = {ax.get_subplotspec().colspan.start for ax in panels}
+    assert len(rows) == 4 and len(cols) == 5  # 5 panels a row, not 17 in one
