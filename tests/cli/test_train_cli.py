@@ -175,3 +175,111 @@ def test_resume_of_a_finished_run_leaves_it_untouched(tmp_path, monkeypatch, cap
     assert "loaded" in capsys.readouterr().err
     report = json.loads((tmp_path / "more" / "init_from.json").read_text())
     assert report["new"] == [] and report["loaded"] and report["checkpoint"].endswith("best.pt")
+
+
+def _pets(root: Path, per_class: int = 4) -> Path:
+    """A folder dataset: 3 classes of small random PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog", "fox"):
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def hub_resnet18(tmp_path, monkeypatch):
+    """Random "ResNet18_Weights.IMAGENET1K_V1" in a temporary torch hub cache, at the name torchvision expects."""
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_weight("ResNet18_Weights.IMAGENET1K_V1").url
+    file = tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name
+    file.parent.mkdir(parents=True)
+    ref = torchvision.models.resnet18(weights=None).eval()
+    torch.save(ref.state_dict(), file)
+    return ref, file
+
+
+def test_pretrained_resnet18_with_cbam_fine_tunes_on_a_folder(tmp_path, capsys, hub_resnet18):
+    import torch
+
+    from convattn.engine import load_run
+
+    ref, file = hub_resnet18
+    pets = _pets(tmp_path / "pets")
+    base = ["--model", "resnet18", "--weights", "IMAGENET1K_V1", "--attention", "cbam", "--dataset",
+            f"folder:{pets}", "--image-size", "32", "--epochs", "1", "--no-progress", "--device", "cpu"]
+    cfg = _print_config(capsys, *base, "--epochs", "3")
+    assert cfg["recipe"] == "finetune" and cfg["lr"] == 0.01
+    assert cfg["preprocessing"] == {"crop": 224, "resize": 256, "mean": [0.485, 0.456, 0.406],
+                                    "std": [0.229, 0.224, 0.225], "interpolation": "bilinear"}
+    assert [(s["name"], s["epochs"], s.get("freeze"), s["lr"]) for s in cfg["stages"]] == [
+        ("new", 1, ["backbone"], 0.01), ("all", 2, None, 0.001)]
+
+    # backbone and attention frozen: only the new head trains, so the network keeps the pretrained features
+    # (identity-initialised attention, BatchNorm statistics frozen with the backbone)
+    frozen = tmp_path / "frozen"
+    assert cli.main(["train", *base, "--freeze", "backbone", "attention", "--out", str(frozen)]) == 0
+    captured = capsys.readouterr()
+    assert "weights IMAGENET1K_V1: loaded 120 tensors, 42 new" in captured.err and "(head 'fc')" in captured.err
+    report = json.loads((frozen / "init_from.json").read_text())
+    assert report["checkpoint"] == str(file) and {"fc.weight", "fc.bias"} <= set(report["weights"]["new"])
+    row = json.loads((frozen / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["train_groups"] == ["head"] and row["frozen_groups"] == ["attention", "backbone"]
+    model, _ = load_run(frozen)
+    assert model.fc.out_features == 3 and not torch.equal(model.fc.weight, ref.fc.weight[:3])
+    feats = {}
+    model.fc.register_forward_pre_hook(lambda m, inp: feats.__setitem__("run", inp[0]))
+    ref.fc.register_forward_pre_hook(lambda m, inp: feats.__setitem__("ref", inp[0]))
+    x = torch.randn(2, 3, 32, 32)
+    model(x), ref(x)
+    torch.testing.assert_close(feats["run"], feats["ref"], rtol=0, atol=1e-5)
+
+    # new layers at ten times the rate: refused before on networks without param_groups()
+    assert cli.main(["train", *base, "--lr-mult", "attention=10", "head=10", "--recipe", "none",
+                     "--out", str(tmp_path / "mult")]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", *base, "--lr-mult", "decision=10", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "lr_mult names parameter group(s) ['decision'], but model 'resnet18' has ['attention', 'backbone', 'head']" in err
+    assert cli.main(["train", *base, "--freeze", "backbone", "attention", "head", "--out", str(tmp_path / "bad2")]) == 2
+    assert "trains nothing" in capsys.readouterr().err
+
+
+def test_weights_missing_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    pets = _pets(tmp_path / "pets")
+    assert cli.main(["train", "--model", "resnet18", "--weights", "DEFAULT", "--dataset", f"folder:{pets}",
+                     "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected resnet18-f37072fd.pth in" in err and "--download" in err
+    assert cli.main(["train", "--model", "resnet18", "--weights", "IMAGENET1K_V7", "--dataset", f"folder:{pets}",
+                     "--print-config"]) == 2
+    assert "unknown weights 'IMAGENET1K_V7' for 'resnet18': expected DEFAULT, IMAGENET1K_V1" in capsys.readouterr().err
+
+
+def test_init_from_a_plain_resnet_run_into_its_attention_variant(tmp_path, capsys):
+    """Inserted layers wrap the norms (bn2 -> bn2.module): the plain run's keys are mapped through them."""
+    import torch
+
+    from convattn.engine import load_run
+
+    pets = _pets(tmp_path / "pets")
+    base = ["--model", "resnet20", "--dataset", f"folder:{pets}", "--image-size", "16", "--epochs", "1",
+            "--no-progress", "--device", "cpu"]
+    assert cli.main(["train", *base, "--out", str(tmp_path / "plain")]) == 0
+    assert cli.main(["train", *base, "--attention", "cbam", "--model-kwargs", "identity_init=true",
+                     "--init-from", str(tmp_path / "plain"), "--freeze", "backbone", "attention",
+                     "--out", str(tmp_path / "cbam")]) == 0
+    err = capsys.readouterr().err
+    assert "init_from" in err and "loaded" in err
+    report = json.loads((tmp_path / "cbam" / "init_from.json").read_text())
+    assert "layer1.0.bn2.module.weight" in report["loaded"] and not report["unused"] and not report["skipped"]
+    plain, _ = load_run(tmp_path / "plain")
+    cbam, _ = load_run(tmp_path / "cbam")
+    assert torch.equal(cbam.layer1[0].bn2.module.weight, plain.layer1[0].bn2.weight)

@@ -100,10 +100,17 @@ def test_init_from_a_plain_run_into_its_attention_variants(tmp_path):
     assert torch.equal(aacn.fc_features.weight, plain.fc.weight)
     assert torch.equal(aacn.stages["stage2"].conv.weight, plain.stages[1].conv.weight)
 
-    with pytest.raises(ConfigError, match="superset"):  # an attention run into the plain model
-        init_from_run(create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8)), _run(tmp_path, "eca", eca))
-    with pytest.raises(ConfigError, match="another shape"):
-        init_from_run(create_model("simple_cnn", num_classes=5, in_chans=1, widths=(4, 8)), run)
+    # an attention run into the plain model: the attention tensors are listed as unused
+    report = init_from_run(create_model("simple_cnn", num_classes=3, in_chans=1, widths=(4, 8)), _run(tmp_path, "eca", eca))
+    assert report["unused"] and all(".attn." in k for k in report["unused"]) and not report["new"]
+    # another number of classes: the classifier is skipped and listed, the rest loads
+    five = create_model("simple_cnn", num_classes=5, in_chans=1, widths=(4, 8))
+    report = init_from_run(five, run)
+    assert report["skipped"] == ["fc.weight: (3, 8) vs (5, 8)", "fc.bias: (3,) vs (5,)"]
+    assert set(report["new"]) == {"fc.weight", "fc.bias"}
+    assert torch.equal(five.stages[1].conv.weight, plain.stages[1].conv.weight)
+    with pytest.raises(ConfigError, match="none of the checkpoint's .* tensors fits"):
+        init_from_run(create_model("resnet20", num_classes=7), run)
 
 
 def test_staged_run_with_a_once_stage_records_each_stage(tmp_path, monkeypatch):

@@ -92,6 +92,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif kind == "dict":
             group.add_argument(flag, dest=f.name, nargs="+", metavar="KEY=VALUE", action=_KeyValues, default=argparse.SUPPRESS, help=help_text)
+        elif kind == "list" and f.metadata.get("words"):  # --freeze backbone attention
+            group.add_argument(flag, dest=f.name, nargs="+", metavar="NAME", default=argparse.SUPPRESS, help=help_text)
         elif kind == "list":
             group.add_argument(flag, dest=f.name, type=_yaml_list, metavar="YAML", default=argparse.SUPPRESS, help=help_text)
         else:

@@ -25,14 +25,18 @@ ORDER = 10
 EXAMPLES = (
     "convattn train --model simple_cnn --attention cbam --epochs 5",
     "convattn train --model resnet18 --attention se --placement stage --dataset cifar10 --print-config",
+    "convattn train --model resnet18 --weights IMAGENET1K_V1 --attention cbam --dataset folder:pets --lr-mult attention=10",
     "convattn train --resume runs/simple_cnn-cbam-cluttered-digits-20250101-120000",
 )
 
 _NOTES = """
 Without optimiser flags a model trains with its recipe (convattn.engine.recipes:
 gated_cnn / simple_cnn / stn_cnn: AdamW 5e-3, batch 32; gated_mlp: AdamW 1e-3, batch 32;
-aacn: staged; resnet*: SGD 0.1, batch 128); --recipe none gives the bare defaults (first
-value in brackets above). torchrun --nproc_per_node N -m convattn train ... trains with DDP.
+aacn: staged; resnet*: SGD 0.1, batch 128); with --weights the default is finetune (every model
+has it: head and attention with the backbone frozen for a third of the epochs, then everything at
+a tenth of the rate); --recipe none gives the bare defaults (first value in brackets above).
+Parameter groups (--lr-mult, --freeze, stages): backbone, attention, head on every network, or the
+model's own param_groups(). torchrun --nproc_per_node N -m convattn train ... trains with DDP.
 
 YAML files hold the same fields with underscores (batch_size: 128). dict-valued
 options take KEY=VALUE pairs whose values are read as YAML (rd_ratio=0.25,
@@ -125,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         rows = [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in result.items() if not isinstance(v, (dict, list))]
         print(tabulate(rows, headers=["metric", "value"]))
         if result.get("init_from"):
-            print(f"init_from     {result['init_from']['checkpoint']} ({result['init_from']['epochs']} epochs)")
+            label = "init_from" if config.init_from else "weights  "
+            print(f"{label}     {result['init_from']['checkpoint']} ({result['init_from']['epochs']} epochs)")
         for st in result.get("stages") or []:
             print(f"stage {st['name']}: epochs {st['first_epoch']}-{st['first_epoch'] + st['epochs'] - 1}, "
                   f"trains {', '.join(st['train'] or [])}; frozen {', '.join(st['frozen'] or []) or 'none'}")

@@ -1,5 +1,5 @@
 """A run's model: built from its config (``build_model``), from a checkpoint (``model_from_checkpoint``,
-``load_run``), or initialised from a finished run's weights (``init_from_run``)."""
+``load_run``), and initialised from pretrained weights or any checkpoint (``init_weights``, ``init_from_run``)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,22 @@ from torch import nn
 
 from .._io import atomic_write_text
 from ..exceptions import CheckpointError, ConfigError
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import checksum_path, load_checkpoint, resolve_checkpoint
 from .config import TrainConfig
 from .plugins import use_modules
 
-__all__ = ["build_model", "model_from_checkpoint", "load_run", "init_from_run", "write_init_report", "key_summary"]
+__all__ = [
+    "build_model", "model_from_checkpoint", "load_run", "checkpoint_state", "init_from_run", "init_weights",
+    "write_init_report", "key_summary",
+]
 
 
 def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
     """The model of ``config`` for a dataset described by ``data_info`` (``convattn.models.create_model``).
 
     ``placement`` applies to models whose registry entry ``places_attention``; models that
-    take ``image_size`` (``gated_mlp``) get the dataset's unless ``model_kwargs`` sets it.
+    take ``image_size`` (``gated_mlp``) get the dataset's unless ``model_kwargs`` sets it. With
+    ``weights`` set, ``identity_init`` defaults to true (the weights are loaded by :func:`init_weights`).
     A model or layer of your own: its module is imported and recorded in ``data_info["modules"]``
     (:func:`~convattn.engine.plugins.use_modules`).
     """
@@ -41,6 +45,8 @@ def build_model(config: TrainConfig, data_info: dict[str, Any]) -> nn.Module:
         )
     if info.takes_image_size and data_info.get("image_size"):
         kwargs.setdefault("image_size", tuple(int(s) for s in data_info["image_size"]))
+    if config.weights and info.places_attention:  # attention starts as the identity on pretrained weights
+        kwargs.setdefault("identity_init", True)
     return create_model(
         config.model,
         num_classes=int(data_info["num_classes"]),
@@ -88,60 +94,105 @@ def load_run(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Mod
     return model, config
 
 
-def init_from_run(model: nn.Module, source: str | os.PathLike) -> dict[str, Any]:
-    """Copy the weights of a finished run into ``model``, whose parameters must be a superset of the run's.
+def checkpoint_state(source: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The state dict of any checkpoint and where it came from: a run directory or a convattn ``.pt``
+    (:func:`~convattn.engine.checkpoint.load_checkpoint`, checksum checked), or any other state-dict file
+    (:func:`convattn.models.weights.read_state_dict`: torchvision, timm, plain).
 
-    Models whose names differ from their backbone's (``aacn``) translate the run's
-    keys with ``model.adapt_state_dict(state)``. Every tensor of the run must find a
-    tensor of the same name and shape; the model's other tensors keep their
+    Returns:
+        ``(state, {"source", "checkpoint", "epochs", "model"})``; ``model`` is the run's model name or ``None``.
+    """
+    from ..models.weights import read_state_dict
+
+    path = resolve_checkpoint(source)
+    if path.is_dir() or checksum_path(path).is_file():
+        ckpt = load_checkpoint(path, map_location="cpu")
+        state, epochs, model = dict(ckpt["model"]), int(ckpt.get("epoch", 0)), ckpt.get("config", {}).get("model")
+    else:
+        state, epochs, model = read_state_dict(path), 0, None
+    return state, {"source": str(source), "checkpoint": str(path), "epochs": epochs, "model": model}
+
+
+def init_from_run(model: nn.Module, source: str | os.PathLike) -> dict[str, Any]:
+    """Copy the tensors of any checkpoint that fit into ``model`` (in place).
+
+    Keys are matched through the wrappers ``insert_attn`` adds (a plain run's ``bn2.weight`` into its
+    attention variant's ``bn2.module.weight``); models whose names differ from their backbone's
+    (``aacn``) translate the keys with ``model.adapt_state_dict(state)``. Tensors of another shape
+    are skipped and listed, as are keys the model lacks; the model's other tensors keep their
     initialisation.
 
     Args:
-        model: the model to initialise (in place).
-        source: a run directory (its ``best.pt``, else ``last.pt``) or a ``.pt`` file.
+        model: the model to initialise.
+        source: a run directory (its ``best.pt``, else ``last.pt``), a convattn ``.pt``, or a plain /
+            torchvision / timm state-dict file.
 
     Returns:
-        ``{"source", "checkpoint", "epochs", "loaded": [keys], "new": [keys]}``.
+        ``{"source", "checkpoint", "epochs", "model", "loaded", "new", "skipped", "unused"}``.
 
     Raises:
-        ConfigError: a run tensor the model lacks or holds with another shape.
-        CheckpointError: a missing or unreadable checkpoint.
+        ConfigError: none of the checkpoint's tensors fits the model; a file that is not a checkpoint.
+        CheckpointError: a missing, corrupt or unsafe convattn checkpoint.
     """
-    path = resolve_checkpoint(source)
-    ckpt = load_checkpoint(path, map_location="cpu")
-    state = dict(ckpt["model"])
+    from ..models.weights import load_state, match_state
+
+    state, where = checkpoint_state(source)
     adapt = getattr(model, "adapt_state_dict", None)
     if callable(adapt):
         state = adapt(state)
-    own = model.state_dict()
-    missing = [k for k in state if k not in own]
-    if missing:
+    mapped, report = match_state(model, state)
+    if not mapped:
         raise ConfigError(
-            f"init_from {str(source)!r}: the model lacks {len(missing)} of the run's tensors "
-            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); its parameters must be a superset "
-            f"of the run's (run model: {ckpt.get('config', {}).get('model')!r})"
+            f"init_from {str(source)!r}: none of the checkpoint's {len(state)} tensors fits the model "
+            f"({type(model).__name__}); expected tensors of the same names and shapes, got "
+            f"{', '.join(list(state)[:3])}{', ...' if len(state) > 3 else ''}"
+            + (f" (run model: {where['model']!r})" if where["model"] else "")
         )
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if state[k].shape != own[k].shape]
-    if wrong:
-        raise ConfigError(f"init_from {str(source)!r}: tensors of another shape (run vs model): {'; '.join(wrong[:3])}")
-    model.load_state_dict(state, strict=False)
-    return {
-        "source": str(source),
-        "checkpoint": str(path),
-        "epochs": int(ckpt.get("epoch", 0)),
-        "loaded": sorted(state),
-        "new": sorted(k for k in own if k not in state),
-    }
+    load_state(model, mapped)
+    return {**where, **report}
+
+
+def init_weights(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None:
+    """Initialise a new run's model from ``config.weights`` (:func:`convattn.models.load_weights`; a run
+    directory or convattn ``.pt`` through :func:`checkpoint_state`), then ``config.init_from``
+    (:func:`init_from_run`); ``None`` when neither is set.
+
+    Returns:
+        :func:`init_from_run`'s report (``"checkpoint"``: the file last loaded), with ``"weights"``:
+        :func:`~convattn.models.load_weights`' report when ``weights`` is set.
+    """
+    from ..models.weights import is_weights_file, load_weights
+
+    report: dict[str, Any] | None = None
+    if config.weights:
+        weights: Any = config.weights
+        where = {"source": config.weights, "checkpoint": config.weights, "epochs": 0, "model": None}
+        if is_weights_file(weights) and Path(weights).expanduser().exists():
+            state, where = checkpoint_state(Path(weights).expanduser())
+            weights = state
+        loaded = load_weights(model, config.model, weights, download=config.download)
+        loaded["weights"] = config.weights
+        report = {**where, "checkpoint": loaded["file"] or where["checkpoint"], "weights": loaded}
+    if config.init_from:
+        report = {**init_from_run(model, config.init_from), **({"weights": report["weights"]} if report else {})}
+    return report
 
 
 def write_init_report(report: dict[str, Any], run_dir: Path) -> None:
-    """Write :func:`init_from_run`'s report to ``run_dir/init_from.json`` and say in one line what was loaded."""
+    """Write :func:`init_weights`' report to ``run_dir/init_from.json`` and say in one line per source what
+    was loaded."""
     atomic_write_text(run_dir / "init_from.json", json.dumps(report, indent=2) + "\n")
-    print(
-        f"init_from {report['checkpoint']} ({report['epochs']} epochs): loaded {len(report['loaded'])} tensors, "
-        f"{len(report['new'])} new: {key_summary(report['new'])} (list in {run_dir / 'init_from.json'})",
-        file=sys.stderr, flush=True,
-    )
+    lines = []
+    if report.get("weights"):
+        w = report["weights"]
+        lines.append(f"weights {w['weights']}: loaded {len(w['loaded'])} tensors, {len(w['new'])} new: "
+                     f"{key_summary(w['new'])} (head {w['head']!r})")
+    if "loaded" in report:
+        skipped = f", skipped {len(report['skipped'])} of another shape: {key_summary(report['skipped'])}" if report["skipped"] else ""
+        lines.append(f"init_from {report['checkpoint']} ({report['epochs']} epochs): loaded {len(report['loaded'])} "
+                     f"tensors, {len(report['new'])} new: {key_summary(report['new'])}{skipped}")
+    for line in lines:
+        print(f"{line} (list in {run_dir / 'init_from.json'})", file=sys.stderr, flush=True)
 
 
 def key_summary(keys: list[str], limit: int = 4) -> str:

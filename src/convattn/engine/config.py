@@ -27,7 +27,9 @@ SCHEDULES = ("cosine", "step", "constant")
 AMP_MODES = ("off", "auto", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 STAGE_MODES = ("sequential", "alternate")
-_STAGE_KEYS = {"name", "epochs", "train", "lr", "alpha", "once"}
+_STAGE_KEYS = {"name", "epochs", "train", "freeze", "lr", "alpha", "once"}
+_PREPROCESSING_KEYS = {"crop", "resize", "mean", "std", "interpolation"}
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -61,10 +63,13 @@ class TrainConfig:
     model_kwargs: dict = _f({}, "extra options of the model, e.g. dropout=0.1")
     recipe: str | None = _f(None, "named recipe whose values fill the fields not given (convattn train: the model's default; none for bare defaults)")
     init_from: str | None = _f(None, "run directory or checkpoint whose weights initialise the matching parameters (a plain run into its attention variant)")
+    weights: str | None = _f(None, "pretrained weights: a torchvision weight name (DEFAULT, IMAGENET1K_V1) or timm tag of the model, a checkpoint file or a run directory; the classifier is new when the classes differ, attention starts as the identity")
+    freeze: list = _f([], "parameter groups kept frozen for the whole run, BatchNorm statistics included (backbone, attention, head, or the model's param_groups())", words=True)
+    preprocessing: dict = _f({}, "folder datasets' input pipeline: crop, resize, mean, std, interpolation (from --weights when unset; none: the dataset's own)")
     # data
     dataset: str = _f("cluttered-digits", "dataset name (convattn list datasets) or folder:PATH")
     data_dir: str | None = _f(None, "directory holding the dataset files")
-    download: bool = _f(False, "download the dataset if missing (torchvision datasets only)")
+    download: bool = _f(False, "download the dataset (torchvision datasets) and named pretrained weights if missing")
     train_size: int | None = _f(None, "use only this many training images")
     val_size: int | None = _f(None, "use only this many validation images")
     test_size: int | None = _f(None, "use only this many test images")
@@ -75,7 +80,7 @@ class TrainConfig:
     epochs: int = _f(10, "number of epochs (the maximum in alternate stage mode)")
     batch_size: int = _f(64, "images per step on each process")
     lr: float = _f(0.05, "peak learning rate")
-    lr_mult: dict = _f({}, "learning-rate multiplier per parameter group of models with param_groups(), e.g. localization=0.1")
+    lr_mult: dict = _f({}, "learning-rate multiplier per parameter group (backbone, attention, head, or the model's param_groups()), e.g. attention=10")
     optimizer: str = _f("sgd", "sgd or adamw")
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1")
     nesterov: bool = _f(True, "Nesterov momentum (SGD)")
@@ -88,7 +93,7 @@ class TrainConfig:
     label_smoothing: float = _f(0.0, "label smoothing of the cross-entropy loss")
     clip_grad: float | None = _f(None, "clip the gradient norm to this value")
     alpha: float = _f(0.0, "weight of model.regularization(outputs) in the loss (models that have one)")
-    stages: list | None = _f(None, "staged schedule: list of {name, epochs, train: [groups], lr, alpha, once}")
+    stages: list | None = _f(None, "staged schedule: list of {name, epochs, train: [groups], freeze: [groups], lr, alpha, once}")
     stage_mode: str = _f("sequential", "sequential: run stages once; alternate: cycle until val loss stops improving")
     patience: int = _f(2, "alternate mode: stop after this many stage cycles without a better val loss")
     # execution
@@ -203,7 +208,7 @@ class TrainConfig:
             if self.model_kwargs.get("attn_where", self.placement) != self.placement:
                 raise bad("placement", f"the same as model_kwargs attn_where={self.model_kwargs['attn_where']!r}")
             self.model_kwargs = {**self.model_kwargs, "attn_where": self.placement}
-        for name in ("recipe", "init_from"):
+        for name in ("recipe", "init_from", "weights"):
             value = getattr(self, name)
             if isinstance(value, str) and value.lower() in ("", "none", "null"):
                 setattr(self, name, None)
@@ -211,6 +216,7 @@ class TrainConfig:
                 raise bad(name, "a string or None")
             elif value is not None:
                 setattr(self, name, os.fspath(value))
+        self._validate_finetune()
         if isinstance(self.distort, str) and self.distort.lower() in ("", "none", "null"):
             self.distort = None
         if self.distort is not None and not isinstance(self.distort, str):
@@ -262,6 +268,26 @@ class TrainConfig:
         if self.stages is not None:
             self._validate_stages()
 
+    def _validate_finetune(self) -> None:
+        if self.freeze is None or isinstance(self.freeze, str):
+            self.freeze = [self.freeze] if self.freeze and self.freeze.lower() not in ("none", "null") else []
+        if not isinstance(self.freeze, list) or not all(isinstance(g, str) for g in self.freeze):
+            raise ConfigError(f"TrainConfig.freeze must be a list of parameter-group names, got {self.freeze!r}")
+        if self.preprocessing is None:
+            self.preprocessing = {}
+        pre = self.preprocessing
+        if not isinstance(pre, dict) or set(pre) - _PREPROCESSING_KEYS:
+            raise ConfigError(f"TrainConfig.preprocessing must be a mapping of {sorted(_PREPROCESSING_KEYS)}, got {pre!r}")
+        for key in ("crop", "resize"):
+            if key in pre and (isinstance(pre[key], bool) or not isinstance(pre[key], int) or pre[key] < 1):
+                raise ConfigError(f"TrainConfig.preprocessing.{key} must be an integer >= 1, got {pre[key]!r}")
+        for key in ("mean", "std"):
+            if key in pre and (not isinstance(pre[key], list) or not pre[key] or not all(_number(v) for v in pre[key])
+                               or (key == "std" and not all(v > 0 for v in pre[key]))):
+                raise ConfigError(f"TrainConfig.preprocessing.{key} must be a list of finite numbers{' > 0' if key == 'std' else ''}, got {pre[key]!r}")
+        if "interpolation" in pre and pre["interpolation"] not in INTERPOLATIONS:
+            raise ConfigError(f"TrainConfig.preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}; got {pre['interpolation']!r}")
+
     def _validate_stages(self) -> None:
         if not isinstance(self.stages, list) or not self.stages:
             raise ConfigError(f"TrainConfig.stages must be a non-empty list of mappings, got {self.stages!r}")
@@ -275,6 +301,10 @@ class TrainConfig:
             epochs = stage.get("epochs")
             if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
                 raise ConfigError(f"{where}.epochs must be an integer >= 1, got {epochs!r}")
+            if isinstance(stage.get("freeze"), str):
+                stage["freeze"] = [stage["freeze"]]
+            if not isinstance(stage.get("freeze", []), list) or not all(isinstance(g, str) for g in stage.get("freeze", [])):
+                raise ConfigError(f"{where}.freeze must be a list of parameter-group names, got {stage['freeze']!r}")
             train = stage.get("train")
             if train is not None and (
                 isinstance(train, str) or not isinstance(train, list) or not all(isinstance(t, str) for t in train)

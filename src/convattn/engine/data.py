@@ -1,5 +1,9 @@
 """Data loading for the engine: datasets from ``convattn.data``, restorable sample order.
 
+With ``weights`` set, grayscale sets are repeated into three channels for the pretrained
+network, and ``preprocessing`` (the weights' resize, crop, mean, std and interpolation) is
+the input pipeline of folder datasets.
+
 Each epoch's order is a permutation derived from ``(seed, epoch)`` only
 (:class:`ResumableSampler`, a ``DistributedSampler``), so a run resumed in the
 middle of an epoch rebuilds the same order and skips the batches it had consumed.
@@ -14,10 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..exceptions import ConfigError
 from .config import TrainConfig
 
 __all__ = [
     "ResumableSampler",
+    "ThreeChannels",
+    "folder_transform",
     "ShardSampler",
     "worker_init_fn",
     "seed_everything",
@@ -113,14 +120,59 @@ def data_info_dict(info: Any, config: TrainConfig) -> dict[str, Any]:
     }
 
 
+class ThreeChannels(Dataset):
+    """A grayscale dataset's images repeated into three channels (a 3-channel pretrained network's input)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x, y = self.dataset[index]
+        return x.expand(3, *x.shape[1:]), y
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def folder_transform(pre: dict[str, Any], size: tuple[int, int], mean: Any, std: Any, *, train: bool):
+    """A folder dataset's transform with ``pre``'s interpolation: random resized crop to ``size`` and flip
+    for training; resize the short side to ``pre["resize"]`` then centre-crop ``size`` for evaluation."""
+    from torchvision.transforms import v2
+
+    mode = v2.InterpolationMode(pre.get("interpolation", "bilinear"))
+    if train:
+        geom = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geom = [v2.Resize(int(pre["resize"]), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([v2.ToImage(), *geom, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+
 def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict[str, Dataset], dict[str, Any]]:
     """The datasets of ``config`` for each split, and their info as plain data."""
     from ..data import build_dataset, get_dataset_info
 
+    pre = dict(config.preprocessing) if config.dataset.startswith("folder:") else {}
+    image_size = config.image_size or pre.get("crop")
     info = data_info_dict(
-        get_dataset_info(config.dataset, data_dir=config.data_dir, image_size=config.image_size, distort=config.distort),
+        get_dataset_info(config.dataset, data_dir=config.data_dir, image_size=image_size, distort=config.distort),
         config,
     )
+    info["mean"], info["std"] = pre.get("mean", info["mean"]), pre.get("std", info["std"])
+    if len(info["mean"]) != info["in_chans"] or len(info["std"]) != info["in_chans"]:
+        raise ConfigError(f"preprocessing mean and std need {info['in_chans']} values (one per channel), got {info['mean']} and {info['std']}")
+    gray = bool(config.weights) and info["in_chans"] == 1
+    if gray:
+        info.update(in_chans=3, mean=info["mean"] * 3, std=info["std"] * 3)
+    if pre:  # as applied: the crop is the run's image size, the resize keeps the weights' ratio
+        side = min(info["image_size"])
+        ratio = pre["resize"] / pre["crop"] if "resize" in pre and "crop" in pre else 1 / 0.875
+        pre = {**pre, "crop": side, "resize": int(round(side * ratio))}
+        info["preprocessing"] = pre
     datasets = {}
     for split in splits:
         datasets[split] = build_dataset(
@@ -134,8 +186,14 @@ def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val
             seed=config.seed,
             distort=config.distort,
             augment=config.augment if split == "train" else False,
-            image_size=config.image_size,
+            image_size=image_size,
         )
+        if pre:  # the folder dataset's own pipeline, with the weights' interpolation, ratio, mean and std
+            train = split == "train" and config.augment is not False
+            datasets[split].transform = folder_transform(
+                pre, tuple(info["image_size"]), info["mean"], info["std"], train=train)
+        if gray:
+            datasets[split] = ThreeChannels(datasets[split])
     return datasets, info
 
 

@@ -2,10 +2,11 @@
 
 A recipe is a named set of ``TrainConfig`` values that works for a model (like
 timm's per-model configs). ``convattn train --model X`` with no optimiser flags
-uses X's ``default`` recipe; ``--recipe NAME`` picks another (``aacn``'s
-``staged``), ``--recipe none`` the bare ``TrainConfig`` defaults. Precedence:
-``TrainConfig`` defaults < recipe < ``--config FILE.yaml`` < explicit flags; the
-mapping fields (``model_kwargs``, ``attn_kwargs``, ``lr_mult``) are merged key by
+uses X's ``default`` recipe (``finetune``, which every model has, when ``weights`` is
+set); ``--recipe NAME`` picks another (``aacn``'s ``staged``), ``--recipe none`` the bare
+``TrainConfig`` defaults. Precedence: ``TrainConfig`` defaults < recipe < the weights'
+``preprocessing`` (folder datasets) < ``--config FILE.yaml`` < explicit flags; the mapping
+fields (``model_kwargs``, ``attn_kwargs``, ``lr_mult``, ``preprocessing``) are merged key by
 key in the same order. :func:`resolve_config` returns the config and where each
 value came from (``convattn train --print-config`` prints it).
 
@@ -24,10 +25,13 @@ from typing import Any, Callable
 from ..exceptions import ConfigError
 from .config import TrainConfig
 
-__all__ = ["RECIPES", "DEFAULT_RECIPES", "default_recipe", "list_recipes", "get_recipe", "resolve_config", "MAPPING_FIELDS", "AACN_FEATURE_SHARE", "aacn_feature_epochs"]
+__all__ = [
+    "RECIPES", "GENERIC_RECIPES", "DEFAULT_RECIPES", "default_recipe", "list_recipes", "get_recipe", "resolve_config",
+    "MAPPING_FIELDS", "AACN_FEATURE_SHARE", "aacn_feature_epochs", "finetune_stages",
+]
 
 #: Fields merged key by key (recipe < file < flags) instead of replaced.
-MAPPING_FIELDS = ("model_kwargs", "attn_kwargs", "lr_mult")
+MAPPING_FIELDS = ("model_kwargs", "attn_kwargs", "lr_mult", "preprocessing")
 
 # AdamW at 5e-3 with a short warm-up, cosine, batch 32: what trains the small CNNs of
 # this package on the cluttered-digits and digits sets in a few epochs on a CPU
@@ -97,7 +101,7 @@ def _resnet_imagenet(fields: dict[str, Any]) -> dict[str, Any]:
     """ResNet-18/34/50/101: SGD; the small-input stem (3×3 conv, no max-pool) for images under 64 px."""
     recipe = dict(_RESNET_SGD)
     size = _image_side(fields)
-    if size is not None and size < 64:
+    if size is not None and size < 64 and not fields.get("weights"):  # pretrained weights need the 7x7 stem
         recipe["model_kwargs"] = {"small_input": True}
     return recipe
 
@@ -113,6 +117,26 @@ def _image_side(fields: dict[str, Any]) -> int | None:
     except Exception:  # unknown / missing dataset: the run itself reports it
         return None
     return min(info.image_size)
+
+
+def finetune_stages(epochs: int, lr: float) -> list[dict[str, Any]]:
+    """The ``finetune`` recipe's stages for an ``epochs`` budget: ``new`` (head and attention, the
+    backbone frozen with its BatchNorm statistics) for a third of the epochs (at least 1), then ``all``
+    (everything) at a tenth of ``lr``."""
+    first = max(1, epochs // 3)
+    stages = [{"name": "new", "epochs": first, "freeze": ["backbone"], "lr": lr}]
+    if epochs > first:
+        stages.append({"name": "all", "epochs": epochs - first, "lr": lr / 10})
+    return stages
+
+
+def _finetune(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fine-tuning pretrained weights: SGD 0.01 with momentum, batch 32, no warm-up, cosine per stage;
+    the new layers first, then the whole network at a tenth of the rate (:func:`finetune_stages`)."""
+    epochs = int(fields.get("epochs", TrainConfig.__dataclass_fields__["epochs"].default))
+    lr = float(fields.get("lr", 0.01))
+    return {"optimizer": "sgd", "lr": lr, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-4,
+            "warmup_epochs": 0.0, "schedule": "cosine", "batch_size": 32, "stages": finetune_stages(epochs, lr)}
 
 
 def _fixed(values: dict[str, Any]) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -139,20 +163,29 @@ RECIPES: dict[str, dict[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
 }
 
 
+#: Recipes every model has (a model's own recipe of the same name wins).
+GENERIC_RECIPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"finetune": _finetune}
+
 #: Models whose default recipe has another name than ``default``.
 DEFAULT_RECIPES = {"aacn": "staged"}
 
 
-def default_recipe(model: str) -> str:
-    """The recipe ``model`` trains with when none is named."""
+def default_recipe(model: str, fields: dict[str, Any] | None = None) -> str:
+    """The recipe ``model`` trains with when none is named: ``finetune`` when ``fields`` set ``weights``."""
+    if (fields or {}).get("weights"):
+        return "finetune"
     return DEFAULT_RECIPES.get(model, "default")
 
 
+def _recipes_of(model: str) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+    return {**GENERIC_RECIPES, **RECIPES.get(model, {})}
+
+
 def list_recipes(model: str | None = None) -> dict[str, list[str]]:
-    """Recipe names per model (of ``model`` only, when given)."""
+    """Recipe names per model (of ``model`` only, when given; ``*``: the recipes every model has)."""
     if model is not None:
-        return {model: sorted(RECIPES.get(model, {}))}
-    return {m: sorted(r) for m, r in sorted(RECIPES.items())}
+        return {model: sorted(_recipes_of(model))}
+    return {"*": sorted(GENERIC_RECIPES), **{m: sorted(r) for m, r in sorted(RECIPES.items())}}
 
 
 def get_recipe(model: str, name: str | None = None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -166,8 +199,8 @@ def get_recipe(model: str, name: str | None = None, fields: dict[str, Any] | Non
         >>> [s["name"] for s in get_recipe("aacn", "staged", {"epochs": 6})["stages"]]
         ['features', 'attention', 'decision']
     """
-    recipes = RECIPES.get(model, {})
-    name = default_recipe(model) if name is None else name
+    recipes = _recipes_of(model)
+    name = default_recipe(model, fields) if name is None else name
     if name not in recipes:
         if name == "default":
             return {}
@@ -194,15 +227,15 @@ def resolve_config(
 
     Returns:
         ``(config, sources)`` where ``sources[field]`` is ``"default"``, ``"recipe
-        MODEL/NAME"``, ``"config file NAME"``, ``"flag"`` or a ``" + "``-joined mix for
-        merged mappings.
+        MODEL/NAME"``, ``"weights NAME"`` (the weights' preprocessing), ``"config file NAME"``,
+        ``"flag"`` or a ``" + "``-joined mix for merged mappings.
     """
     flags = dict(flags or {})
     file_fields = dict(file_fields or {})
     layers = [(f"config file {file_name or ''}".strip(), file_fields), ("flag", flags)]
     given = {**file_fields, **flags}
     model = given.get("model", TrainConfig.__dataclass_fields__["model"].default)
-    name = given["recipe"] if "recipe" in given else default_recipe(model)
+    name = given["recipe"] if "recipe" in given else default_recipe(model, given)
     if isinstance(name, str) and name.lower() in ("", "none", "null"):
         name = None
     recipe_source = f"recipe {model}/{name}"
@@ -210,6 +243,11 @@ def resolve_config(
     if name == "default" and not recipe:
         name = None
     layers.insert(0, (recipe_source, recipe))
+    weights = given.get("weights", recipe.get("weights"))
+    if weights and str(given.get("dataset", "")).startswith("folder:"):
+        from ..models.weights import weights_preprocessing
+
+        layers.insert(1, (f"weights {weights}", {"preprocessing": weights_preprocessing(model, str(weights))}))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

@@ -1,4 +1,5 @@
-"""Staged schedules: which stage runs at each epoch (``StagePlan``) and what a stage trains or freezes."""
+"""Staged schedules: which stage runs at each epoch (``StagePlan``), the parameter groups of a model
+(``model_groups``) and what a stage trains or freezes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..exceptions import ConfigError
 from .config import TrainConfig
 
-__all__ = ["StagePlan", "plan_for", "check_groups", "stage_groups", "apply_stage", "stage_runs"]
+__all__ = ["StagePlan", "plan_for", "model_groups", "check_groups", "stage_groups", "apply_stage", "stage_runs"]
 
 
 class StagePlan:
@@ -73,47 +74,65 @@ class StagePlan:
 
 
 def plan_for(config: TrainConfig) -> StagePlan:
-    """The plan of ``config``: its ``stages``, or one stage of ``epochs`` that trains everything."""
+    """The plan of ``config``: its ``stages``, or one stage of ``epochs`` that trains everything; the groups
+    of ``config.freeze`` are frozen in every stage."""
     if not config.stages:
-        return StagePlan([{"name": "train", "epochs": config.epochs, "train": None, "lr": config.lr, "alpha": config.alpha}])
-    return StagePlan([dict(s) for s in config.stages], mode=config.stage_mode, patience=config.patience,
-                     max_epochs=config.epochs)
+        return StagePlan([{"name": "train", "epochs": config.epochs, "train": None, "freeze": list(config.freeze),
+                           "lr": config.lr, "alpha": config.alpha}])
+    stages = [{**s, "freeze": sorted({*s.get("freeze", []), *config.freeze})} for s in config.stages]
+    return StagePlan(stages, mode=config.stage_mode, patience=config.patience, max_epochs=config.epochs)
+
+
+def model_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameter groups of ``model``: its own ``param_groups()``, else ``backbone`` / ``attention`` /
+    ``head`` (:func:`convattn.models.finetune_groups`)."""
+    fn = getattr(model, "param_groups", None)
+    if callable(fn):
+        return dict(fn())
+    from ..models import finetune_groups
+
+    return finetune_groups(model)
 
 
 def check_groups(config: TrainConfig, plan: StagePlan, groups: dict[str, list[nn.Parameter]]) -> None:
     """Raise ConfigError when a stage of ``plan`` trains, or ``config.lr_mult`` names, a parameter group
     that the model (its ``groups``) lacks."""
     model = config.model
+    has = f"{sorted(groups)}" if groups else "no parameter groups"
+    unknown = sorted(set(config.freeze) - set(groups))
+    if unknown:
+        raise ConfigError(f"freeze names parameter group(s) {unknown}, but model {model!r} has {has}")
     for stage in plan.stages:
-        train = stage.get("train")
-        if train is None:
-            continue
-        if not groups:
-            raise ConfigError(f"stage {stage['name']!r} trains groups {train}, but model {model!r} has no param_groups()")
-        unknown = [g for g in train if g not in groups]
-        if unknown:
-            raise ConfigError(f"stage {stage['name']!r}: unknown parameter group(s) {unknown}; model {model!r} has {sorted(groups)}")
+        for key in ("train", "freeze"):
+            unknown = [g for g in stage.get(key) or [] if g not in groups]
+            if unknown:
+                raise ConfigError(f"stage {stage['name']!r} {key}: unknown parameter group(s) {unknown}; model {model!r} has {has}")
+        trained, _ = stage_groups(stage, groups)
+        if not trained:
+            raise ConfigError(f"stage {stage['name']!r} trains nothing: every parameter group of model {model!r} ({has}) is frozen")
     unknown = sorted(set(config.lr_mult) - set(groups))
     if unknown:
-        raise ConfigError(
-            f"lr_mult names parameter group(s) {unknown}, but model {model!r} has "
-            + (f"{sorted(groups)}" if groups else "no param_groups()")
-        )
+        raise ConfigError(f"lr_mult names parameter group(s) {unknown}, but model {model!r} has {has}")
 
 
 def stage_groups(stage: dict, groups: dict[str, list[nn.Parameter]]) -> tuple[list[str], list[str]]:
-    """Parameter groups ``stage`` trains and freezes (``["all"]``, ``[]`` without groups)."""
-    train = stage.get("train")
-    if train is None:
-        return (["all"] if not groups else sorted(groups)), []
-    return list(train), sorted(g for g in groups if g not in train)
+    """Parameter groups ``stage`` trains (its ``train``, all without it, less its ``freeze``) and freezes
+    (``["all"]``, ``[]`` without groups)."""
+    train, freeze = stage.get("train"), set(stage.get("freeze") or [])
+    if train is None and not groups:
+        return ["all"], []
+    trained = [g for g in (sorted(groups) if train is None else train) if g not in freeze]
+    return trained, sorted(g for g in groups if g not in trained)
 
 
 def apply_stage(model: nn.Module, stage: dict, groups: dict[str, list[nn.Parameter]]) -> list[nn.Module]:
-    """Let only ``stage``'s groups (all without ``train``) require gradients; return the BatchNorms whose
-    parameters are all frozen, which the loop keeps in eval mode so their statistics stay frozen too."""
-    train = stage.get("train")
-    keep = None if train is None else {id(p) for g in train for p in groups[g]}
+    """Let only ``stage``'s groups (all without ``train``, less its ``freeze``) require gradients; return the
+    BatchNorms whose parameters are all frozen, which the loop keeps in eval mode so their statistics stay
+    frozen too."""
+    if stage.get("train") is None and not stage.get("freeze"):
+        keep = None
+    else:
+        keep = {id(p) for g in stage_groups(stage, groups)[0] for p in groups[g]}
     for p in model.parameters():
         p.requires_grad_(keep is None or id(p) in keep)
     return [

@@ -32,7 +32,7 @@ from torch import nn
 from ..exceptions import CheckpointError, ConfigError, ConvattnError, RunDirectoryError, RunDivergedError
 from .._io import os_reason
 from . import distributed as D
-from .build import build_model, init_from_run, write_init_report
+from .build import build_model, init_weights, write_init_report
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
@@ -44,7 +44,7 @@ from .optim import WarmupSchedule, build_optimizer, mixed_precision
 from .rundir import (
     check_resume_config, check_resume_out, claim_run_dir, config_file_edits, finished_results, new_run_dir, resume_file,
 )
-from .stages import apply_stage, check_groups, plan_for, stage_groups, stage_runs
+from .stages import apply_stage, check_groups, model_groups, plan_for, stage_groups, stage_runs
 
 __all__ = ["train"]
 
@@ -68,11 +68,8 @@ class _Trainer:
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.num_params = sum(p.numel() for p in self.model.parameters())
-        fn = getattr(self.model, "param_groups", None)
-        self.groups: dict[str, list[nn.Parameter]] = dict(fn()) if callable(fn) else {}
-        self.init_report = None
-        if config.init_from and self.ckpt is None:
-            self.init_report = init_from_run(self.model, config.init_from)
+        self.groups: dict[str, list[nn.Parameter]] = model_groups(self.model)
+        self.init_report = init_weights(self.model, config) if self.ckpt is None else None  # weights, init_from
         # data/dropout randomness differs per rank; model init above does not
         seed_everything(config.seed + ctx.rank)
 

@@ -3,7 +3,7 @@
 ``create_model(name, num_classes=..., attention=...)`` builds a registered network;
 ``insert_attn(model, name, where=...)`` puts a layer into any existing CNN.
 Importing this package registers every model: each module but the machinery below
-(``registry``, ``probe``, ``positions``, ``insert``, and the underscore modules) is
+(``registry``, ``probe``, ``positions``, ``insert``, ``weights``, and the underscore modules) is
 one network family whose ``@register_model`` runs on import.
 """
 
@@ -16,8 +16,9 @@ from ._wrappers import AttentionChain, IdentityBlend, WithAttention
 from .insert import insert_attn
 from .positions import AttnPosition, AttnPositions, attn_positions
 from .registry import ModelInfo, create_model, get_model_info, list_models, register_model
+from .weights import finetune_groups, load_weights
 
-_MACHINERY = ("registry", "probe", "positions", "insert")
+_MACHINERY = ("registry", "probe", "positions", "insert", "weights")
 
 for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if not _mod.startswith("_") and _mod not in _MACHINERY:
@@ -32,8 +33,10 @@ __all__ = [
     "WithAttention",
     "attn_positions",
     "create_model",
+    "finetune_groups",
     "get_model_info",
     "insert_attn",
     "list_models",
+    "load_weights",
     "register_model",
 ]

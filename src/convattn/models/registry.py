@@ -35,6 +35,8 @@ class ModelInfo:
             otherwise the network puts its attention where its design says.
         takes_image_size: the model takes ``image_size`` (its width depends on the input size).
         options: the model's own keyword options and their defaults.
+        pretrained: ``("torchvision", arch)`` or ``("timm", arch)``: whose named weights
+            (``create_model(..., weights="DEFAULT")``) the network takes; ``None``: files only.
     """
 
     name: str
@@ -42,6 +44,7 @@ class ModelInfo:
     places_attention: bool
     takes_image_size: bool
     options: dict[str, Any] = field(default_factory=dict)
+    pretrained: tuple[str, str] | None = None
 
 
 MODELS: Registry[ModelInfo] = Registry(
@@ -51,13 +54,18 @@ MODELS: Registry[ModelInfo] = Registry(
 
 
 def register_model(
-    name: str, *, places_attention: bool | None = None, takes_image_size: bool | None = None
+    name: str,
+    *,
+    places_attention: bool | None = None,
+    takes_image_size: bool | None = None,
+    pretrained: tuple[str, str] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator adding a model factory under ``name``; a name registered twice raises ``ValueError``.
 
     The factory is called as ``fn(*, num_classes, in_chans, attention, attn_kwargs, **options)``.
     ``places_attention`` and ``takes_image_size`` (see :class:`ModelInfo`) default to whether
-    the factory's signature has ``attn_where`` / ``image_size``.
+    the factory's signature has ``attn_where`` / ``image_size``; ``pretrained`` names the torchvision /
+    timm architecture whose named weights the network loads.
 
     Example:
         >>> from torch import nn
@@ -81,6 +89,7 @@ def register_model(
                 k: p.default for k, p in params.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _COMMON
             },
+            pretrained=pretrained,
         )
         MODELS.register(name, info)
         return fn
@@ -119,9 +128,11 @@ def create_model(
     in_chans: int = 3,
     attention: str | None = None,
     attn_kwargs: dict[str, Any] | None = None,
+    weights: Any = None,
+    download: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model.
+    """Build a registered model, optionally from pretrained weights.
 
     Args:
         name: model name (``convattn.list_models()``, ``convattn list models``).
@@ -130,11 +141,17 @@ def create_model(
         attention: attention layer name to put into the network (each model documents
             where), or ``None`` / ``"none"`` for the plain network.
         attn_kwargs: options of the attention layer (``{"rd_ratio": 1/8}``).
+        weights: pretrained weights (``convattn.models.weights.load_weights``): a torchvision weight
+            name (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or timm tag of the network, a checkpoint file or a
+            state dict. The classifier is new when ``num_classes`` differs; attention placed by
+            ``insert_attn`` starts as the identity (``identity_init=True`` unless given), so the network
+            computes what the pretrained one did. What was loaded is logged.
+        download: fetch named weights missing from the torch hub / Hugging Face cache.
         **kwargs: options of the model (``get_model_info(name).options``).
 
     Raises:
         ConfigError: unknown model (a ``ValueError``; the message lists close
-            matches) or invalid value.
+            matches) or invalid value; unknown, missing or unfitting weights.
         UnknownOptionError: an option the model or its layer does not take (a ``TypeError``).
 
     Example:
@@ -143,7 +160,7 @@ def create_model(
         >>> net(torch.randn(2, 1, 28, 28)).shape
         torch.Size([2, 10])
     """
-    MODELS.get(name)  # an unknown name is the first thing to report
+    info = MODELS.get(name)  # an unknown name is the first thing to report
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"create_model({name!r}) expects num_classes to be a positive int, got {num_classes!r}")
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
@@ -154,7 +171,14 @@ def create_model(
         raise ConfigError(f"create_model({name!r}) expects attention to be a layer name or None, got {attention!r}")
     if attn_kwargs is not None and not isinstance(attn_kwargs, dict):
         raise ConfigError(f"create_model({name!r}) expects attn_kwargs to be a dict, got {attn_kwargs!r}")
-    return MODELS.create(
+    if weights is not None and info.places_attention:
+        kwargs.setdefault("identity_init", True)
+    model = MODELS.create(
         name, num_classes=num_classes, in_chans=in_chans, attention=attention,
         attn_kwargs=dict(attn_kwargs or {}), **kwargs,
     )
+    if weights is not None:
+        from .weights import load_weights
+
+        load_weights(model, name, weights, download=download)
+    return model

@@ -97,7 +97,7 @@ def _make_tv(arch: str):
 
 
 for _arch in ("resnet18", "resnet34", "resnet50", "resnet101"):
-    register_model(_arch)(_make_tv(_arch))
+    register_model(_arch, pretrained=("torchvision", _arch))(_make_tv(_arch))
 
 
 class PadShortcut(nn.Module):

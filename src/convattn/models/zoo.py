@@ -80,6 +80,6 @@ def _timm(arch: str) -> Callable[[int, int], nn.Module]:
 
 
 for _arch in TORCHVISION_MODELS:
-    register_model(_arch)(_factory(_torchvision(_arch), f"torchvision {_arch} (weights=None) with insert_attn options."))
+    register_model(_arch, pretrained=("torchvision", _arch))(_factory(_torchvision(_arch), f"torchvision {_arch} (weights=None) with insert_attn options."))
 for _arch in TIMM_MODELS:
-    register_model(f"timm_{_arch}")(_factory(_timm(_arch), f"timm {_arch} (pretrained=False) with insert_attn options."))
+    register_model(f"timm_{_arch}", pretrained=("timm", _arch))(_factory(_timm(_arch), f"timm {_arch} (pretrained=False) with insert_attn options."))
