@@ -52,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=examples_epilog(*EXAMPLES), conflict_handler="resolve",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p)
+    for action in p._actions:  # the shared dialect's names for these values (_options)
+        action.metavar = {"batch_size": "N", "image_size": "PX"}.get(action.dest, action.metavar)
     p.add_argument("--attention", dest="attentions", metavar="A,B,...",
                    help="one variant per attention layer, comma-separated (none: the plain model)")
     p.add_argument("--variant", dest="named", action="append", default=[], metavar='NAME:"FLAGS"',
