@@ -34,6 +34,7 @@ from .registry import AttnInfo, create_attn, get_attn_info, list_attn, register_
 
 if TYPE_CHECKING:
     from .engine import TrainConfig, evaluate, load_checkpoint, load_run, train
+    from .engine.export import export
     from .models import attn_positions, create_model, get_model_info, insert_attn, list_models, register_model
 
 __version__ = "0.1.0"
@@ -45,6 +46,7 @@ _LAZY_MODULES = ("bench", "data", "engine", "eval", "experiments", "maps", "mode
 _LAZY_NAMES = {
     "TrainConfig": "engine",
     "evaluate": "engine",
+    "export": "engine.export",
     "load_checkpoint": "engine",
     "load_run": "engine",
     "train": "engine",
@@ -86,6 +88,7 @@ __all__ = [
     "create_attn",
     "create_model",
     "evaluate",
+    "export",
     "get_attn_info",
     "get_model_info",
     "insert_attn",

@@ -7,7 +7,8 @@ one thing has one name everywhere. Errors in user input (convattn's own exceptio
 ``UnknownOptionError`` included, ``ValueError``), every OS error (naming the path: not found,
 not a directory, read-only, permission denied, disk full) and running out of memory print
 one line and exit with status 2 (or the error's own ``exit_status``: 3 for a diverged run);
-``CONVATTN_DEBUG=1`` shows the traceback instead.
+``CONVATTN_DEBUG=1`` shows the traceback instead. ``convattn --import MODULE COMMAND`` (and
+``CONVATTN_IMPORT``) imports a module of your own first (``convattn.engine.plugins``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sys
 
 from ..exceptions import ConvattnError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "import_user_modules"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attention for convolutional networks: layers, models, training, cost and attention maps.",
     )
     parser.add_argument("--version", action="version", version=f"convattn {__version__}")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE before the command, so the models and layers it registers "
+                             "(@convattn.register_model / register_attn) work everywhere; repeatable; also "
+                             "CONVATTN_IMPORT=MODULE[,MODULE]; a run records the modules it needs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     modules = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
@@ -75,6 +80,18 @@ def memory_error_line(exc: BaseException) -> str | None:
     return None
 
 
+def import_user_modules(names: list[str]) -> None:
+    """Import the ``--import`` and ``CONVATTN_IMPORT`` modules (the current directory is searched last, also
+    for the modules a run records)."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    if names or os.environ.get("CONVATTN_IMPORT"):
+        from ..engine.plugins import IMPORT_ENV, env_modules, import_modules
+
+        import_modules(env_modules(), source=IMPORT_ENV)
+        import_modules(names, source="--import")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors, OS errors and running out of memory print one line.
 
@@ -85,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        import_user_modules(args.imports)
         result = args.func(args)
     except KeyboardInterrupt:
         print(f"convattn {args.command}: interrupted", file=sys.stderr)

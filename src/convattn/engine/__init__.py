@@ -2,7 +2,8 @@
 
 One run: its config (``config``), model (``build``), run directory and resume rules (``rundir``),
 stages (``stages``), metrics log and results (``metrics``), evaluation (``evaluate``), divergence checks
-(``guard``) and loop (``trainer``).
+(``guard``) and loop (``trainer``); after it, evaluation and prediction (``inference``), export
+(``export``: ``convattn.export``), and the modules of your own models a run records (``plugins``).
 
 Example:
     >>> from convattn.engine import TrainConfig

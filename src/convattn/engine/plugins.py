@@ -27,7 +27,7 @@ ENTRY_POINT_GROUP = "convattn.models"
 IMPORT_ENV = "CONVATTN_IMPORT"
 
 _HOW = "install its package, or put the folder that holds it on PYTHONPATH (or run from that folder)"
-_entry_points_loaded = False
+_loaded: set[str] = set()  # the entry points loaded
 
 
 def import_modules(names: Iterable[str], *, source: str) -> list[str]:
@@ -52,17 +52,17 @@ def env_modules() -> list[str]:
 
 
 def load_entry_points() -> list[str]:
-    """Load every ``convattn.models`` entry point once (each imports its module); their names."""
-    global _entry_points_loaded
+    """Load each ``convattn.models`` entry point not loaded yet (each imports its module); their names."""
     found = list(entry_points(group=ENTRY_POINT_GROUP))
-    if not _entry_points_loaded:
-        for ep in found:
-            try:
-                ep.load()
-            except ImportError as exc:
-                raise ConfigError(f"entry point {ep.name} = {ep.value!r} (group {ENTRY_POINT_GROUP!r}) cannot be "
-                                  f"loaded ({exc}); reinstall the package that declares it") from None
-        _entry_points_loaded = True
+    for ep in found:
+        if ep.value in _loaded:
+            continue
+        try:
+            ep.load()
+        except ImportError as exc:
+            raise ConfigError(f"entry point {ep.name} = {ep.value!r} (group {ENTRY_POINT_GROUP!r}) cannot be "
+                              f"loaded ({exc}); reinstall the package that declares it") from None
+        _loaded.add(ep.value)
     return [ep.name for ep in found]
 
 
