@@ -115,6 +115,14 @@ def test_report_grouping_falls_back_to_config_yaml_and_names_what_differs(tmp_pa
     assert [r["variant"] for r in table["rows"]] == ["simple_cnn none", "gated_cnn se"]
     assert table["rows"][1]["diff"]["mean"] == pytest.approx(0.25)
     assert table["rows"][0]["test_acc"]["mean"] == pytest.approx(0.55)
+    # runs that differ in another result setting are other variants, named by it
+    dirs += [_fake_run(tmp_path / f"id{s}", model="gated_cnn", attention="se", seed=s, test_acc=0.8,
+                       model_kwargs={"identity_init": True}) for s in (0, 1)]
+    table = comparison_table(records_from_runs(dirs, flops=False), baseline="gated_cnn se model_kwargs={}")
+    assert [r["variant"] for r in table["rows"]] == [
+        "simple_cnn none model_kwargs={}", "gated_cnn se model_kwargs={}",
+        'gated_cnn se model_kwargs={"identity_init": true}']
+    assert [r["finished"] for r in table["rows"]] == [2, 2, 2] and table["rows"][2]["diff"]["mean"] == pytest.approx(0.0)
 
 
 def test_paired_interval_against_a_hand_computation(monkeypatch):

@@ -21,6 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="dataset root")
     p.add_argument("--cam", action=argparse.BooleanOptionalAction, default=True, help="Grad-CAM column (default: on)")
     p.add_argument("--title", default="convattn report", help="page title")
+    p.add_argument("--baseline", help="variant the printed table of several runs compares with (default: the first run's)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if len(args.runs) > 1:
         from ..experiments import comparison_table, records_from_runs, table_markdown
 
-        print(table_markdown(comparison_table(records_from_runs(args.runs))))
+        print(table_markdown(comparison_table(records_from_runs(args.runs), baseline=args.baseline)))
     print(f"wrote {path}")
     return 0

@@ -214,34 +214,43 @@ def run_flops(run_dir: str | os.PathLike) -> int | None:
     return count_flops(model, torch.zeros(1, int(info["in_chans"]), int(hw[0]), int(hw[1])))
 
 
-def _describe(run_dir: Path) -> dict[str, Any]:
-    """results.json, with what the run is taken from config.yaml where results.json lacks it."""
+def _describe(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """results.json, with what the run is taken from config.yaml where results.json lacks it, and the run's other
+    result settings (config.yaml's fields but the seed, :data:`GROUP_FIELDS` and ``RESULT_FREE_FIELDS``)."""
     import yaml
+
+    from ..engine import TrainConfig
 
     res: dict[str, Any] = {}
     if (run_dir / "results.json").is_file():
         res = json.loads((run_dir / "results.json").read_text())
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = cfg if isinstance(cfg, dict) else {}
     if not res and not cfg:
         raise ConfigError(f"{run_dir} holds no results.json or config.yaml; expected a run directory")
     for key in (*GROUP_FIELDS, "seed"):
-        if res.get(key) is None and isinstance(cfg, dict):
+        if res.get(key) is None:
             res[key] = cfg.get(key)
     res.setdefault("status", "unknown" if "test_acc" not in res else "finished")
     res["run_dir"] = str(run_dir)
-    return res
+    skip = {*GROUP_FIELDS, "seed", *TrainConfig.RESULT_FREE_FIELDS}
+    return res, {k: v for k, v in cfg.items() if k not in skip}
 
 
 def records_from_runs(run_dirs: Sequence[str | os.PathLike], *, flops: bool = True) -> list[dict[str, Any]]:
-    """Records of run directories (or checkpoints in them), one variant per (model, attention, placement, weights, dataset), named by
-    the fields that differ between them (by attention when none does); ``flops`` measures each variant once."""
+    """Records of run directories (or checkpoints in them), one variant per (model, attention, placement, weights,
+    dataset) and other result settings (``lr``, ``model_kwargs`` ...), named by the fields that differ between
+    variants (by attention when none does); ``flops`` measures each variant once."""
     described = [_describe(Path(d).parent if Path(d).is_file() else Path(d)) for d in run_dirs]
-    keys = [tuple(d.get(k) if k != "attention" else d.get(k) or "none" for k in GROUP_FIELDS) for d in described]
-    varying = [i for i, _ in enumerate(GROUP_FIELDS) if len({k[i] for k in keys}) > 1] or [1]
-    names = [" ".join(str(k[i]) for i in varying if k[i] is not None) for k in keys]
+    fields = [{**{k: d.get(k) if k != "attention" else d.get(k) or "none" for k in GROUP_FIELDS}, **other}
+              for d, other in described]
+    names_of = [*GROUP_FIELDS, *sorted({k for f in fields for k in f} - set(GROUP_FIELDS))]
+    varying = [k for k in names_of if len({json.dumps(f.get(k), sort_keys=True) for f in fields}) > 1] or ["attention"]
+    names = [" ".join(str(f.get(k)) if k in GROUP_FIELDS else f"{k}={json.dumps(f.get(k))}" for k in varying
+                      if f.get(k) is not None) for f in fields]
     measured: dict[str, int | None] = {}
     records = []
-    for d, name in zip(described, names):
+    for (d, _), name in zip(described, names):
         if flops and name not in measured and d["status"] == "finished":
             measured[name] = run_flops(d["run_dir"])
         records.append(run_record(d, variant=name, flops=measured.get(name)))
