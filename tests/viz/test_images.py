@@ -107,7 +107,7 @@ def test_cli_viz_class_folder_names_labels_layers_and_colour_bars(cbam_run, clas
     assert sorted(p.name for p in out.iterdir()) == expected
     assert not list(out.glob("attention_*.png"))
     title = figures["b_attention.png"]._suptitle.get_text()
-    assert title.startswith("b.png · true 3 · predicted ")
+    assert title.startswith("3/b.png · true 3 · predicted ")  # the class folder, the true label, the prediction
     assert "true 7" in figures["7_a_cam.png"]._suptitle.get_text()
     every = figures["3_a_attention.png"]
     assert len(_panels(every)) == 7  # input + 3 CBAM blocks x (channel, spatial)

@@ -96,7 +96,8 @@ def _resolve_images(images, dataset, count, data_dir, info, config) -> tuple[Cal
             return load_images(files[window], in_chans=int(info["in_chans"]), image_size=info.get("image_size"),
                                mean=info.get("mean"), std=info.get("std"))
 
-        return read, [i.label for i in inputs], output_stems(files), [f.name for f in files]
+        names = [f"{i.path.parent.name}/{i.path.name}" if i.label is not None else i.path.name for i in inputs]
+        return read, [i.label for i in inputs], output_stems(files), names
     name = dataset or getattr(config, "dataset", None) or info.get("name")
     if not name:
         raise ConfigError("viz: give --images or --dataset (the model carries no dataset name)")
