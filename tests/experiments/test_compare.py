@@ -237,3 +237,14 @@ def test_a_folder_holding_only_a_failed_runs_marker_takes_a_new_run(tmp_path, fa
     (run / "run.json").write_text('{"format": "convattn.run/1"}\n')
     (run / "run.lock").write_text("pid 1\n")
     assert runs.train_or_reuse(TrainConfig(epochs=1, out=str(run)))[1] == "trained"
+
+
+def test_an_interrupted_run_is_resumed_and_a_finished_one_reused(tmp_path, fake_train):
+    compare(["none"], seeds=1, out=tmp_path, jobs=1, model="simple_cnn", epochs=1)
+    run = tmp_path / "se" / "seed0"
+    run.mkdir(parents=True)
+    fake_train[0].replace(attention="se", out=str(run)).to_yaml(run / "config.yaml")
+    (run / "last.pt").write_bytes(b"")
+    (run / "results.json").write_text(json.dumps({"status": "interrupted", "run_dir": str(run)}))
+    table = compare(["none", "se"], seeds=1, out=tmp_path, jobs=1, model="simple_cnn", epochs=1)
+    assert [r["runs"][0]["how"] for r in table["rows"]] == ["reused", "resumed"] and len(fake_train) == 2
