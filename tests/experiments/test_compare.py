@@ -248,3 +248,18 @@ def test_an_interrupted_run_is_resumed_and_a_finished_one_reused(tmp_path, fake_
     (run / "results.json").write_text(json.dumps({"status": "interrupted", "run_dir": str(run)}))
     table = compare(["none", "se"], seeds=1, out=tmp_path, jobs=1, model="simple_cnn", epochs=1)
     assert [r["runs"][0]["how"] for r in table["rows"]] == ["reused", "resumed"] and len(fake_train) == 2
+
+
+def test_localisation_columns_appear_when_runs_have_scores():
+    def loc(p):
+        return {"maps": {"Grad-CAM": {"kind": "grad-cam", "pointing": 0.1, "energy": 0.1},
+                         "1:spatial": {"kind": "spatial", "pointing": p, "energy": p / 2}}}
+
+    records = [{"variant": v, "seed": s, "status": "finished", "test_acc": 0.5, "localization": loc(p)}
+               for v, s, p in (("plain", 0, 0.2), ("plain", 1, 0.4), ("cbam", 0, 0.6), ("cbam", 1, 0.8))]
+    table = comparison_table(records)
+    assert table["rows"][1]["localization"] == {"map": "1:spatial", "pointing": pytest.approx(0.7),
+                                                "energy": pytest.approx(0.35)}
+    md = table_markdown(table)
+    assert "pointing %" in md and "| 70.00 " in md and "| 35.00 " in md
+    assert "pointing %" not in table_markdown(comparison_table([{**r, "localization": None} for r in records]))
