@@ -51,7 +51,7 @@ def test_stage_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown parameter group"):
         train(_cfg(tmp_path, stages=[{"name": "x", "epochs": 1, "train": ["neck"]}]))
     with pytest.raises(ConfigError, match="unknown key"):
-        _cfg(tmp_path, stages=[{"epochs": 1, "freeze": ["backbone"]}])
+        _cfg(tmp_path, stages=[{"epochs": 1, "frozen": ["backbone"]}])
 
 
 def test_alternate_stops_when_val_loss_stops_improving():
