@@ -27,11 +27,11 @@ PARSER = cli.build_parser()
 COMMANDS = dict(_leaves(PARSER))
 # where each shared option must exist (more may have it; none may spell it differently)
 EXPECTED = {
-    "--device": {"train", "eval", "predict", "demo", "viz", "bench layers", "bench models"},
-    "--batch-size": {"train", "eval", "bench layers", "bench models"},
-    "--out": {"train", "eval", "demo", "viz", "report"},
+    "--device": {"train", "eval", "predict", "demo", "viz", "bench layers", "bench models", "compare"},
+    "--batch-size": {"train", "eval", "bench layers", "bench models", "compare"},
+    "--out": {"train", "eval", "demo", "viz", "report", "compare"},
     "--num-images": {"eval", "viz", "report"},
-    "--image-size": {"train", "bench layers", "bench models"},
+    "--image-size": {"train", "bench layers", "bench models", "compare"},
     "--progress": {"train", "bench layers", "bench models"},
 }
 OLD_SPELLINGS = {"--batch", "--size", "--count"}
@@ -51,7 +51,7 @@ def _default(command, action):
 
 def test_every_command_is_covered():
     assert {"list", "train", "eval", "predict", "demo", "bench layers", "bench models", "viz", "report",
-            "kernels"} <= set(COMMANDS)
+            "kernels", "compare"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("flag", sorted(EXPECTED))

@@ -131,3 +131,21 @@ def test_localization_leaves_an_unfinished_run_s_results_alone(cbam_run, tmp_pat
     out = localize_run(run, size=8, cam=False)
     assert out["results_json"] is None and out["maps"]
     assert json.loads((run / "results.json").read_text()) == diverged
+
+
+def test_report_lists_a_run_without_weights_by_its_status(cbam_run, tmp_path):
+    """A run that stopped before its first checkpoint is a row with its status, not a crash."""
+    import json
+
+    import pytest
+
+    from convattn import ConfigError
+    from convattn.viz import write_report
+
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "results.json").write_text(json.dumps({"status": "diverged", "reason": "loss nan at step 2"}))
+    page = write_report([cbam_run, dead], tmp_path / "r.html", count=2, cam=False).read_text()
+    assert "<td>dead</td>" in page and "<td>diverged</td>" in page
+    with pytest.raises(ConfigError, match="none of the runs has weights"):
+        write_report([dead], tmp_path / "r2.html")

@@ -23,6 +23,7 @@ from ..maps import (
 from ._images import heat_overlay, load_images, save_figure, to_display, upsample
 from .curves import plot_curves, read_metrics, read_results
 from .maps import attention_figure, plot_attention
+from .compare import write_compare_page
 from .report import write_report
 from .run import load_model, sample_images, visualize_run
 from .stn import plot_transformer, plot_transformers, transformer_outputs
@@ -52,5 +53,6 @@ __all__ = [
     "transformer_outputs",
     "upsample",
     "visualize_run",
+    "write_compare_page",
     "write_report",
 ]

@@ -42,6 +42,13 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
+def _has_weights(run: str | os.PathLike | nn.Module) -> bool:
+    """A model, a checkpoint file, or a run directory holding ``best.pt`` or ``last.pt``."""
+    if isinstance(run, nn.Module) or Path(run).is_file():
+        return True
+    return any((Path(run) / name).is_file() for name in ("best.pt", "last.pt"))
+
+
 def _fmt(v: Any, kind: str = "") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
@@ -199,7 +206,11 @@ def write_report(
     for r in run_dirs:
         if not isinstance(r, nn.Module) and not Path(r).exists():
             raise ConfigError(f"report: {str(r)!r} does not exist")
-    summaries = [run_summary(r, example=images) for r in run_dirs]
+    loadable = [r for r in run_dirs if _has_weights(r)]
+    if not loadable:
+        raise ConfigError("report: none of the runs has weights to show (no best.pt or last.pt in "
+                          f"{', '.join(repr(str(r)) for r in run_dirs[:4])})")
+    summaries = [run_summary(r, example=images) for r in loadable]
     labels = [s["label"] for s in summaries]
     for i, s in enumerate(summaries):  # make labels unique
         if labels.count(s["label"]) > 1:
@@ -220,6 +231,11 @@ def write_report(
             f"<td>{_fmt(s['dataset'])}</td><td>{_fmt(s['status'])}</td><td>{_fmt(s['test_acc'], 'pct')}</td><td>{_fmt(s['val_acc'], 'pct')}</td>"
             f"<td>{_fmt(s['params'], 'count')}</td><td>{_fmt(s['flops'], 'count')}</td>"
             f"<td>{_fmt(s['epoch_time'], 's')}</td><td>{_fmt(s['latency_ms'], 'ms')}</td></tr>")
+    for r in run_dirs:  # runs that left no weights (failed before their first checkpoint): their status only
+        if not _has_weights(r):
+            status = read_results(r).get("status", "failed") if (Path(r) / "results.json").is_file() else "no checkpoint"
+            parts.append(f"<tr class='run'><td>{_fmt(Path(r).name)}</td><td colspan='3'></td><td>{_fmt(status)}</td>"
+                         "<td colspan='6'>–</td></tr>")
     parts.append("</tbody></table>")
 
     parts.extend(_localization_table(summaries))
