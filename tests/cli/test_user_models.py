@@ -148,3 +148,21 @@ def test_a_layer_of_your_own_is_recorded_and_convattn_models_are_not(user_module
     assert data_info["modules"] == [name]
     use_modules(TrainConfig(model="simple_cnn", attention="cbam"), data_info)
     assert "modules" not in data_info
+
+
+def test_a_model_defined_in_the_script_is_not_recorded_and_says_so():
+    from convattn.models import register_model
+
+    def factory(*, num_classes, in_chans=3, attention=None, attn_kwargs=None):
+        return torch.nn.Linear(in_chans, num_classes)
+
+    factory.__module__ = "__main__"  # as when defined in the script that trains it
+    name = f"script_net_{uuid.uuid4().hex[:8]}"
+    register_model(name)(factory)
+    try:
+        data_info = {}
+        with pytest.warns(UserWarning, match=r"defined in the script being run \(__main__\)"):
+            use_modules(TrainConfig(model=name), data_info)
+        assert "modules" not in data_info
+    finally:
+        MODELS.remove(name)

@@ -44,7 +44,7 @@ def _logits(run, x):
 
 def test_onnx_export_runs_in_onnxruntime_at_other_batches_and_sizes(run, tmp_path, monkeypatch):
     standin.install(monkeypatch)
-    result = convattn.export(run, "onnx", out=tmp_path / "net.onnx")
+    result = convattn.export(run, "onnx", out=tmp_path / "net.onnx", opset=19)
     assert result["max_abs_diff"] < 1e-5 and result["dynamic_axes"] == ["batch", "height", "width"]
     assert [s[0] for s in result["checked"]] == [2, 3]
     session = ort.InferenceSession(str(tmp_path / "net.onnx"), providers=["CPUExecutionProvider"])
@@ -55,7 +55,9 @@ def test_onnx_export_runs_in_onnxruntime_at_other_batches_and_sizes(run, tmp_pat
         got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
         torch.testing.assert_close(got, _logits(run, x), rtol=1e-5, atol=1e-5)
 
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "net.onnx")).metadata_props}
+    proto = onnx.load(str(tmp_path / "net.onnx"))
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [19]
+    props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["class_names"]) == ["a", "b", "c"]
     assert json.loads(props["mean"]) == [0.0] and json.loads(props["std"]) == [1.0]
     assert json.loads(props["image_size"]) == [8, 8] and json.loads(props["channels"]) == 1

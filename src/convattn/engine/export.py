@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -112,9 +113,22 @@ def _onnx_bytes(program: torch.export.ExportedProgram, x: torch.Tensor, axes: di
     import onnx
 
     kwargs = {} if opset is None else {"opset_version": opset}
-    onnx_program = torch.onnx.export(program, (x,), dynamo=True, verbose=False, input_names=["image"],
-                                     output_names=["logits"], dynamic_shapes=(axes,), **kwargs)
+    # the exporter logs an opset below 18 and a failed conversion to it; the error below says it in one line
+    loggers = [logging.getLogger(n) for n in ("onnxscript.version_converter", "torch.onnx._internal.exporter._compat")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        onnx_program = torch.onnx.export(program, (x,), dynamo=True, verbose=False, input_names=["image"],
+                                         output_names=["logits"], dynamic_shapes=(axes,), **kwargs)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     proto = onnx_program.model_proto
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset is not None and written != opset:
+        raise ConfigError(f"torch's ONNX exporter writes opset 18 and later and could not convert this model to "
+                          f"opset {opset} (it holds opset {written}); choose --opset {written} or later")
     onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     return proto.SerializeToString()
 
