@@ -104,6 +104,7 @@ def _sizes(x: torch.Tensor, fixed_size: bool) -> list[tuple[int, ...]]:
 
 def _onnx_bytes(program: torch.export.ExportedProgram, x: torch.Tensor, axes: dict[int, str], opset: int | None,
                 meta: dict[str, Any]) -> bytes:
+    """The ONNX file of ``program`` (torch's ``torch.export``-based exporter), ``meta`` in its ``metadata_props``."""
     for module in ("onnx", "onnxscript"):
         try:
             __import__(module)
