@@ -192,19 +192,40 @@ def evaluate_run(
     return result
 
 
+def eval_preprocessing(data_info: dict[str, Any]) -> dict[str, Any] | None:
+    """The resize-and-crop a run's evaluation applied to image files: the weights' ``preprocessing``
+    for folder datasets, else a folder dataset's own (short side to size / 0.875, centre crop);
+    ``None`` for datasets of fixed-size images (read files are resized to the image size)."""
+    if data_info.get("preprocessing"):
+        return dict(data_info["preprocessing"])
+    if str(data_info.get("name", "")).startswith("folder:"):
+        return {"resize": int(round(min(int(s) for s in data_info["image_size"]) / 0.875))}
+    return None
+
+
 def load_image(path: str | os.PathLike, data_info: dict[str, Any]) -> torch.Tensor:
-    """Read an image file as the model's input: channels, size and normalisation of the training data.
+    """Read an image file as the model's input: channels, size and normalisation of the training data,
+    resized and cropped as the run's evaluation did (:func:`eval_preprocessing`).
 
     8-bit images are scaled by 255, 16-bit ones by 65535, float ones taken as 0–1 values
     (:mod:`convattn.data.images`).
     """
-    from ..data.images import read_image
+    from ..data.images import image_tensor, open_image, read_image, unit_image
+    from .data import folder_transform
 
     p = Path(path)
     if not p.is_file():
         raise DatasetNotFoundError(f"image {str(p)!r} does not exist")
     in_chans = int(data_info["in_chans"])
-    x = read_image(p, in_chans, tuple(int(s) for s in data_info["image_size"]))
+    size = tuple(int(s) for s in data_info["image_size"])
+    pre = eval_preprocessing(data_info)
+    if pre is None:
+        x = read_image(p, in_chans, size)
+    else:  # as the run's evaluation saw its folder: short side resized, centre crop, the weights' interpolation
+        geometry = folder_transform(pre, size, [0.0] * in_chans, [1.0] * in_chans, train=False)
+        with open_image(p) as opened:
+            img = unit_image(opened, in_chans)  # 8-bit images as the folder dataset reads them; deeper ones as floats
+            x = geometry(img if img.mode in ("L", "RGB") else image_tensor(img, in_chans))
     if x.shape[0] != in_chans:  # e.g. a 2-channel model: repeat / trim the RGB planes
         x = x.repeat((in_chans + x.shape[0] - 1) // x.shape[0], 1, 1)[:in_chans]
     mean = torch.tensor(data_info["mean"], dtype=torch.float32).view(-1, 1, 1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ..maps import CAM_METHODS, LogitsOnly, cam_title, grad_cam, interpret_maps, record_maps
-from ._images import load_images, save_figure, to_display
+from ._images import save_figure, to_display
 from .curves import plot_curves, read_metrics
 from .inputs import image_inputs, output_stems, parse_layers, parse_target_class, select_layers
 from .maps import attention_figure
@@ -92,9 +92,12 @@ def _resolve_images(images, dataset, count, data_dir, info, config) -> tuple[Cal
         inputs = image_inputs(paths, info.get("class_names"))
         files = [i.path for i in inputs]
 
-        def read(window: slice) -> torch.Tensor:
-            return load_images(files[window], in_chans=int(info["in_chans"]), image_size=info.get("image_size"),
-                               mean=info.get("mean"), std=info.get("std"))
+        def read(window: slice) -> torch.Tensor:  # as predict and the run's evaluation read a file
+            from ..engine.inference import load_image
+
+            if not files[window]:
+                raise ConfigError("viz: --images was given no files")
+            return torch.stack([load_image(f, info) for f in files[window]])
 
         names = [f"{i.path.parent.name}/{i.path.name}" if i.label is not None else i.path.name for i in inputs]
         return read, [i.label for i in inputs], output_stems(files), names
