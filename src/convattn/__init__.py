@@ -45,6 +45,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = ("bench", "data", "engine", "eval", "experiments", "maps", "models", "viz")
 _LAZY_NAMES = {
     "TrainConfig": "engine",
+    "compare": "experiments",
     "evaluate": "engine",
     "export": "engine.export",
     "load_checkpoint": "engine",
@@ -85,6 +86,7 @@ __all__ = [
     "TrainConfig",
     "UnknownOptionError",
     "attn_positions",
+    "compare",
     "create_attn",
     "create_model",
     "evaluate",

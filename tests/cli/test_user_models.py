@@ -92,6 +92,11 @@ def test_train_eval_predict_export_with_import_then_eval_without(user_module, tm
     assert cli.main(["eval", str(run)]) == 0  # the run records the module
     assert "accuracy" in capsys.readouterr().out and model in MODELS
 
+    forget(name, model, layer)
+    (run / "results.json").unlink()  # as if stopped before the end: resume rebuilds the model
+    assert cli.main(["train", "--resume", str(run), "--no-progress"]) == 0, capsys.readouterr().err
+    assert model in MODELS
+
 
 def test_a_recorded_module_that_cannot_be_imported_is_named_in_one_line(user_module, tmp_path, monkeypatch, capsys):
     name, model, layer = user_module

@@ -64,6 +64,8 @@ class _Trainer:
 
         seed_everything(config.seed)
         datasets, self.data_info = build_datasets(config)
+        if self.ckpt is not None:  # the user modules the run recorded define its model: import them again
+            self.data_info.setdefault("modules", self.ckpt.get("data_info", {}).get("modules", []))
         self.model = build_model(config, self.data_info).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
