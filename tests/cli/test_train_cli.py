@@ -283,3 +283,36 @@ def test_init_from_a_plain_resnet_run_into_its_attention_variant(tmp_path, capsy
     plain, _ = load_run(tmp_path / "plain")
     cbam, _ = load_run(tmp_path / "cbam")
     assert torch.equal(cbam.layer1[0].bn2.module.weight, plain.layer1[0].bn2.weight)
+
+
+@pytest.mark.slow
+def test_pretrained_run_is_evaluated_drawn_predicted_and_exported_from_the_cli(tmp_path, capsys, hub_resnet18):
+    """The whole path for your own data: pretrained ResNet-18 + CBAM on a folder → eval → viz → predict → ONNX."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from convattn.engine import load_run
+
+    pets, run = _pets(tmp_path / "pets"), tmp_path / "run"
+    assert cli.main(["train", "--model", "resnet18", "--weights", "IMAGENET1K_V1", "--attention", "cbam",
+                     "--dataset", f"folder:{pets}", "--image-size", "32", "--epochs", "1", "--no-progress",
+                     "--device", "cpu", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--device", "cpu"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+    assert cli.main(["viz", str(run), "--images", str(pets / "fox"), "--out", str(tmp_path / "figs"), "--no-cam",
+                     "--layers", "layer4*"]) == 0
+    drawn = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert "0_attention.png" in drawn and "3_attention.png" in drawn, drawn
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(pets / "dog"), "--topk", "3"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("cat", "dog", "fox"))
+    assert cli.main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    model, _ = load_run(run)
+    x = torch.randn(2, 3, 40, 36)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)

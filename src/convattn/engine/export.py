@@ -191,12 +191,17 @@ def export(
     x = torch.randn(2, int(info["in_chans"]), h, w, generator=torch.Generator().manual_seed(0))
     axes = {i: a for i, a in enumerate(_AXES) if a is not None and not (fixed_size and i > 0)}
     shapes = _sizes(x, fixed_size)
+    traced = x
     if not fixed_size:
         _check_runs(net, shapes[1], config.model)
-    program = _trace(net, x, {i: torch.export.Dim.DYNAMIC for i in axes}, config.model)
+        # traced at twice the size: at the training size a network's last stage can be 1×1, and a trace
+        # there specialises on it (a program valid only up to that size); checked at both sizes below
+        traced = torch.randn(2, x.shape[1], 2 * h, 2 * w, generator=torch.Generator().manual_seed(0))
+        _check_runs(net, tuple(traced.shape), config.model)
+    program = _trace(net, traced, {i: torch.export.Dim.DYNAMIC for i in axes}, config.model)
     meta = export_metadata(info, config, dynamic=tuple(axes.values()))
     if format == "onnx":
-        data = _onnx_bytes(program, x, axes, opset, meta)
+        data = _onnx_bytes(program, traced, axes, opset, meta)
     else:
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files={"convattn.json": json.dumps(meta)})
@@ -209,7 +214,13 @@ def export(
         with torch.no_grad():
             for shape in shapes:
                 t = torch.randn(shape, generator=g)
-                want, got = net(t), run_exported(t)
+                want = net(t)
+                try:
+                    got = run_exported(t)
+                except Exception as exc:  # onnxruntime's or a program's guard: the export does not hold there
+                    raise ExportCheckError(
+                        f"the exported {format} model fails at input {'x'.join(map(str, shape))} "
+                        f"({str(exc).strip().splitlines()[-1][:200]}); nothing written; {_FIXED}") from None
                 diff = max(diff, float((want - got).abs().max()))
                 scale = max(scale, float(want.abs().max()))
         if not diff <= 1e-4 * scale:
