@@ -316,3 +316,44 @@ def test_pretrained_run_is_evaluated_drawn_predicted_and_exported_from_the_cli(t
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_pretrained_timm_run_is_evaluated_drawn_predicted_and_exported_from_the_cli(tmp_path, capsys, monkeypatch):
+    """The same path for a timm network, its "pretrained" file in a temporary Hugging Face cache."""
+    timm = pytest.importorskip("timm")
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from safetensors.torch import save_file
+
+    from convattn.engine import load_run
+
+    cache = tmp_path / "hf"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    snapshot = cache / f"models--{timm.models.get_pretrained_cfg('regnetx_002').hf_hub_id.replace('/', '--')}"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    (snapshot / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(timm.create_model("regnetx_002", pretrained=False).state_dict(),
+              str(snapshot / "snapshots" / ("0" * 40) / "model.safetensors"))
+
+    pets, run = _pets(tmp_path / "pets"), tmp_path / "run"
+    assert cli.main(["train", "--model", "timm_regnetx_002", "--weights", "DEFAULT", "--attention", "se",
+                     "--dataset", f"folder:{pets}", "--image-size", "32", "--epochs", "1", "--no-progress",
+                     "--device", "cpu", "--out", str(run)]) == 0
+    assert "weights DEFAULT: loaded" in capsys.readouterr().err
+    assert cli.main(["eval", str(run), "--device", "cpu"]) == 0
+    assert cli.main(["viz", str(run), "--images", str(pets / "cat"), "--out", str(tmp_path / "figs"), "--no-cam"]) == 0
+    assert "0_attention.png" in {p.name for p in (tmp_path / "figs").iterdir()}
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(pets / "cat" / "0.png")]) == 0
+    assert "cat" in capsys.readouterr().out
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "m.onnx")]) == 0
+    model, _ = load_run(run)
+    x = torch.randn(3, 3, 48, 40)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)

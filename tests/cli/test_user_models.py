@@ -91,6 +91,9 @@ def test_train_eval_predict_export_with_import_then_eval_without(user_module, tm
     capsys.readouterr()
     assert cli.main(["eval", str(run)]) == 0  # the run records the module
     assert "accuracy" in capsys.readouterr().out and model in MODELS
+    forget(name, model, layer)
+    assert cli.main(["viz", str(run), "--images", str(tmp_path / "digit.png"), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "digit_attention.png").is_file() and model in MODELS
 
     forget(name, model, layer)
     (run / "results.json").unlink()  # as if stopped before the end: resume rebuilds the model
