@@ -174,11 +174,15 @@ def check_resume_config(config: TrainConfig, saved: dict[str, Any]) -> None:
     result: only :attr:`TrainConfig.RESULT_FREE_FIELDS` may differ."""
     changed = config.result_changes(saved)
     if changed:
-        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())[:6])
         raise ConfigError(
-            f"cannot resume with a different configuration ({detail}); only "
+            f"cannot resume with a different configuration ({_changes(changed)}); only "
             f"{', '.join(sorted(TrainConfig.RESULT_FREE_FIELDS))} may change when resuming"
         )
+
+
+def _changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    """``lr: 0.005 -> 0.9, ...``: the first six changed fields, for an error message."""
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())[:6])
 
 
 def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict[str, Any]:
@@ -195,9 +199,8 @@ def config_file_edits(run_dir: str | os.PathLike, saved: dict[str, Any]) -> dict
     edited = TrainConfig.from_dict(data, source=f"cannot resume: {path}")
     changed = edited.result_changes(saved)
     if changed:
-        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items())[:6])
         raise ConfigError(
-            f"cannot resume: {str(path)!r} was edited after the run started ({detail}); a run resumes with the "
+            f"cannot resume: {str(path)!r} was edited after the run started ({_changes(changed)}); a run resumes with the "
             f"settings it started with: undo the edit or start a new run (only "
             f"{', '.join(sorted(TrainConfig.RESULT_FREE_FIELDS))} may change)"
         )
