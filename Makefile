@@ -35,5 +35,10 @@ bench: $(STAMP)
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/train_accuracy.py --markdown --jobs 2 --threads 1
 
+# Transfer: resnet20 pretrained on cluttered digits, fine-tuned on 300 plain digits from scratch / plain / with SE inserted identity-initialised or naively, 3 seeds (docs/benchmarks.md): about 6 minutes on a 2-core CPU (333 s).
+.PHONY: bench-transfer
+bench-transfer: $(STAMP)
+	$(PY) benchmarks/transfer.py --markdown --jobs 2 --threads 1
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
