@@ -116,3 +116,21 @@ def test_init_from_a_torchvision_state_dict_file(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ConfigError, match="is not a checkpoint"):
         init_from_run(net, tmp_path / "notes.txt")
+
+
+def test_a_grayscale_run_is_weights_for_a_grayscale_set(tmp_path):
+    """A run's own 1-channel stem keeps a grayscale dataset at one channel; named weights (3-channel
+    stems) repeat it into three."""
+    from convattn.engine import train
+
+    small = dict(dataset="digits", image_size=16, train_size=32, val_size=16, test_size=16, batch_size=16,
+                 progress=False, tensorboard=False, device="cpu")
+    src = tmp_path / "src"
+    train(TrainConfig(model="resnet20", epochs=1, out=str(src), **small))
+    _, info = build_datasets(TrainConfig(model="resnet20", weights=str(src), **small), splits=("val",))
+    assert info["in_chans"] == 1
+    res = train(TrainConfig(model="resnet20", attention="se", weights=str(src), epochs=1, out=str(tmp_path / "ft"), **small))
+    assert res["status"] == "finished"
+    bad = TrainConfig(model="resnet18", weights=str(src), epochs=1, out=str(tmp_path / "bad"), **small)
+    with pytest.raises(ConfigError, match=f"weights '{src}' do not fit model 'resnet18'"):
+        train(bad)

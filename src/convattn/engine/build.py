@@ -152,6 +152,18 @@ def init_from_run(model: nn.Module, source: str | os.PathLike) -> dict[str, Any]
     return {**where, **report}
 
 
+def weights_in_chans(weights: str | os.PathLike) -> int:
+    """Input channels of the first convolution of ``weights``: 3 for torchvision and timm weight names;
+    read from the file or run otherwise (a grayscale run's stem takes 1)."""
+    from ..models.weights import is_weights_file
+
+    if not (is_weights_file(weights) and Path(weights).expanduser().exists()):
+        return 3
+    state, _ = checkpoint_state(Path(weights).expanduser())
+    stem = next((t for t in state.values() if getattr(t, "dim", lambda: 0)() == 4 and t.is_floating_point()), None)
+    return 3 if stem is None else int(stem.shape[1])
+
+
 def init_weights(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None:
     """Initialise a new run's model from ``config.weights`` (:func:`convattn.models.load_weights`; a run
     directory or convattn ``.pt`` through :func:`checkpoint_state`), then ``config.init_from``
@@ -170,7 +182,7 @@ def init_weights(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None
         if is_weights_file(weights) and Path(weights).expanduser().exists():
             state, where = checkpoint_state(Path(weights).expanduser())
             weights = state
-        loaded = load_weights(model, config.model, weights, download=config.download)
+        loaded = load_weights(model, config.model, weights, download=config.download, label=str(config.weights))
         loaded["weights"] = config.weights
         report = {**where, "checkpoint": loaded["file"] or where["checkpoint"], "weights": loaded}
     if config.init_from:

@@ -165,7 +165,9 @@ def build_datasets(config: TrainConfig, splits: tuple[str, ...] = ("train", "val
     info["mean"], info["std"] = pre.get("mean", info["mean"]), pre.get("std", info["std"])
     if len(info["mean"]) != info["in_chans"] or len(info["std"]) != info["in_chans"]:
         raise ConfigError(f"preprocessing mean and std need {info['in_chans']} values (one per channel), got {info['mean']} and {info['std']}")
-    gray = bool(config.weights) and info["in_chans"] == 1
+    from .build import weights_in_chans  # a grayscale run's own stem takes 1 channel: no repeat then
+
+    gray = bool(config.weights) and info["in_chans"] == 1 and weights_in_chans(config.weights) == 3
     if gray:
         info.update(in_chans=3, mean=info["mean"] * 3, std=info["std"] * 3)
     if pre:  # as applied: the crop is the run's image size, the resize keeps the weights' ratio

@@ -287,9 +287,11 @@ def _pretrained_state(model: str, weights: str, download: bool) -> tuple[dict[st
 
 
 def load_weights(
-    model: nn.Module, name: str, weights: str | os.PathLike | Mapping[str, torch.Tensor], *, download: bool = False
+    model: nn.Module, name: str, weights: str | os.PathLike | Mapping[str, torch.Tensor], *, download: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Load pretrained ``weights`` into ``model`` (built as registered model ``name``), in place.
+    """Load pretrained ``weights`` into ``model`` (built as registered model ``name``), in place; ``label``
+    names tensors given as a mapping in messages (their file or run).
 
     Every tensor of the model must be found in the weights with its shape, except the classifier's
     (new when the number of classes differs) and the inserted attention layers'.
@@ -302,7 +304,7 @@ def load_weights(
             checkpoint, weights of another network (tensors outside the head missing or of another shape).
     """
     if isinstance(weights, Mapping):
-        state, file, label = dict(weights), None, "state dict"
+        state, file, label = dict(weights), None, label or "state dict"
     elif is_weights_file(weights):
         state, file, label = read_state_dict(weights), str(weights), str(weights)
     else:
