@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .engine.export import export
     from .models import attn_positions, create_model, get_model_info, insert_attn, list_models, register_model
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # `import convattn` and building layers stay light: the networks (torchvision), the
 # training engine (yaml, tqdm, PIL, torchvision datasets) and the sub-packages that

@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from convattn.exceptions import ConfigError
-from convattn.models import create_model, finetune_groups, insert_attn, load_weights
+from convattn.models import create_model, finetune_groups, get_model_info, insert_attn, load_weights
 from convattn.models.weights import classifier_path, match_state, read_state_dict, weights_preprocessing
 
 
@@ -48,7 +48,8 @@ def test_torchvision_weights_keep_logits_with_the_head_and_features_with_a_new_o
     ref(x)
     torch.testing.assert_close(feats["new"], feats["ref"], rtol=0, atol=1e-6)  # same features before the new head
 
-    report = load_weights(create_model("resnet18", num_classes=3, attention="se"), "resnet18", "IMAGENET1K_V1")
+    report = load_weights(create_model("resnet18", num_classes=3, attention="se"), "resnet18", "IMAGENET1K_V1",
+                          pretrained=get_model_info("resnet18").pretrained)
     assert report["head"] == "fc" and {"fc.weight", "fc.bias"} <= set(report["new"])
     assert report["skipped"] == ["fc.weight: (1000, 512) vs (3, 512)", "fc.bias: (1000,) vs (3,)"]
     assert "layer1.0.bn2.module.weight" in report["loaded"]  # mapped through the inserted wrapper
@@ -139,6 +140,6 @@ def test_timm_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
     net = create_model("timm_regnetx_002", num_classes=1000, attention="cbam", weights="DEFAULT").eval()
     x = torch.randn(1, 3, 48, 48)
     torch.testing.assert_close(net(x), ref(x), rtol=0, atol=1e-6)
-    assert weights_preprocessing("timm_regnetx_002", "DEFAULT")["interpolation"] == "bicubic"
+    assert weights_preprocessing("timm_regnetx_002", "DEFAULT", get_model_info("timm_regnetx_002").pretrained)["interpolation"] == "bicubic"
     with pytest.raises(ConfigError, match="unknown weights 'nope' for 'timm_regnetx_002': expected DEFAULT, pycls_in1k"):
         create_model("timm_regnetx_002", num_classes=3, weights="nope")

@@ -101,14 +101,15 @@ def run(args: argparse.Namespace) -> int:
     check_out_dir(args.parent)
     table = compare(specs, seeds=args.seeds, out=args.parent, baseline=args.baseline, jobs=args.jobs,
                     threads=args.threads, force=args.force, **explicit_overrides(args))
-    from ..experiments import table_markdown
+    from ..experiments import table_cells, table_markdown, table_note
 
     print(table_markdown(table))
     files = table["files"]
     if args.html:
         from ..viz.compare import write_compare_page
 
-        files.append(str(write_compare_page(table, f"{args.parent}/compare.html")))
+        files.append(str(write_compare_page(table, f"{args.parent}/compare.html", cells=table_cells(table),
+                                            note=table_note(table))))
     runs = [r for row in table["rows"] for r in row["runs"]]
     reused = sum(r.get("how") == "reused" for r in runs)
     if reused:

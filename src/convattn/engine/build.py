@@ -173,6 +173,7 @@ def init_weights(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None
         :func:`init_from_run`'s report (``"checkpoint"``: the file last loaded), with ``"weights"``:
         :func:`~convattn.models.load_weights`' report when ``weights`` is set.
     """
+    from ..models import get_model_info
     from ..models.weights import is_weights_file, load_weights
 
     report: dict[str, Any] | None = None
@@ -182,7 +183,8 @@ def init_weights(model: nn.Module, config: TrainConfig) -> dict[str, Any] | None
         if is_weights_file(weights) and Path(weights).expanduser().exists():
             state, where = checkpoint_state(Path(weights).expanduser())
             weights = state
-        loaded = load_weights(model, config.model, weights, download=config.download, label=str(config.weights))
+        loaded = load_weights(model, config.model, weights, download=config.download, label=str(config.weights),
+                              pretrained=get_model_info(config.model).pretrained)
         loaded["weights"] = config.weights
         report = {**where, "checkpoint": loaded["file"] or where["checkpoint"], "weights": loaded}
     if config.init_from:

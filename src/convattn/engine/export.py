@@ -51,7 +51,7 @@ class _Logits(nn.Module):
 def export_metadata(data_info: dict[str, Any], config: Any, *, dynamic: tuple[str, ...]) -> dict[str, Any]:
     """What a deployment needs besides the graph: the input's layout and preprocessing, the class
     names, the convattn version, and the run's config."""
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "format": "convattn.export/1",

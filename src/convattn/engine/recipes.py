@@ -245,9 +245,11 @@ def resolve_config(
     layers.insert(0, (recipe_source, recipe))
     weights = given.get("weights", recipe.get("weights"))
     if weights and str(given.get("dataset", "")).startswith("folder:"):
+        from ..models import get_model_info
         from ..models.weights import weights_preprocessing
 
-        layers.insert(1, (f"weights {weights}", {"preprocessing": weights_preprocessing(model, str(weights))}))
+        source = get_model_info(model).pretrained
+        layers.insert(1, (f"weights {weights}", {"preprocessing": weights_preprocessing(model, str(weights), source)}))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}

@@ -180,5 +180,5 @@ def create_model(
     if weights is not None:
         from .weights import load_weights
 
-        load_weights(model, name, weights, download=download)
+        load_weights(model, name, weights, download=download, pretrained=info.pretrained)
     return model

@@ -26,7 +26,6 @@ from torch import nn
 
 from ..exceptions import ConfigError
 from ._wrappers import WithAttention, is_inserted
-from .registry import get_model_info
 
 __all__ = [
     "classifier_path", "finetune_groups", "read_state_dict", "match_state", "load_state", "load_weights",
@@ -265,8 +264,8 @@ def _timm_state(model: str, arch: str, weights: str, download: bool) -> tuple[di
     return net.state_dict(), found or full
 
 
-def _pretrained_state(model: str, weights: str, download: bool) -> tuple[dict[str, torch.Tensor], str]:
-    source = get_model_info(model).pretrained
+def _pretrained_state(model: str, source: tuple[str, str] | None, weights: str,
+                      download: bool) -> tuple[dict[str, torch.Tensor], str]:
     if source is None:
         raise ConfigError(
             f"model {model!r} has no named pretrained weights (got {weights!r}); expected a file or a run directory, "
@@ -288,10 +287,11 @@ def _pretrained_state(model: str, weights: str, download: bool) -> tuple[dict[st
 
 def load_weights(
     model: nn.Module, name: str, weights: str | os.PathLike | Mapping[str, torch.Tensor], *, download: bool = False,
-    label: str | None = None,
+    label: str | None = None, pretrained: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """Load pretrained ``weights`` into ``model`` (built as registered model ``name``), in place; ``label``
-    names tensors given as a mapping in messages (their file or run).
+    names tensors given as a mapping in messages (their file or run); ``pretrained`` is the network's
+    source of named weights (``get_model_info(name).pretrained``), needed for a name like ``DEFAULT``.
 
     Every tensor of the model must be found in the weights with its shape, except the classifier's
     (new when the number of classes differs) and the inserted attention layers'.
@@ -308,7 +308,7 @@ def load_weights(
     elif is_weights_file(weights):
         state, file, label = read_state_dict(weights), str(weights), str(weights)
     else:
-        state, file = _pretrained_state(name, str(weights), download)
+        state, file = _pretrained_state(name, pretrained, str(weights), download)
         label = str(weights)
     mapped, report = match_state(model, state)
     head = classifier_path(model)
@@ -326,12 +326,13 @@ def load_weights(
     return {"weights": label, "file": file, "head": head, **report}
 
 
-def weights_preprocessing(name: str, weights: str | None) -> dict[str, Any]:
-    """The input pipeline named ``weights`` of model ``name`` were trained with: ``{crop, resize, mean, std,
-    interpolation}`` (torchvision's ``weights.transforms()``, timm's ``resolve_data_config``); ``{}`` for files."""
-    if not weights or is_weights_file(weights) or get_model_info(name).pretrained is None:
+def weights_preprocessing(name: str, weights: str | None, pretrained: tuple[str, str] | None) -> dict[str, Any]:
+    """The input pipeline named ``weights`` of model ``name`` (whose named weights come from ``pretrained``,
+    ``get_model_info(name).pretrained``) were trained with: ``{crop, resize, mean, std, interpolation}``
+    (torchvision's ``weights.transforms()``, timm's ``resolve_data_config``); ``{}`` for files."""
+    if not weights or is_weights_file(weights) or pretrained is None:
         return {}
-    kind, arch = get_model_info(name).pretrained
+    kind, arch = pretrained
     if kind == "timm":
         from timm.data import resolve_data_config
 

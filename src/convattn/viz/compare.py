@@ -1,6 +1,6 @@
 """``write_compare_page``: one self-contained HTML page for a comparison of variants over seeds.
 
-The page holds the comparison table (:func:`convattn.experiments.table_cells`), every variant's
+The page holds the comparison table (as :func:`convattn.experiments.table_cells` words it), every variant's
 learning curves overlaid (the mean over seeds with a band from the lowest to the highest seed), and
 mean test accuracy (± std over seeds) against FLOPs and against seconds per epoch. Images are
 embedded as base64 PNG.
@@ -92,15 +92,17 @@ def plot_accuracy_cost(table: dict[str, Any]):
     return fig
 
 
-def write_compare_page(table: dict[str, Any], out_path: str | os.PathLike, *, title: str = "convattn compare") -> Path:
-    """Write the HTML page of a comparison (:func:`convattn.experiments.compare`'s result) atomically."""
+def write_compare_page(table: dict[str, Any], out_path: str | os.PathLike, *, cells: tuple[list[str], list[list[str]]],
+                       note: str, title: str = "convattn compare") -> Path:
+    """Write the HTML page of a comparison (:func:`convattn.experiments.compare`'s result) atomically;
+    ``cells`` (headers, rows) and ``note`` are its table as :func:`convattn.experiments.table_cells` and
+    ``table_note`` word it."""
     from .._io import atomic_write_text
-    from ..experiments import table_cells, table_note
 
-    headers, body = table_cells(table)
+    headers, body = cells
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p class='muted'>{html.escape(table_note(table))}</p>",
+             f"<p class='muted'>{html.escape(note)}</p>",
              "<h2>Variants</h2><table id='compare'><thead><tr>"
              + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>"]
     parts += ["<tr class='variant'>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
