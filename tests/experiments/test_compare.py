@@ -246,6 +246,8 @@ def test_an_interrupted_run_is_resumed_and_a_finished_one_reused(tmp_path, fake_
     fake_train[0].replace(attention="se", out=str(run)).to_yaml(run / "config.yaml")
     (run / "last.pt").write_bytes(b"")
     (run / "results.json").write_text(json.dumps({"status": "interrupted", "run_dir": str(run)}))
+    planned = compare(["none", "se"], seeds=1, out=tmp_path, jobs=1, model="simple_cnn", epochs=1, dry_run=True)
+    assert [r["state"] for r in planned] == ["finished", "interrupted"] and planned[1]["argv"][-2:] == ["--resume", str(run)]
     table = compare(["none", "se"], seeds=1, out=tmp_path, jobs=1, model="simple_cnn", epochs=1)
     assert [r["runs"][0]["how"] for r in table["rows"]] == ["reused", "resumed"] and len(fake_train) == 2
 
@@ -263,3 +265,93 @@ def test_localisation_columns_appear_when_runs_have_scores():
     md = table_markdown(table)
     assert "pointing %" in md and "| 70.00 " in md and "| 35.00 " in md
     assert "pointing %" not in table_markdown(comparison_table([{**r, "localization": None} for r in records]))
+
+
+def _train_config(argv):
+    """The TrainConfig ``convattn train`` resolves from a dry-run line's argv (``convattn train ...``)."""
+    from convattn.cli import build_parser
+    from convattn.cli.train import config_and_sources
+
+    assert argv[:2] == ["convattn", "train"]
+    return config_and_sources(build_parser().parse_args(argv[1:]))[0]
+
+
+def test_train_argv_round_trips_awkward_values():
+    from convattn.engine.recipes import resolve_config
+    from convattn.experiments import train_argv
+
+    fields = {"model": "simple_cnn", "attention": "se", "attn_kwargs": {"rd_ratio": 0.25, "act_layer": "gelu", "x": "1"},
+              "model_kwargs": {}, "freeze": ["backbone", "head"], "lr": 0.1, "clip_grad": None, "augment": False,
+              "stages": [{"name": "a b", "epochs": 1, "train": ["attention"]}], "data_dir": "my data/x", "nesterov": True}
+    assert _train_config(train_argv(fields)) == resolve_config(fields)[0]
+
+
+def test_dry_run_lists_train_commands_that_resolve_to_the_same_configs(tiny, tmp_path, monkeypatch, capsys):
+    import shlex
+    import shutil
+
+    from convattn.experiments import compare_configs
+
+    out = tmp_path / "cmp"
+    shutil.copytree(tiny[0], out)
+    monkeypatch.setattr(convattn.engine, "train", lambda *a, **k: pytest.fail("a dry run trained"))
+    ident = "--attention cbam --model-kwargs identity_init=true --attn-kwargs rd_ratio=0.5 --lr-mult attention=10"
+    assert main(["compare", *TINY, "--attention", "none,se", "--variant", f"id:{ident}", "--seeds", "2",
+                 "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr()
+    lines = text.out.splitlines()
+    assert len(lines) == 6 and "6 runs, 2 to train or resume; nothing trained" in text.err
+    assert [ln.rsplit("# ", 1)[1] for ln in lines[:3]] == [
+        "none seed 0: finished, reused (nothing to do)", "se seed 0: finished, reused (nothing to do)", "id seed 0: to train"]
+    specs = {"none": {"attention": None}, "se": {"attention": "se"}, "id": variant_fields("id", ident)}
+    shared = {"model": "simple_cnn", "dataset": "digits", "train_size": 64, "val_size": 32, "test_size": 32, "epochs": 1,
+              "image_size": 16, "batch_size": 32, "progress": False, "tensorboard": False}
+    expected = compare_configs(specs, [0, 1], out=out, **shared)
+    planned = compare(specs, seeds=2, out=out, jobs=1, dry_run=True, **shared)
+    assert [(r["variant"], r["seed"], r["state"]) for r in planned] == [(v, s, st) for s in (0, 1) for v, st in (
+        ("none", "finished"), ("se", "finished"), ("id", "new"))]
+    for line, r in zip(lines, planned):
+        argv = shlex.split(line, comments=True)
+        assert argv == r["argv"] and r["out"] == str(out / r["variant"] / f"seed{r['seed']}")
+        assert _train_config(argv) == expected[(r["variant"], r["seed"])]
+    assert expected[("id", 1)].model_kwargs == {"identity_init": True} and expected[("id", 1)].epochs == 1
+    assert planned[0]["argv"][-2:] == ["--resume", planned[0]["out"]] and "--resume" not in planned[2]["argv"]
+
+
+def test_collect_builds_the_same_table_from_the_run_folders(tiny, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out = tmp_path / "elsewhere"
+    shutil.copytree(tiny[0], out)
+    made = json.loads((out / "compare.json").read_text())
+    printed = (out / "compare.md").read_text()
+    monkeypatch.setattr(convattn.engine, "train", lambda *a, **k: pytest.fail("collect trained"))
+    assert main(["compare", "--collect", str(out)]) == 1  # bad did not finish
+    assert capsys.readouterr().out.startswith(printed.strip()) and (out / "compare.html").is_file()
+    assert "nosuchlayer" in json.loads((out / "compare.json").read_text())["rows"][2]["runs"][0]["reason"]
+    # without the compare.json of a compare (runs made by other means): variants by name, the baseline named
+    (out / "compare.json").unlink()
+    table = convattn.experiments.collect(out, baseline="none")
+    assert [r["variant"] for r in table["rows"]] == ["bad", "none", "se"] and table["baseline"] == "none"
+    for key in ("test_acc", "best_val_acc", "diff", "params", "flops", "epoch_time", "images_per_s", "finished"):
+        assert {r["variant"]: r[key] for r in table["rows"]} == {r["variant"]: r[key] for r in made["rows"]}
+    assert [r["status"] for r in table["rows"][0]["runs"]] == ["failed", "failed"]
+    # any layout: grouped by what each run is; an interrupted run shows as such
+    flat = tmp_path / "flat"
+    for v, s in (("none", 0), ("none", 1), ("se", 0), ("se", 1)):
+        shutil.copytree(out / v / f"seed{s}", flat / "x" / f"{v}-{s}")
+    res = json.loads((flat / "x" / "se-1" / "results.json").read_text())
+    (flat / "x" / "se-1" / "results.json").write_text(json.dumps({**res, "status": "interrupted"}))
+    table = convattn.experiments.collect(flat, flops=False)
+    assert [r["variant"] for r in table["rows"]] == ["none", "se"] and (flat / "compare.md").is_file()
+    assert table["rows"][0]["test_acc"] == made["rows"][0]["test_acc"]
+    assert [r["status"] for r in table["rows"][1]["runs"]] == ["finished", "interrupted"]
+    with pytest.raises(ConfigError, match="--collect expects run directories .* found none"):
+        convattn.experiments.collect(_empty(tmp_path), flops=False)
+    assert main(["compare", "--collect", str(out), "--lr", "0.1"]) == 2
+    assert "expected no variants or train flags, got --lr" in capsys.readouterr().err
+
+
+def _empty(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    return tmp_path / "empty"

@@ -6,6 +6,9 @@ Variants: ``--attention none,se,cbam`` (one per layer), ``--variant NAME:"TRAIN 
 applies to every run. Runs live in ``<out>/<variant>/seed<k>``; running the same command again reuses
 finished runs and resumes interrupted ones (``--force`` retrains). A run that fails or diverges is shown
 as such in the table, the others go on, and the command exits with status 1.
+
+``--dry-run`` trains nothing: it prints one ``convattn train`` command per run (for a job array, Slurm ...),
+each followed by what compare would do with it; ``--collect DIR`` builds the table from the runs under DIR.
 """
 
 from __future__ import annotations
@@ -26,7 +29,11 @@ EXAMPLES = (
     "convattn compare --attention none,cbam --variant cbam-id:'--attention cbam --model-kwargs identity_init=true' "
     "--seeds 0,3,7 --baseline none",
     "convattn compare --variants variants.yaml --dataset digits --epochs 2 --jobs 2 --out runs/cmp",
+    "convattn compare --attention none,se --seeds 3 --dataset digits --out runs/cmp --dry-run > runs.txt",
+    "convattn compare --collect runs/cmp --baseline none",
 )
+
+_STATES = {"new": "to train", "finished": "finished, reused (nothing to do)", "interrupted": "interrupted, resumes"}
 
 
 class _FlagError(argparse.ArgumentParser):
@@ -71,6 +78,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
                    help="write <out>/compare.html: table, curves, accuracy against cost (default: on)")
     p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
+    p.add_argument("--dry-run", action="store_true", help="train nothing: print each run's train command and state")
+    p.add_argument("--collect", metavar="DIR", help="train nothing: build the table and its files from the runs under DIR")
     p.set_defaults(func=run)
 
 
@@ -93,27 +102,45 @@ def _variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train every variant with every seed, print the comparison table, write it and its HTML page; exit 1 when
-    some run did not finish."""
-    from ..experiments import compare
+    """Train every variant with every seed (or, with --collect, read the runs), print the comparison table, write
+    it and its HTML page; exit 1 when some run did not finish."""
+    from ..experiments import collect, compare
 
+    if args.collect:
+        flags = {"--attention": args.attentions, "--variant": args.named, "--variants": args.variants,
+                 "--dry-run": args.dry_run, **{f"--{k.replace('_', '-')}": 1 for k in explicit_overrides(args)}}
+        if given := [f for f, on in flags.items() if on]:
+            raise ConfigError(f"--collect reads the runs under {args.collect}; expected no variants or train flags, "
+                              f"got {', '.join(given)}")
+        return _show(collect(args.collect, baseline=args.baseline), args.collect, args.html)
     specs = _variants(args)
     check_out_dir(args.parent)
-    table = compare(specs, seeds=args.seeds, out=args.parent, baseline=args.baseline, jobs=args.jobs,
-                    threads=args.threads, force=args.force, **explicit_overrides(args))
+    kw = dict(seeds=args.seeds, out=args.parent, baseline=args.baseline, jobs=args.jobs, threads=args.threads,
+              force=args.force, **explicit_overrides(args))
+    if args.dry_run:
+        planned = compare(specs, dry_run=True, **kw)
+        imports = [w for m in getattr(args, "imports", []) for w in ("--import", m)]
+        for r in planned:
+            print(f"{shlex.join(r['argv'][:1] + imports + r['argv'][1:])}  # {r['variant']} seed {r['seed']}: "
+                  f"{_STATES.get(r['state'], r['state'] + ', refused (--force retrains)')}")
+        todo = sum(r["state"] in ("new", "interrupted") for r in planned)
+        print(f"[compare] dry run: {len(planned)} runs, {todo} to train or resume; nothing trained", file=sys.stderr)
+        return 0
+    return _show(compare(specs, **kw), args.parent, args.html)
+
+
+def _show(table: dict[str, Any], out: str, html: bool) -> int:
     from ..experiments import table_cells, table_markdown, table_note
 
     print(table_markdown(table))
     files = table["files"]
-    if args.html:
+    if html:
         from ..viz.compare import write_compare_page
 
-        files.append(str(write_compare_page(table, f"{args.parent}/compare.html", cells=table_cells(table),
-                                            note=table_note(table))))
+        files.append(str(write_compare_page(table, f"{out}/compare.html", cells=table_cells(table), note=table_note(table))))
     runs = [r for row in table["rows"] for r in row["runs"]]
-    reused = sum(r.get("how") == "reused" for r in runs)
-    if reused:
-        print(f"reused {reused} finished run(s) (--force retrains)")
+    if any(r.get("how") == "reused" for r in runs):
+        print(f"reused {sum(r.get('how') == 'reused' for r in runs)} finished run(s) (--force retrains)")
     unfinished = [r for r in runs if r["status"] != "finished"]
     for r in unfinished:
         print(f"{r['variant']} seed {r['seed']}: {r['status']} ({r.get('reason', 'no reason recorded')}) in {r['run_dir']}")

@@ -1,5 +1,5 @@
 """Many runs: chains of configs trained in parallel workers, finished runs reused, the demo's variants,
-and comparisons of variants over seeds (``compare``) with their table.
+and comparisons of variants over seeds (``compare``; ``collect`` for runs made elsewhere) with their table.
 
 Example:
     >>> from convattn.experiments import make_configs
@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from .compare import compare, compare_configs, parse_seeds, read_variants, variant_specs
+from .compare import collect, compare, compare_configs, parse_seeds, read_variants, run_state, train_argv, variant_specs
 from .demo import (
     DATASET,
     KERNELS,
@@ -29,6 +29,7 @@ from .runs import jobs_and_threads, train_or_reuse, train_runs, usable_cores
 from .stats import mean_std, paired_interval, t_quantile
 from .table import (
     comparison_table,
+    records_from_dir,
     records_from_runs,
     run_flops,
     run_record,
@@ -59,11 +60,15 @@ __all__ = [
     "accuracy_table",
     "compare",
     "compare_configs",
+    "collect",
+    "train_argv",
+    "run_state",
     "variant_specs",
     "read_variants",
     "parse_seeds",
     "comparison_table",
     "records_from_runs",
+    "records_from_dir",
     "run_record",
     "run_flops",
     "table_cells",

@@ -6,7 +6,12 @@ recipe); each runs once per seed into ``<out>/<variant>/seed<k>``. Runs go throu
 whose settings match are reused and interrupted ones resumed: stopping a comparison and running it
 again continues it. A run that fails is a row entry (``failed``, ``diverged``), not the end of the others.
 
+``compare(..., dry_run=True)`` trains nothing and lists each run with the ``convattn train`` command that
+makes it elsewhere (a job array, Slurm); :func:`collect` tabulates run directories made anywhere.
+
 Example:
+    >>> train_argv({"attention": "se", "model_kwargs": {"identity_init": True}, "tensorboard": False})
+    ['convattn', 'train', '--attention', 'se', '--model-kwargs', 'identity_init=true', '--no-tensorboard']
     >>> variant_specs(["none", "se"]) == {"none": {"attention": None}, "se": {"attention": "se"}}
     True
     >>> parse_seeds("3"), parse_seeds("0,3,7")
@@ -15,6 +20,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import sys
@@ -24,9 +31,10 @@ from typing import Any
 
 from ..exceptions import ConfigError
 from .runs import jobs_and_threads, train_runs
-from .table import comparison_table, run_flops, run_record, write_table
+from .table import comparison_table, records_from_dir, run_flops, run_record, write_table
 
-__all__ = ["compare", "compare_configs", "variant_specs", "read_variants", "parse_seeds"]
+__all__ = ["compare", "compare_configs", "collect", "train_argv", "run_state", "variant_specs", "read_variants",
+           "parse_seeds"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 #: Fields ``compare`` sets on every run itself.
@@ -101,12 +109,72 @@ def compare_configs(variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[i
         if taken:
             raise ConfigError(f"{where}: compare sets {' and '.join(taken)} itself (--seeds, --out), "
                               f"got {', '.join(f'{k}={given[k]!r}' for k in taken)}")
-    configs = {}
-    for seed in seeds:
-        for name, spec in variants.items():
-            run = Path(out) / name / f"seed{seed}"
-            configs[(name, seed)] = resolve_config({**fields, **spec, "seed": seed, "out": str(run)})[0]
-    return configs
+    return {key: resolve_config(given)[0] for key, given in _given_fields(variants, seeds, out, fields).items()}
+
+
+def _given_fields(variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], out: str | os.PathLike,
+                  fields: Mapping[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
+    """``{(variant, seed): the fields given for that run}`` in start order: what the recipe is resolved under."""
+    return {(name, seed): {**fields, **spec, "seed": seed, "out": str(Path(out) / name / f"seed{seed}")}
+            for seed in seeds for name, spec in variants.items()}
+
+
+def _flag_value(value: Any) -> str:
+    """A dict option's value as ``convattn train`` reads it back (YAML): plain text where that is exact, else JSON."""
+    import yaml
+
+    if isinstance(value, str):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value)
+
+
+def train_argv(fields: Mapping[str, Any]) -> list[str]:
+    """``["convattn", "train", flags...]`` whose flags give exactly ``fields`` (TrainConfig fields), so that the
+    command resolves the same config as ``resolve_config(fields)``; an empty ``freeze`` is left out (the default)."""
+    from ..engine import TrainConfig
+
+    kinds = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    argv = ["convattn", "train"]
+    for name, value in fields.items():
+        flag, kind = "--" + name.replace("_", "-"), str(kinds[name].type).replace(" ", "")
+        if kind.split("|")[0] == "bool" and isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif kind.startswith("dict"):
+            argv += [flag, *(f"{k}={_flag_value(v)}" for k, v in value.items())] if value else [flag, "none"]
+        elif kind.startswith("list") and kinds[name].metadata.get("words"):
+            argv += [flag, *map(str, value)] if value else []
+        elif kind.startswith("list"):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, "none" if value is None else str(value)]
+    return argv
+
+
+def run_state(config: Any, *, force: bool = False) -> str:
+    """What :func:`~convattn.experiments.train_or_reuse` would do with ``config.out``: ``"new"`` (train),
+    ``"finished"`` (reuse), ``"interrupted"`` (resume from last.pt), or why it would fail: ``"diverged"``,
+    ``"other settings"``, ``"no last.pt"``."""
+    import yaml
+
+    from ..engine.rundir import MARKER
+
+    run_dir = Path(config.out)
+    if force or not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - {MARKER, "run.lock"}:
+        return "new"
+    saved = run_dir / "config.yaml"
+    old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    if not isinstance(old, dict) or config.result_changes(old):
+        return "other settings"
+    res = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
+    if res.get("status") == "diverged":
+        return "diverged"
+    if res.get("status", "finished") == "finished" and "test_acc" in res:
+        return "finished"
+    return "interrupted" if (run_dir / "last.pt").is_file() else "no last.pt"
 
 
 def compare(
@@ -119,8 +187,9 @@ def compare(
     threads: int = 0,
     force: bool = False,
     on_done: Callable[[str, int, dict[str, Any], str, float], None] | None = None,
+    dry_run: bool = False,
     **fields: Any,
-) -> dict[str, Any]:
+) -> dict[str, Any] | list[dict[str, Any]]:
     """Train every variant with every seed and compare them with the baseline (the first unless named).
 
     Args:
@@ -131,11 +200,15 @@ def compare(
         jobs, threads: runs at a time and torch threads per run (0: automatic, one run per core).
         force: retrain runs that exist.
         on_done: called as each run ends with ``(variant, seed, results, how, seconds)``.
+        dry_run: train nothing; return the runs instead.
         fields: ``TrainConfig`` fields every run shares (``model``, ``dataset``, ``epochs`` ...).
 
     Returns:
         the table of :func:`~convattn.experiments.table.comparison_table` plus ``"seeds"``, ``"jobs"``,
-        ``"threads"`` and ``"files"`` (the tables written).
+        ``"threads"`` and ``"files"`` (the tables written). With ``dry_run``, one ``{"variant", "seed", "out",
+        "argv", "state"}`` per run in start order: ``argv`` the ``convattn train`` command that makes the run
+        elsewhere (with ``--resume`` where the run exists and is ``"finished"`` or ``"interrupted"``), ``state``
+        what compare would do with it (:func:`run_state`).
 
     A script calling this with ``jobs != 1`` on a machine of several cores needs the
     ``if __name__ == "__main__":`` guard that spawned processes require.
@@ -149,6 +222,13 @@ def compare(
     if jobs > 1:
         fields["progress"] = False
     configs = compare_configs(specs, seeds, out=out, **fields)
+    if dry_run:
+        planned = []
+        for key, given in _given_fields(specs, seeds, out, fields).items():
+            state = run_state(configs[key], force=force)
+            argv = train_argv(given) + (["--resume", given["out"]] if state in ("finished", "interrupted") else [])
+            planned.append({"variant": key[0], "seed": key[1], "out": given["out"], "argv": argv, "state": state})
+        return planned
     print(f"[compare] {len(specs)} variant(s) x {len(seeds)} seed(s) = {len(configs)} runs under {out}; "
           f"{jobs} at a time, {threads} thread(s) each", file=sys.stderr, flush=True)
 
@@ -176,4 +256,13 @@ def compare(
     table.update(seeds=seeds, jobs=jobs, threads=threads,
                  variants={name: spec for name, spec in specs.items()}, fields=dict(fields))
     table["files"] = [str(p) for p in write_table(table, out)]
+    return table
+
+
+def collect(root: str | os.PathLike, *, baseline: str | None = None, flops: bool = True) -> dict[str, Any]:
+    """The comparison table of the run directories under ``root`` (made by ``compare``, a ``--dry-run``'s commands
+    or anything else; :func:`~convattn.experiments.table.records_from_dir`), written to ``<root>/compare.md|csv|json``.
+    Trains nothing. Returns the table plus ``"files"``."""
+    table = comparison_table(records_from_dir(root, flops=flops), baseline=baseline)
+    table["files"] = [str(p) for p in write_table(table, root)]
     return table

@@ -5,7 +5,8 @@ A *record* is one run: ``{"variant", "seed", "status", "test_acc", "best_val_acc
 read as unknown). :func:`comparison_table` groups records into one row per variant;
 :func:`table_markdown`, :func:`table_csv` and :func:`write_table` show and store it;
 :func:`records_from_runs` makes records from run directories (``convattn report``), grouped by what
-each run is (model, attention, placement, weights, dataset).
+each run is (model, attention, placement, weights, dataset); :func:`records_from_dir` from every run under a
+folder (``convattn compare --collect``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .stats import mean_std, paired_interval
 
 __all__ = [
     "GROUP_FIELDS", "comparison_table", "table_cells", "table_note", "table_markdown", "table_csv", "write_table", "run_record",
-    "records_from_runs", "run_flops",
+    "records_from_runs", "records_from_dir", "run_flops",
 ]
 
 #: What makes two runs the same variant (seeds apart).
@@ -254,4 +255,53 @@ def records_from_runs(run_dirs: Sequence[str | os.PathLike], *, flops: bool = Tr
         if flops and name not in measured and d["status"] == "finished":
             measured[name] = run_flops(d["run_dir"])
         records.append(run_record(d, variant=name, flops=measured.get(name)))
+    return records
+
+
+_RUN_FILES = ("results.json", "config.yaml", "run.json")
+
+
+def records_from_dir(root: str | os.PathLike, *, flops: bool = True) -> list[dict[str, Any]]:
+    """Records of every run directory under ``root`` (a folder holding results.json, config.yaml or a run.json marker).
+
+    In ``compare``'s layout (``<root>/<variant>/seed<k>``) the folders name the variant and seed, variants in
+    ``<root>/compare.json``'s order when there (then by name); a run that stopped before writing config.yaml is
+    ``failed``, with the reason compare.json recorded. Any other layout: :func:`records_from_runs` of the folders
+    holding results.json or config.yaml.
+    """
+    import re
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"--collect expects a folder of run directories, got {str(root)!r}")
+    dirs = sorted({p.parent for name in _RUN_FILES for p in root.rglob(name)})
+    keyed = {d: re.fullmatch(r"seed(\d+)", d.name) and d.parent.parent == root for d in dirs}
+    if dirs and all(keyed.values()):
+        return _records_in_layout(root, dirs, flops)
+    described = [d for d in dirs if (d / "results.json").is_file() or (d / "config.yaml").is_file()]
+    if not described:
+        raise ConfigError(f"--collect expects run directories (results.json or config.yaml) under {str(root)!r}, found none")
+    return records_from_runs(described, flops=flops)
+
+
+def _records_in_layout(root: Path, dirs: list[Path], flops: bool) -> list[dict[str, Any]]:
+    saved = root / "compare.json"
+    rows = json.loads(saved.read_text()).get("rows", []) if saved.is_file() else []
+    order = [row["variant"] for row in rows]
+    known = {(r.get("variant"), r.get("seed")): r for row in rows for r in row.get("runs", [])}
+    measured: dict[str, int | None] = {}
+    records = []
+    for d in sorted(dirs, key=lambda d: (order.index(d.parent.name) if d.parent.name in order else len(order),
+                                         d.parent.name, int(d.name[4:]))):
+        variant, seed = d.parent.name, int(d.name[4:])
+        if (d / "results.json").is_file() or (d / "config.yaml").is_file():
+            res = _describe(d)[0]
+        else:
+            res = {"status": "failed", "reason": known.get((variant, seed), {}).get(
+                "reason", "stopped before writing config.yaml"), "run_dir": str(d)}
+        if flops and variant not in measured and res["status"] == "finished":
+            measured[variant] = run_flops(d)
+        records.append(run_record(res, variant=variant, seed=seed))
+    for r in records:
+        r["flops"] = measured.get(r["variant"])
     return records
