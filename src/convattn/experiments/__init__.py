@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from .compare import collect, compare, compare_configs, parse_seeds, read_variants, run_state, train_argv, variant_specs
+from .compare import collect, compare, compare_configs, parse_seeds, read_variants, train_argv, variant_specs
 from .demo import (
     DATASET,
     KERNELS,
@@ -25,7 +25,7 @@ from .demo import (
     start_order,
     variant_configs,
 )
-from .runs import jobs_and_threads, train_or_reuse, train_runs, usable_cores
+from .runs import jobs_and_threads, run_state, train_or_reuse, train_runs, usable_cores
 from .stats import mean_std, paired_interval, t_quantile
 from .table import (
     comparison_table,

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
-from .runs import jobs_and_threads, train_runs
+from .runs import jobs_and_threads, run_state, train_runs
 from .table import comparison_table, records_from_dir, run_flops, run_record, write_table
 
-__all__ = ["compare", "compare_configs", "collect", "train_argv", "run_state", "variant_specs", "read_variants",
+__all__ = ["compare", "compare_configs", "collect", "train_argv", "variant_specs", "read_variants",
            "parse_seeds"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -152,29 +152,6 @@ def train_argv(fields: Mapping[str, Any]) -> list[str]:
         else:
             argv += [flag, "none" if value is None else str(value)]
     return argv
-
-
-def run_state(config: Any, *, force: bool = False) -> str:
-    """What :func:`~convattn.experiments.train_or_reuse` would do with ``config.out``: ``"new"`` (train),
-    ``"finished"`` (reuse), ``"interrupted"`` (resume from last.pt), or why it would fail: ``"diverged"``,
-    ``"other settings"``, ``"no last.pt"``."""
-    import yaml
-
-    from ..engine.rundir import MARKER
-
-    run_dir = Path(config.out)
-    if force or not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - {MARKER, "run.lock"}:
-        return "new"
-    saved = run_dir / "config.yaml"
-    old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-    if not isinstance(old, dict) or config.result_changes(old):
-        return "other settings"
-    res = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
-    if res.get("status") == "diverged":
-        return "diverged"
-    if res.get("status", "finished") == "finished" and "test_acc" in res:
-        return "finished"
-    return "interrupted" if (run_dir / "last.pt").is_file() else "no last.pt"
 
 
 def compare(

@@ -8,6 +8,7 @@ wait on each other, 2.7-3x slower than one thread). docs/demo.md has the measure
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 from ..exceptions import ConfigError, RunDivergedError
 
-__all__ = ["usable_cores", "jobs_and_threads", "train_or_reuse", "train_runs"]
+__all__ = ["usable_cores", "jobs_and_threads", "run_state", "train_or_reuse", "train_runs"]
 
 
 def usable_cores() -> int:
@@ -38,9 +39,38 @@ def jobs_and_threads(jobs: int, threads: int, *, runs: int, device: str = "cpu")
     return jobs, threads or max(1, cores // jobs)
 
 
+def _results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_state(config: Any, *, force: bool = False) -> str:
+    """What :func:`train_or_reuse` does with ``config.out``: ``"new"`` (train), ``"finished"`` (reuse),
+    ``"interrupted"`` (resume from last.pt), or why it refuses: ``"diverged"``, ``"other settings"``,
+    ``"no last.pt"``. A folder holding only a run's marker and lock (a run that failed before writing
+    anything, e.g. on a bad option) takes a new run."""
+    import yaml
+
+    from ..engine.rundir import MARKER
+
+    run_dir = Path(config.out)
+    if force or not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - {MARKER, "run.lock"}:
+        return "new"
+    saved = run_dir / "config.yaml"
+    old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    if not isinstance(old, dict) or config.result_changes(old):
+        return "other settings"
+    res = _results(run_dir)
+    if res.get("status") == "diverged":
+        return "diverged"
+    if res.get("status", "finished") == "finished" and "test_acc" in res:
+        return "finished"
+    return "interrupted" if (run_dir / "last.pt").is_file() else "no last.pt"
+
+
 def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]:
     """Train ``config`` into ``config.out``; reuse a finished run of the same result settings
-    (:meth:`~convattn.engine.TrainConfig.result_changes`), resume an unfinished one.
+    (:meth:`~convattn.engine.TrainConfig.result_changes`), resume an unfinished one (:func:`run_state`).
 
     Returns the result dict of :func:`convattn.engine.train` and what happened
     (``"trained"``, ``"reused"``, ``"resumed"``). ``force`` deletes the run directory first. Only a
@@ -50,37 +80,26 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
         ConfigError: ``config.out`` holds a run with other result settings, or one without ``last.pt``.
         RunDivergedError: the run diverged, now or before (its results.json says ``diverged``).
     """
-    import json
-
-    import yaml
-
     from ..engine import train
-    from ..engine.rundir import MARKER
 
     run_dir = Path(config.out)
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
-    # a marker and its lock alone: a run that failed before writing anything (a bad option) takes a new run
-    held = {p.name for p in run_dir.iterdir()} - {MARKER, "run.lock"} if run_dir.is_dir() else set()
-    if held:
-        saved = run_dir / "config.yaml"
-        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-        if not isinstance(old, dict) or config.result_changes(old):
-            raise ConfigError(
-                f"{run_dir} holds a run with other settings; pass --force to retrain it or --out to write elsewhere"
-            )
-        results = run_dir / "results.json"
-        res = json.loads(results.read_text()) if results.is_file() else {}
-        if res.get("status") == "diverged":
-            raise RunDivergedError(f"{run_dir} diverged ({res.get('reason', 'no reason recorded')}); "
-                                   "pass --force to retrain it")
-        if res.get("status", "finished") == "finished" and "test_acc" in res:
-            res.setdefault("run_dir", str(run_dir))
-            return res, "reused"
-        if (run_dir / "last.pt").is_file():
-            return train(config, resume=run_dir), "resumed"
-        raise ConfigError(f"{run_dir} holds an unfinished run without last.pt; pass --force to retrain it")
-    return train(config), "trained"
+    state = run_state(config)
+    if state == "new":
+        return train(config), "trained"
+    if state == "finished":
+        res = _results(run_dir)
+        res.setdefault("run_dir", str(run_dir))
+        return res, "reused"
+    if state == "interrupted":
+        return train(config, resume=run_dir), "resumed"
+    if state == "diverged":
+        raise RunDivergedError(f"{run_dir} diverged ({_results(run_dir).get('reason', 'no reason recorded')}); "
+                               "pass --force to retrain it")
+    if state == "other settings":
+        raise ConfigError(f"{run_dir} holds a run with other settings; pass --force to retrain it or --out to write elsewhere")
+    raise ConfigError(f"{run_dir} holds an unfinished run without last.pt; pass --force to retrain it")
 
 
 class _Prefixed:
