@@ -26,6 +26,16 @@ def _start(out, *extra, kill_at=0, kill_signal="KILL"):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _resume_and_finish(run_dir, ref):
+    """Resume ``run_dir`` in a fresh process and wait for the uninterrupted reference ``ref``."""
+    resumed = subprocess.run([sys.executable, str(RUNNER), "train", "--resume", str(run_dir), "--no-progress"],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert resumed.returncode == 0, resumed.stderr
+    _, err = ref.communicate(timeout=120)
+    assert ref.returncode == 0, err
+
+
 def _metrics(run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in ("epoch_time", "images_per_s")} for r in rows]
@@ -40,12 +50,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
     assert killed.returncode == -signal.SIGKILL, err
     ck = load_checkpoint(run_dir / "last.pt")
     assert (ck["epoch"], ck["batch_in_epoch"], ck["step"]) == (1, 2, 8)  # mid-epoch step checkpoint
-    resumed = subprocess.run([sys.executable, str(RUNNER), "train", "--resume", str(run_dir), "--no-progress"],
-                             capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert resumed.returncode == 0, resumed.stderr
-    _, err = ref.communicate(timeout=120)
-    assert ref.returncode == 0, err
+    _resume_and_finish(run_dir, ref)
 
     a, b = load_checkpoint(ref_dir / "last.pt"), load_checkpoint(run_dir / "last.pt")
     assert a["step"] == b["step"] == 18
@@ -72,12 +77,7 @@ def test_sigterm_stops_as_interrupted_and_resumes_exactly(tmp_path):
     assert "interrupted" in err
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "interrupted" and "test_acc" not in res
-    resumed = subprocess.run([sys.executable, str(RUNNER), "train", "--resume", str(run_dir), "--no-progress"],
-                             capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert resumed.returncode == 0, resumed.stderr
-    _, err = ref.communicate(timeout=120)
-    assert ref.returncode == 0, err
+    _resume_and_finish(run_dir, ref)
     a, b = load_checkpoint(ref_dir / "last.pt"), load_checkpoint(run_dir / "last.pt")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
