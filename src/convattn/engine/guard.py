@@ -11,7 +11,7 @@ import contextlib
 import math
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from torch import nn
 from ..exceptions import RunDivergedError
 from . import distributed as D
 
-__all__ = ["largest_weight", "check_finite", "sigterm_as_interrupt"]
+__all__ = ["largest_weight", "first_non_finite", "diverged", "sigterm_as_interrupt"]
 
 
 def largest_weight(model: nn.Module) -> float:
@@ -29,19 +29,20 @@ def largest_weight(model: nn.Module) -> float:
         return float(torch.stack(worst).amax()) if worst else 0.0
 
 
-def check_finite(ctx: D.DistContext, what: str, values: Iterable[float], *, where: str, saved: bool) -> None:
-    """Raise RunDivergedError when one of ``values`` is not finite on any rank (a collective under DDP).
+def first_non_finite(ctx: D.DistContext, values: dict[str, float]) -> tuple[str, str] | None:
+    """The first of ``values`` (what -> number) that is not finite, as ``(what, value)``; ``None`` when every
+    one is finite on every rank. Under DDP one collective per call, so that all ranks stop at the same step."""
+    bad = [(what, str(v)) for what, v in values.items() if not math.isfinite(v)]
+    if ctx.enabled and not D.all_reduce_sum(ctx, [float(len(bad))], ctx.device)[0]:
+        return None
+    return bad[0] if bad else (("a value", "not finite on another rank") if ctx.enabled else None)
 
-    ``what`` names the quantity, ``where`` the step, epoch and learning rate; ``saved`` says
-    whether a checkpoint was written before (it is kept).
-    """
-    bad = [v for v in values if not math.isfinite(v)]
-    if D.all_reduce_sum(ctx, [float(len(bad))], ctx.device)[0]:
-        kept = "the checkpoints written before it are kept" if saved else "no checkpoint was written"
-        raise RunDivergedError(
-            f"training diverged at {where}: {what} is {bad[0] if bad else 'not finite on another rank'}; "
-            f"{kept}; lower --lr or set --clip-grad"
-        )
+
+def diverged(what: str, value: str, *, where: str, saved: bool) -> RunDivergedError:
+    """The error that stops a run at ``where`` (step, epoch, lr) because ``what`` is ``value``; ``saved``
+    says whether a checkpoint was written before it (it is kept)."""
+    kept = "the checkpoints written before it are kept" if saved else "no checkpoint was written"
+    return RunDivergedError(f"training diverged at {where}: {what} is {value}; {kept}; lower --lr or set --clip-grad")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -37,7 +37,7 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
 from .evaluate import eval_sums, eval_summary, logits_of
-from .guard import check_finite, largest_weight, sigterm_as_interrupt
+from .guard import diverged, first_non_finite, largest_weight, sigterm_as_interrupt
 from .memory import keep_freed_memory
 from .metrics import MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
 from .optim import WarmupSchedule, build_optimizer, mixed_precision
@@ -164,9 +164,11 @@ class _Trainer:
         if self.ctx.is_main:
             save_checkpoint(self._state(rng), self.run_dir / name)
 
-    def _check_finite(self, what: str, *values: float, lr: float) -> None:
-        check_finite(self.ctx, what, values, where=f"step {self.step} (epoch {self.epoch + 1}, lr {lr:.3g})",
-                     saved=(self.run_dir / "last.pt").is_file())
+    def _check_finite(self, values: dict[str, float], *, lr: float) -> None:
+        found = first_non_finite(self.ctx, values)  # the message is built only for a run that stops
+        if found is not None:
+            raise diverged(*found, where=f"step {self.step} (epoch {self.epoch + 1}, lr {lr:.3g})",
+                           saved=(self.run_dir / "last.pt").is_file())
 
     def _restore(self) -> None:
         c = self.ckpt
@@ -234,9 +236,9 @@ class _Trainer:
             self.scheduler.step()
             self.step += 1
             loss_value = float(loss.detach())
-            self._check_finite("the loss", loss_value, lr=lr)
-            if not self.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow
-                self._check_finite("the gradient norm", float(grad_norm), lr=lr)
+            # the gradient norm when clipping; fp16's scaler skips the steps whose gradients overflow itself
+            norm = {"the gradient norm": float(grad_norm)} if cfg.clip_grad and not self.scaler.is_enabled() else {}
+            self._check_finite({"the loss": loss_value, **norm}, lr=lr)
             with torch.no_grad():
                 self.partial[0] += loss_value * y.shape[0]
                 self.partial[1] += float((logits.detach().argmax(1) == y).sum())
@@ -248,7 +250,7 @@ class _Trainer:
                                 acc=f"{self.partial[1] / self.partial[2]:.3f}", img_s=f"{rate:.0f}")
                 bar.update(1)
             if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
-                self._check_finite("the largest weight", largest_weight(self.model), lr=lr)
+                self._check_finite({"the largest weight": largest_weight(self.model)}, lr=lr)
                 self.epoch_elapsed = time.perf_counter() - t0
                 self._save("last.pt")
         if bar is not None:
@@ -296,8 +298,7 @@ class _Trainer:
                 D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
                 val = self._evaluate(self.val_loader)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self._check_finite("the largest weight", largest_weight(self.model), lr=lr)
-                self._check_finite("the validation loss", val["loss"], lr=lr)
+                self._check_finite({"the largest weight": largest_weight(self.model), "the validation loss": val["loss"]}, lr=lr)
                 self.plan.end_epoch(val["loss"])
                 self.epoch += 1
                 self.batch_in_epoch = 0
