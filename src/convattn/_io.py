@@ -105,7 +105,17 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     return sorted(removed)
 
 
+_REASONS = {
+    errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOTDIR: "not a directory (a file is in the way)", errno.EISDIR: "is a directory, expected a file",
+    errno.ENOENT: "not found", errno.EEXIST: "already exists", errno.ENAMETOOLONG: "name too long",
+}
+
+
 def os_reason(exc: OSError) -> str:
-    """An OS error's reason in words, a full disk said plainly: ``disk full (No space left on device)``."""
+    """An OS error's reason in words, a full disk said plainly: ``disk full (No space left on device)``,
+    ``read-only file system``, ``permission denied``, ``not a directory (a file is in the way)`` ..."""
     reason = exc.strerror or str(exc) or type(exc).__name__
-    return f"disk full ({reason})" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else reason
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full ({reason})"
+    return _REASONS.get(exc.errno, reason)

@@ -191,7 +191,7 @@ def test_os_errors_are_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
     assert "'afile' is a file, not a directory" in capsys.readouterr().err.replace(str(tmp_path) + "/", "")
     assert _train("--out", str(tmp_path / "afile" / "sub")) == 2
     assert "is a file" in capsys.readouterr().err
-    for code, words in ((errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system")):
+    for code, words in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system")):
         def refuse(self, *a, _code=code, _words=words, **k):
             raise OSError(_code, _words, str(self))
 

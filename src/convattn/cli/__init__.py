@@ -14,12 +14,12 @@ one line and exit with status 2 (or the error's own ``exit_status``: 3 for a div
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import pkgutil
 import sys
 
+from .._io import os_reason
 from ..exceptions import ConvattnError
 
 __all__ = ["main", "build_parser", "import_user_modules"]
@@ -46,19 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_REASONS = {
-    errno.ENOSPC: "disk full (no space left on device)",
-    errno.EROFS: "read-only file system", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-    errno.ENOTDIR: "not a directory (a file is in the way)", errno.EISDIR: "is a directory, expected a file",
-    errno.ENOENT: "not found", errno.EEXIST: "already exists", errno.ENAMETOOLONG: "name too long",
-}
-
-
 def os_error_line(exc: OSError) -> str:
     """One line for an OS error: the path(s) it names and what went wrong (``disk full``, ``read-only``, ...)."""
     if exc.errno is None or exc.strerror is None:
         return str(exc)
-    reason = _REASONS.get(exc.errno, exc.strerror)
+    reason = os_reason(exc)
     paths = [p for p in (exc.filename, exc.filename2) if p is not None]
     return f"{' -> '.join(map(str, paths))}: {reason}" if paths else reason
 

@@ -9,7 +9,6 @@ disk or a crash left short has no manifest or does not match it, and is never ha
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -17,7 +16,7 @@ import platform
 import time
 from pathlib import Path
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, os_reason
 from ..exceptions import ConvattnError
 
 __all__ = ["BuildLock", "KernelBuildError", "KernelCacheError", "cache_error", "check", "install", "manifest_of"]
@@ -32,19 +31,9 @@ class KernelCacheError(KernelBuildError):
     library that fails its check where it cannot be rebuilt."""
 
 
-_REASONS = {
-    errno.ENOSPC: "disk full (no space left on device)",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.ENOTDIR: "not a directory (a file is in the way)",
-}
-
-
 def cache_error(folder: Path, exc: OSError) -> KernelCacheError:
     """One line for an OS error met while writing the cache folder ``folder``."""
-    reason = _REASONS.get(exc.errno, exc.strerror or str(exc))
+    reason = os_reason(exc)
     return KernelCacheError(
         f"cannot write the kernel cache {folder}: {reason} (set CONVATTN_KERNELS_DIR to a writable "
         "folder, or CONVATTN_EXTENSIONS=0 to skip the kernels)"
