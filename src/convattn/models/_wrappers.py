@@ -24,6 +24,10 @@ class IdentityBlend(nn.Module):
     At initialisation the output equals the input exactly, so a pretrained network
     keeps its outputs when the layer is inserted; training moves ``γ`` away from 0.
 
+    A layer that can compute the blend in its own kernels has ``forward_blended(x, gamma)``:
+    it returns the blended output (and records its maps as ``forward`` does), or ``None``
+    where its kernels cannot run; then the blend runs in PyTorch ops around ``layer(x)``.
+
     Args:
         layer: the shape-preserving layer to blend in.
         gamma: initial value of ``γ``.
@@ -45,7 +49,9 @@ class IdentityBlend(nn.Module):
         self.gamma = nn.Parameter(torch.full((), float(gamma)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.gamma * (self.layer(x) - x)
+        fused = getattr(self.layer, "forward_blended", None)
+        out = fused(x, self.gamma) if fused is not None else None
+        return out if out is not None else x + self.gamma * (self.layer(x) - x)
 
 
 class WithAttention(nn.Module):
