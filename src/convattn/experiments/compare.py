@@ -165,6 +165,10 @@ def compare(
     force: bool = False,
     on_done: Callable[[str, int, dict[str, Any], str, float], None] | None = None,
     dry_run: bool = False,
+    launcher: str = "local",
+    address: str | None = None,
+    cpus_per_run: int | None = None,
+    gpus_per_run: float | None = None,
     **fields: Any,
 ) -> dict[str, Any] | list[dict[str, Any]]:
     """Train every variant with every seed and compare them with the baseline (the first unless named).
@@ -178,6 +182,10 @@ def compare(
         force: retrain runs that exist.
         on_done: called as each run ends with ``(variant, seed, results, how, seconds)``.
         dry_run: train nothing; return the runs instead.
+        launcher, address, cpus_per_run, gpus_per_run: ``"local"`` (the default: ``jobs`` worker processes here)
+            or ``"ray"``: each run a Ray task with ``cpus_per_run`` CPUs (default 1) and ``gpus_per_run`` GPUs
+            (default 0) on the cluster at ``address`` (:func:`~convattn.experiments.train_runs`; ``out`` on
+            storage every node sees).
         fields: ``TrainConfig`` fields every run shares (``model``, ``dataset``, ``epochs`` ...).
 
     Returns:
@@ -217,7 +225,8 @@ def compare(
             on_done(key[0], key[1], res, how, secs)
 
     results = train_runs({k: [c] for k, c in configs.items()}, jobs=jobs, threads=threads, force=force,
-                         on_done=done, keep_going=True)
+                         on_done=done, keep_going=True, launcher=launcher, address=address,
+                         cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run)
     flops: dict[str, int | None] = {}
     records = []
     for (name, seed), cfg in configs.items():

@@ -1,4 +1,4 @@
-"""Many runs: train chains of configs in parallel worker processes, reusing finished runs.
+"""Many runs: train chains of configs in parallel worker processes (or as Ray tasks), reusing finished runs.
 
 On 2 cores, two runs at a time with one thread each trained the demo in 434 s from a fresh
 clone, against 558 s for the same runs one after another with two threads; and one thread per
@@ -154,25 +154,30 @@ def _train_chain(
     return res, "+".join(hows), time.perf_counter() - start
 
 
+#: Errors a second try would meet again (bad settings, a run that diverged): they are not retried.
+_FINAL = (ValueError, TypeError, RunDivergedError)
+
+
+def _failure(exc: BaseException, run_dir: str | None, prefix: str | None, seconds: float) -> tuple[dict, str, float]:
+    """A chain ended by ``exc``: ``({"status", "reason", "run_dir"}, "failed", seconds)``, said on stderr."""
+    status = ("diverged" if isinstance(exc, RunDivergedError) else
+              "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+    lines = str(exc).strip().splitlines()
+    reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    print(f"{prefix or ''}run {status}: {reason}", file=sys.stderr, flush=True)
+    return {"status": status, "reason": reason, "run_dir": run_dir}, "failed", seconds
+
+
 def _chain_or_failure(cfg_dicts: list[dict], force: bool, threads: int | None, prefix: str | None,
                       prepare: Callable[[], Any] | None, after: Callable[[dict], dict] | None,
-                      keep_going: bool) -> tuple[dict, str, float]:
-    """:func:`_train_chain`; with ``keep_going`` an error (and, in a worker process, an interrupt) ends the
-    chain with its last run's ``{"status", "reason", "run_dir"}`` and how ``"failed"`` instead of raising."""
-    if not keep_going:
-        return _train_chain(cfg_dicts, force, threads, prefix, prepare, after)
+                      catch: tuple[type[BaseException], ...]) -> tuple[dict, str, float]:
+    """:func:`_train_chain`; an error of a type in ``catch`` ends the chain with its last run's
+    :func:`_failure` instead of raising."""
     start = time.perf_counter()
-    caught = (Exception, KeyboardInterrupt) if prefix is not None else Exception
     try:
         return _train_chain(cfg_dicts, force, threads, prefix, prepare, after)
-    except caught as exc:
-        status = ("diverged" if isinstance(exc, RunDivergedError) else
-                  "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
-        lines = str(exc).strip().splitlines()
-        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        print(f"{prefix or ''}run {status}: {reason}", file=sys.stderr, flush=True)
-        res = {"status": status, "reason": reason, "run_dir": cfg_dicts[-1].get("out")}
-        return res, "failed", time.perf_counter() - start
+    except catch as exc:
+        return _failure(exc, cfg_dicts[-1].get("out"), prefix, time.perf_counter() - start)
 
 
 def _train_keyed(item: tuple) -> tuple[Any, tuple[dict, str, float]]:
@@ -182,6 +187,33 @@ def _train_keyed(item: tuple) -> tuple[Any, tuple[dict, str, float]]:
 
 def _label(key: Any) -> str:
     return " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def _train_on_ray(dicts: dict[Any, list[dict]], finish: Callable[[Any, tuple], None], *, force: bool,
+                  prepare: dict[Any, Callable[[], Any]], after: Callable[[dict], dict] | None, keep_going: bool,
+                  address: str | None, cpus: int, gpus: float) -> None:
+    """Each chain as a Ray task (:func:`~convattn.experiments.ray_launcher.run_tasks`), ``finish`` called as each ends."""
+    from contextlib import closing
+
+    from .ray_launcher import run_tasks
+
+    if not (isinstance(cpus, int) and cpus >= 1) or not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ConfigError(f"a run on Ray takes a whole number >= 1 of CPUs and >= 0 GPUs, "
+                          f"got cpus_per_run={cpus!r}, gpus_per_run={gpus!r}")
+    if force:  # here, not in the task: Ray retries a task with its arguments, and a retry must resume
+        for cfg in (c for cfgs in dicts.values() for c in cfgs):
+            if Path(cfg["out"]).exists():
+                shutil.rmtree(cfg["out"])
+    # no progress bars (Ray forwards a worker's output line by line); errors that would recur end the task
+    calls = {key: ([{**c, "progress": False} for c in cfgs], False, cpus, f"[{_label(key)}] ", prepare.get(key),
+                   after, _FINAL if keep_going else ()) for key, cfgs in dicts.items()}
+    with closing(run_tasks(_chain_or_failure, calls, address=address, num_cpus=cpus, num_gpus=gpus)) as ended:
+        for key, out, seconds in ended:
+            if isinstance(out, BaseException):  # raised twice, or its worker or node died twice
+                if not keep_going:
+                    raise out
+                out = _failure(out, dicts[key][-1].get("out"), f"[{_label(key)}] ", seconds)
+            finish(key, out)
 
 
 def train_runs(
@@ -194,6 +226,10 @@ def train_runs(
     prepare: dict[Any, Callable[[], Any]] | None = None,
     after: Callable[[dict], dict] | None = None,
     keep_going: bool = False,
+    launcher: str = "local",
+    address: str | None = None,
+    cpus_per_run: int | None = None,
+    gpus_per_run: float | None = None,
 ) -> dict[Any, tuple[dict[str, Any], str, float]]:
     """Train each chain of ``TrainConfig`` s (in order, in one process), ``jobs`` chains at a time.
 
@@ -208,11 +244,25 @@ def train_runs(
     run, in the process that trains the chain, its return value taking the results' place (with
     ``jobs > 1`` both must pickle: module-level functions, or ``functools.partial`` of one).
 
+    ``launcher="ray"`` submits each chain as a Ray task instead (:mod:`~convattn.experiments.ray_launcher`)
+    to the cluster at ``address`` (None: as ``ray.init()``: ``RAY_ADDRESS``, else the cluster ``ray start``
+    started on this machine, else a local instance), each task with ``cpus_per_run`` CPUs (default 1; also
+    its torch threads) and ``gpus_per_run`` GPUs (default 0); ``jobs`` and ``threads`` are then unused, the
+    cluster's free resources say how many run at once. The configs' ``out`` must be paths every node and
+    this process see (absolute, on shared storage). A chain whose task raises (other than bad settings,
+    ``ValueError`` / ``TypeError``, and divergence), or whose worker or node dies, runs once more (resuming
+    from its last.pt), and then fails as above. ``force`` deletes the run directories before submitting.
+
     Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
     by "+", seconds)}``; ``on_done(key, results, how, seconds)`` is called as each chain ends.
     A script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard that
     spawned processes require.
     """
+    if launcher not in ("local", "ray"):
+        raise ConfigError(f"launcher must be 'local' or 'ray', got {launcher!r}")
+    if launcher == "local" and (address, cpus_per_run, gpus_per_run) != (None, None, None):
+        raise ConfigError(f"address, cpus_per_run and gpus_per_run are for launcher='ray', got launcher='local' with "
+                          f"address={address!r}, cpus_per_run={cpus_per_run!r}, gpus_per_run={gpus_per_run!r}")
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     dicts = {key: [c.to_dict() for c in cfgs] for key, cfgs in chains.items()}
@@ -224,13 +274,18 @@ def train_runs(
         if on_done is not None:
             on_done(key, *out)
 
+    if launcher == "ray":
+        _train_on_ray(dicts, finish, force=force, prepare=prepare, after=after, keep_going=keep_going, address=address,
+                      cpus=1 if cpus_per_run is None else cpus_per_run, gpus=0 if gpus_per_run is None else gpus_per_run)
+        return done
     if jobs == 1 or len(dicts) <= 1:
         import torch
 
         before = torch.get_num_threads()
+        catch = (Exception,) if keep_going else ()
         try:
             for key, cfgs in dicts.items():
-                finish(key, _chain_or_failure(cfgs, force, threads, None, prepare.get(key), after, keep_going))
+                finish(key, _chain_or_failure(cfgs, force, threads, None, prepare.get(key), after, catch))
         finally:
             torch.set_num_threads(before)
         return done
@@ -239,7 +294,8 @@ def train_runs(
     jobs = min(jobs, len(dicts))
     if threads is None:
         threads = max(1, usable_cores() // jobs)
-    work = [(key, cfgs, force, threads, f"[{_label(key)}] ", prepare.get(key), after, keep_going)
+    catch = (Exception, KeyboardInterrupt) if keep_going else ()  # a worker's interrupt ends its run only
+    work = [(key, cfgs, force, threads, f"[{_label(key)}] ", prepare.get(key), after, catch)
             for key, cfgs in dicts.items()]
     # leaving the block terminates the workers: a failed run or Ctrl-C starts nothing more
     # (runs cut short keep their last.pt and resume)
