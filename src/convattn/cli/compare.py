@@ -4,8 +4,9 @@ interval, verdict, cost), written to ``<out>/compare.md|csv|json`` and an HTML p
 Variants: ``--attention none,se,cbam`` (one per layer), ``--variant NAME:"TRAIN FLAGS"`` (repeatable) or
 ``--variants FILE.yaml`` (names mapped to TrainConfig fields or to train flags); every other train flag
 applies to every run. Runs live in ``<out>/<variant>/seed<k>``; running the same command again reuses
-finished runs and resumes interrupted ones (``--force`` retrains). A run that fails or diverges is shown
-as such in the table, the others go on, and the command exits with status 1.
+finished runs and resumes interrupted ones (``--force`` retrains). A run that fails or diverges is shown as such
+in the table, the others go on, and the command exits with status 1. ``--launcher ray`` runs each run as a Ray
+task (``--address``, ``--cpus-per-run``, ``--gpus-per-run``; ``--out`` on storage every node sees).
 
 ``--dry-run`` trains nothing: it prints one ``convattn train`` command per run (for a job array, Slurm ...),
 each followed by what compare would do with it; ``--collect DIR`` builds the table from the runs under DIR.
@@ -19,6 +20,7 @@ import sys
 from typing import Any
 
 from ..exceptions import ConfigError
+from ._compare_options import add_compare_arguments, launcher_options
 from ._options import check_out_dir, examples_epilog
 from ._train_options import add_config_arguments, explicit_overrides
 
@@ -29,6 +31,7 @@ EXAMPLES = (
     "convattn compare --attention none,cbam --variant cbam-id:'--attention cbam --model-kwargs identity_init=true' "
     "--seeds 0,3,7 --baseline none",
     "convattn compare --variants variants.yaml --dataset digits --epochs 2 --jobs 2 --out runs/cmp",
+    "convattn compare --attention none,se --seeds 3 --dataset digits --out /shared/cmp --launcher ray --cpus-per-run 2",
     "convattn compare --attention none,se --seeds 3 --dataset digits --out runs/cmp --dry-run > runs.txt",
     "convattn compare --collect runs/cmp --baseline none",
 )
@@ -61,25 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     for action in p._actions:  # the shared dialect's names for these values (_options)
         action.metavar = {"batch_size": "N", "image_size": "PX"}.get(action.dest, action.metavar)
-    p.add_argument("--attention", dest="attentions", metavar="A,B,...",
-                   help="one variant per attention layer, comma-separated (none: the plain model)")
-    p.add_argument("--variant", dest="named", action="append", default=[], metavar='NAME:"FLAGS"',
-                   help="a named variant: convattn train flags over the shared ones (repeatable)")
-    p.add_argument("--variants", metavar="FILE.yaml",
-                   help="YAML mapping variant names to TrainConfig fields or to a string of train flags")
-    p.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list such as 0,3,7 (default: 3)")
-    p.add_argument("--baseline", help="the variant the others are compared with (default: the first)")
-    p.add_argument("--out", dest="parent", default="runs/compare", metavar="DIR",
-                   help="parent of <variant>/seed<k> run directories and of compare.md|csv|json|html "
-                        "(default: runs/compare)")
-    p.add_argument("--jobs", type=int, default=0,
-                   help="runs trained at once, each in its own process; 0 (default): one per CPU core (1 on CUDA)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads per run; 0 (default): the cores shared out")
-    p.add_argument("--html", action=argparse.BooleanOptionalAction, default=True,
-                   help="write <out>/compare.html: table, curves, accuracy against cost (default: on)")
-    p.add_argument("--force", action="store_true", help="retrain runs that already exist under --out")
-    p.add_argument("--dry-run", action="store_true", help="train nothing: print each run's train command and state")
-    p.add_argument("--collect", metavar="DIR", help="train nothing: build the table and its files from the runs under DIR")
+    add_compare_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -106,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     it and its HTML page; exit 1 when some run did not finish."""
     from ..experiments import collect, compare
 
+    launch = launcher_options(args)
     if args.collect:
         flags = {"--attention": args.attentions, "--variant": args.named, "--variants": args.variants,
-                 "--dry-run": args.dry_run, **{f"--{k.replace('_', '-')}": 1 for k in explicit_overrides(args)}}
+                 "--dry-run": args.dry_run, "--launcher": launch,
+                 **{f"--{k.replace('_', '-')}": 1 for k in explicit_overrides(args)}}
         if given := [f for f, on in flags.items() if on]:
             raise ConfigError(f"--collect reads the runs under {args.collect}; expected no variants or train flags, "
                               f"got {', '.join(given)}")
@@ -116,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     specs = _variants(args)
     check_out_dir(args.parent)
     kw = dict(seeds=args.seeds, out=args.parent, baseline=args.baseline, jobs=args.jobs, threads=args.threads,
-              force=args.force, **explicit_overrides(args))
+              force=args.force, **launch, **explicit_overrides(args))
     if args.dry_run:
         planned = compare(specs, dry_run=True, **kw)
         imports = [w for m in getattr(args, "imports", []) for w in ("--import", m)]
