@@ -1,6 +1,7 @@
-"""CBAM's kernel formulas: the ``convattn_cbam`` ops' formula in PyTorch ops, their shape (fake)
-formulas and registration, the BatchNorm folding that lets the kernels serve the official code's
-configuration in inference, and the CPU shortcuts of the plain path (:mod:`convattn.layers.cbam`).
+"""CBAM's kernel formulas: the ``convattn_cbam`` ops' formulas in PyTorch ops (the paper's
+configuration, and the official code's with BatchNorm), their shape (fake) and autograd formulas and
+registration, BatchNorm's running-statistics update for the kernel path, and the CPU shortcuts of the
+plain path (:mod:`convattn.layers.cbam`).
 
 Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018, https://arxiv.org/abs/1807.06521
 """
@@ -14,24 +15,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from ._ops import layer_op_registrar
+from ._ops import autograd_backward
 
 __all__ = [
     "cbam_backward_fake",
+    "cbam_bn",
+    "cbam_bn_backward_fake",
+    "cbam_bn_fake",
     "cbam_fake",
     "cbam_ops",
     "cbam_paper",
-    "fold_batchnorm",
     "gated_channel_pools",
-    "kernel_spatial",
     "pair_conv",
+    "update_running_stats",
 ]
 
 
-def cbam_paper(x, w1, b1, w2, b2, wc, bc):
-    """Channel-first CBAM in the paper's configuration (ReLU MLP, sigmoid gates, k×k convolution with
-    bias), in PyTorch ops from the parameters: ``(out, g, a)``. The formula of the ``convattn_cbam``
-    kernels, differentiated by autograd where they cannot be (gradients of gradients)."""
+def _channel_then_stats(x, w1, b1, w2, b2):
+    """The channel gate ``g`` (ReLU MLP, sigmoid), ``x · g`` and its channel pools ``[mean; max]``."""
     flat = x.flatten(2)
     pooled = torch.cat((flat.mean(-1), flat.amax(-1)))
     hidden = torch.relu(F.linear(pooled, w1, b1))
@@ -39,34 +40,120 @@ def cbam_paper(x, w1, b1, w2, b2, wc, bc):
     logits = F.linear(hidden.view(2, b, hidden.shape[-1]).sum(0), w2)
     g = torch.sigmoid(logits if b2 is None else logits + 2 * b2)
     refined = x * g[:, :, None, None]
-    stats = torch.stack((refined.mean(1), refined.amax(1)), 1)
+    return g, refined, torch.stack((refined.mean(1), refined.amax(1)), 1)
+
+
+def _blended(x, out, gamma):
+    """The identity blend ``x + γ · (out − x)`` (``out`` itself without ``gamma``)."""
+    return out if gamma is None else x + gamma * (out - x)
+
+
+def cbam_paper(x, w1, b1, w2, b2, wc, bc, gamma=None):
+    """Channel-first CBAM in the paper's configuration (ReLU MLP, sigmoid gates, k×k convolution with
+    bias), blended with the identity where ``gamma`` is given, in PyTorch ops from the parameters:
+    ``(out, g, a)``. The formula of ``convattn_cbam::forward``, differentiated by autograd where its
+    kernels cannot be (gradients of gradients)."""
+    g, refined, stats = _channel_then_stats(x, w1, b1, w2, b2)
     a = torch.sigmoid(F.conv2d(stats, wc, bc, padding=wc.shape[-1] // 2))
-    return refined * a, g, a
+    return _blended(x, refined * a, gamma), g, a
 
 
-def cbam_fake(x, w1, b1, w2, b2, wc, bc):
-    """Shapes of ``convattn_cbam::forward``: ``(out, g, a, pooled, hidden, stats)``."""
+def cbam_bn(x, w1, b1, w2, b2, wc, bn_w, bn_b, running_mean, running_var, eps, gamma=None):
+    """Channel-first CBAM with a BatchNorm after a bias-free convolution (the official code's and
+    timm's configuration) in PyTorch ops: batch statistics without ``running_mean``, else the running
+    ones (never updated here). The formula of ``convattn_cbam::bn_forward``: ``(out, g, a)``."""
+    g, refined, stats = _channel_then_stats(x, w1, b1, w2, b2)
+    logits = F.conv2d(stats, wc, None, padding=wc.shape[-1] // 2)
+    z = F.batch_norm(logits, running_mean, running_var, bn_w, bn_b, running_mean is None, 0.0, eps)
+    a = torch.sigmoid(z)
+    return _blended(x, refined * a, gamma), g, a
+
+
+def _forward_fake(x, w1):
     b, c, h, w = x.shape
-    r = w1.shape[0]
     new = x.new_empty
-    return torch.empty_like(x), new(b, c), new(b, 1, h, w), new(b, 2, c), new(b, 2, r), new(b, 2, h, w)
+    return torch.empty_like(x), new(b, c), new(b, 1, h, w), new(b, 2, c), new(b, 2, w1.shape[0]), new(b, 2, h, w)
 
 
-def cbam_backward_fake(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need_dx):
-    """Shapes of ``convattn_cbam::backward``: ``(dx, dw1, db1, dw2, db2, dwc, dbc)``."""
-    r, c, k = w1.shape[0], x.shape[1], wc.shape[-1]
-    return (
-        torch.empty_like(x) if need_dx else x.new_empty(0),
-        x.new_empty(r, c),
-        x.new_empty(r if b1 is not None else 0),
-        x.new_empty(c, r),
-        x.new_empty(c if b2 is not None else 0),
-        x.new_empty(1, 2, k, k),
-        x.new_empty(1),
-    )
+def _grad_fake(x, t):
+    return x.new_empty(0) if t is None else x.new_empty(t.shape)
 
 
-_register = layer_op_registrar("convattn_cbam", cbam_paper, cbam_fake, cbam_backward_fake)
+def _dx_fake(x, need_dx):
+    return torch.empty_like(x) if need_dx else x.new_empty(0)
+
+
+def cbam_fake(x, w1, b1, w2, b2, wc, bc, gamma=None):
+    """Shapes of ``convattn_cbam::forward``: ``(out, g, a, pooled, hidden, stats)``."""
+    return _forward_fake(x, w1)
+
+
+def cbam_backward_fake(x, dout, w1, b1, w2, b2, wc, bc, g, a, pooled, hidden, stats, need_dx, gamma=None):
+    """Shapes of ``convattn_cbam::backward``: ``(dx, dw1, db1, dw2, db2, dwc, dbc, dgamma)``."""
+    params = (w1, b1, w2, b2, wc)
+    return (_dx_fake(x, need_dx), *(_grad_fake(x, t) for t in params), x.new_empty(1), _grad_fake(x, gamma))
+
+
+def cbam_bn_fake(x, w1, b1, w2, b2, wc, bn_w, bn_b, running_mean, running_var, eps, gamma=None):
+    """Shapes of ``convattn_cbam::bn_forward``: ``forward``'s, then ``(logits, mean, var)``."""
+    b, _, h, w = x.shape
+    return (*_forward_fake(x, w1), x.new_empty(b, 1, h, w), x.new_empty(1), x.new_empty(1))
+
+
+def cbam_bn_backward_fake(
+    x, dout, w1, b1, w2, b2, wc, bn_w, bn_b, rm, rv, g, a, pooled, hidden, stats, logits, mean, var, eps, need_dx,
+    gamma=None,
+):
+    """Shapes of ``convattn_cbam::bn_backward``: a gradient (or an empty tensor) per tensor input of
+    ``bn_forward``, in its order."""
+    params = (w1, b1, w2, b2, wc, bn_w, bn_b)
+    return (_dx_fake(x, need_dx), *(_grad_fake(x, t) for t in params), x.new_empty(0), x.new_empty(0),
+            _grad_fake(x, gamma))
+
+
+def _autograd_formulas(name: str, formula, has_eps: bool):
+    """The autograd formulas of ``convattn_cbam::<name>forward(x, *params, [eps], gamma=None)``, whose
+    first output ``out`` is differentiable and the rest (the gates and what the backward needs) are not.
+    The kernel ``<name>backward(x, dout, *params, *saved, [eps], need_dx, gamma)`` gives the gradients of
+    ``x``, the parameters and ``gamma``; where a graph of the gradient is asked for (``create_graph=True``)
+    autograd differentiates ``formula`` (the op in PyTorch ops) instead, so gradients of gradients are exact."""
+    tail = 2 if has_eps else 1  # eps, gamma
+
+    def setup_context(ctx, inputs, output):
+        ctx.eps = inputs[-2] if has_eps else None
+        ctx.num_inputs = len(inputs) - tail + 1  # x, the parameters, gamma
+        ctx.save_for_backward(*inputs[: len(inputs) - tail], inputs[-1], *output[1:])
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, dout, *_):
+        saved, needs = ctx.saved_tensors, ctx.needs_input_grad
+        inputs, extra = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
+        need = (*needs[: len(needs) - tail], needs[-1])
+        eps = (ctx.eps,) if has_eps else ()
+        if dout is None:
+            grads = (None,) * len(inputs)
+        elif not torch.is_grad_enabled():
+            # dispatched in full: when a backward is traced (AOT autograd), its fake tensors must reach the fake formula
+            op = getattr(torch.ops.convattn_cbam, f"{name}backward").default
+            computed = op(inputs[0], dout, *inputs[1:-1], *extra, *eps, need[0], inputs[-1])
+            grads = tuple(d.view_as(t) if n else None for d, t, n in zip(computed, inputs, need))
+        else:
+            grads = autograd_backward(lambda *t: formula(*t[:-1], *eps, t[-1]), inputs, need, (dout,))
+        return (*grads[:-1], *((None,) if has_eps else ()), grads[-1])
+
+    return backward, setup_context
+
+
+def _register(ops) -> None:
+    for name, formula, fake, backward_fake, has_eps in (
+        ("", cbam_paper, cbam_fake, cbam_backward_fake, False),
+        ("bn_", cbam_bn, cbam_bn_fake, cbam_bn_backward_fake, True),
+    ):
+        torch.library.register_fake(f"convattn_cbam::{name}forward", fake)
+        torch.library.register_fake(f"convattn_cbam::{name}backward", backward_fake)
+        backward, setup_context = _autograd_formulas(name, formula, has_eps)
+        torch.library.register_autograd(f"convattn_cbam::{name}forward", backward, setup_context=setup_context)
 
 
 def cbam_ops() -> Any:
@@ -74,31 +161,14 @@ def cbam_ops() -> Any:
     return kernels.load("convattn_cbam", _register)
 
 
-def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weight and bias of ``bn(conv(·))`` as one convolution, for an eval-mode BatchNorm."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    bias = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
-    bias = bias * scale + (bn.bias if bn.bias is not None else 0)
-    return conv.weight * scale, bias
-
-
-def kernel_spatial(channel: nn.Module, spatial: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The spatial convolution's weight and bias as the whole-layer kernels take them, or ``None``.
-
-    The kernels compute a ReLU MLP, sigmoid gates and a biased convolution without norm (the
-    paper's configuration). An eval-mode BatchNorm after the convolution (the official code's and
-    timm's configuration) is folded into its weight and bias when no gradients are recorded.
-    """
-    if not (type(channel.act) is nn.ReLU and type(channel.gate) is nn.Sigmoid and type(spatial.gate) is nn.Sigmoid):
-        return None
-    conv, bn = spatial.conv, spatial.norm
-    if type(bn) is nn.Identity:
-        return (conv.weight, conv.bias) if conv.bias is not None else None
-    if type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None and not torch.is_grad_enabled():
-        return fold_batchnorm(conv, bn)
-    return None
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+    """``bn``'s running statistics after a training step whose batch statistics over ``n`` values were
+    ``mean`` and (biased) ``var``, as :class:`torch.nn.BatchNorm2d` updates them."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(var * (n / (n - 1)), alpha=momentum)
 
 
 def gated_channel_pools(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,17 +27,24 @@ Choices (documented where the paper and its code differ):
 Speed (the default channel-first order, CPU, float32/float64). The layer is
 memory-bound: its cost is the number of times the full-size tensor is read or written.
 
-- The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm; in
-  inference also with an eval-mode BatchNorm, folded into the convolution) runs
+- The paper's configuration (ReLU MLP, sigmoid gates, convolution without norm) runs
   in whole-layer C++ kernels, the custom op ``torch.ops.convattn_cbam.forward``
   (``csrc/cbam_cpu.cpp``, built on first use or by ``convattn kernels build``; see
-  :mod:`convattn.layers.kernels`; the kernel formulas are in :mod:`convattn.layers._cbam_ops`): each sample is pooled, gated and refined, or
-  differentiated, in one go, so it is read from memory once per direction; the MLP,
-  the k×k convolution and their gradients are computed in the same loop, in parallel
-  over the batch. The op's backward is the kernel's, except where a graph of the
-  gradient is asked for (``create_graph=True``) or the recorded gates carry a gradient:
-  then autograd differentiates the same formula in PyTorch ops, so gradients of
-  gradients are exact.
+  :mod:`convattn.layers.kernels`; the kernel formulas are in :mod:`convattn.layers._cbam_ops`): each
+  sample is pooled, gated and refined, or differentiated, in one go, so it is read from memory once
+  per direction; the MLP, the k×k convolution and their gradients are computed in the same loop, in
+  parallel over the batch. The op's backward is the kernel's, except where a graph of the gradient
+  is asked for (``create_graph=True``): then autograd differentiates the same formula in PyTorch ops,
+  so gradients of gradients are exact.
+- The official code's configuration (a ``BatchNorm2d`` after a bias-free convolution) runs in
+  ``convattn_cbam.bn_forward``: in training BatchNorm needs the batch statistics of the spatial
+  logits before any sample's gate exists, so each direction makes two passes over the batch (pools,
+  MLP and logits; then gates and output), normalising with the batch's statistics in between and
+  updating the running ones as :class:`torch.nn.BatchNorm2d` does; in evaluation the running
+  statistics are an affine map inside the kernel.
+- Under :class:`~convattn.models.IdentityBlend` (``identity_init``) both compute the blend
+  ``x + γ·(CBAM(x) − x)`` and its gradients, ``γ``'s included, in the same passes
+  (:meth:`CBAM.forward_blended`).
 - Everything else runs plain PyTorch ops: other configurations, other dtypes or
   devices, ``CONVATTN_EXTENSIONS=0``, and the modes in which tools must see what is
   computed (``torch.compile`` / ``torch.export``, ``torch.jit.trace`` and ONNX export,
@@ -60,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attn
-from ._cbam_ops import cbam_ops, gated_channel_pools, kernel_spatial, pair_conv
+from ._cbam_ops import cbam_ops, gated_channel_pools, pair_conv, update_running_stats
 from ._helpers import (
     check_channels,
     check_choice,
@@ -69,14 +76,49 @@ from ._helpers import (
     get_layer,
     reduced_channels,
 )
-from ._ops import call
 from ._recording import RecordsAttention
+from ._ops import call
 from .modes import kernels_may_run, must_run_plain
 
 __all__ = ["CbamChannel", "CbamSpatial", "CBAM"]
 
 _PAPER = "CBAM: Convolutional Block Attention Module, Woo et al., ECCV 2018"
 ORDERS = ("channel_first", "spatial_first", "parallel")
+
+
+def _run_kernels(channel: nn.Module, spatial: nn.Module, x: torch.Tensor, gamma: torch.Tensor | None = None):
+    """Channel-first CBAM (blended with the identity where ``gamma`` is given) in the ``convattn_cbam``
+    kernels: ``(out, g, a)``, or ``None`` where they cannot serve this call.
+
+    They compute a ReLU MLP, sigmoid gates and either a biased convolution without norm (the paper's
+    configuration) or a :class:`torch.nn.BatchNorm2d` after a bias-free one (the official code's and
+    timm's): batch statistics in training, the running ones in evaluation, the running ones updated
+    here as BatchNorm updates them.
+    """
+    if not (type(channel.act) is nn.ReLU and type(channel.gate) is nn.Sigmoid and type(spatial.gate) is nn.Sigmoid):
+        return None
+    conv, bn = spatial.conv, spatial.norm
+    params = (channel.fc1.weight, channel.fc1.bias, channel.fc2.weight, channel.fc2.bias, conv.weight)
+    if type(bn) is nn.Identity:
+        if conv.bias is None or not kernels_may_run(x, (*params, conv.bias, gamma)):
+            return None
+        ops = cbam_ops()
+        return None if ops is None else call(ops.forward.default, x, *params, conv.bias, gamma)[:3]
+    if type(bn) is not nn.BatchNorm2d or conv.bias is not None:
+        return None
+    batch_stats = bn.training or bn.running_mean is None
+    running = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    buffers = (bn.running_mean, bn.running_var)  # of the input's dtype, as the plain path needs them
+    if (batch_stats and n < 2) or not kernels_may_run(x, (*params, bn.weight, bn.bias, *buffers, gamma)):
+        return None  # one value per channel: BatchNorm's own error
+    ops = cbam_ops()
+    if ops is None:
+        return None
+    out, g, a, *_, mean, var = call(ops.bn_forward.default, x, *params, bn.weight, bn.bias, *running, bn.eps, gamma)
+    if bn.training and bn.track_running_stats:
+        update_running_stats(bn, mean, var, n)
+    return out, g, a
 
 
 @register_attn("cbam_channel", kind="gate", paper=_PAPER)
@@ -284,12 +326,9 @@ class CBAM(RecordsAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(type(self).__name__, x, self.channels)
         if self.order == "channel_first":
-            ch = self.channel
-            params = (ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias)
-            spatial = kernel_spatial(ch, self.spatial) if kernels_may_run(x, params) else None
-            ops = cbam_ops() if spatial is not None and kernels_may_run(x, spatial) else None
-            if ops is not None:
-                out, g, a = call(ops.forward.default, x, *params, *spatial)[:3]
+            fused = _run_kernels(self.channel, self.spatial, x)
+            if fused is not None:
+                out, g, a = fused
             elif torch.is_grad_enabled() or must_run_plain(x):
                 g = self.channel.weights(x)
                 refined = x * g[:, :, None, None]
@@ -310,7 +349,21 @@ class CBAM(RecordsAttention):
             a = self.spatial.weights(x)
             refined = x * g[:, :, None, None]
             out = refined.mul_(a) if not torch.is_grad_enabled() else refined * a
+        self._record(g, a)
+        return out
+
+    def forward_blended(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor | None:
+        """The identity blend ``x + γ · (self(x) − x)`` computed inside the kernels (forward and backward,
+        ``γ``'s gradient included), recording the maps as :meth:`forward` does; ``None`` where the kernels
+        cannot serve the call (then :class:`~convattn.models.IdentityBlend` blends in PyTorch ops)."""
+        check_input(type(self).__name__, x, self.channels)
+        fused = _run_kernels(self.channel, self.spatial, x, gamma) if self.order == "channel_first" else None
+        if fused is None:
+            return None
+        self._record(*fused[1:])
+        return fused[0]
+
+    def _record(self, g: torch.Tensor, a: torch.Tensor) -> None:
         if self.recording:
             self.emit("channel", g)
             self.emit("spatial", a)
-        return out

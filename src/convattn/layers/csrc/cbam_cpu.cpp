@@ -29,12 +29,46 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 using namespace convattn_kernels;
+
+// dst[i] = src[i] for i < n with streaming (non-temporal) stores where the CPU has them: the written
+// lines go to memory without being read first and without evicting what the kernel reads next.
+template <typename T>
+void stream_copy(const T* __restrict__ src, T* __restrict__ dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX__)
+  constexpr int64_t L = 32 / sizeof(T);
+  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 31); ++i) dst[i] = src[i];
+  for (; i + L <= n; i += L) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+    } else {
+      std::copy(src + i, src + i + L, dst + i);
+    }
+  }
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// Orders the streaming stores before whatever follows (another thread may read the output next).
+inline void stream_fence() {
+#if defined(__AVX__)
+  _mm_sfence();
+#endif
+}
 
 // ---------------------------------------------------------------------------------------
 // Per-sample passes. ``x``, ``dout``, ``out`` point at one sample; ``tmp`` holds max(C, P).
@@ -98,31 +132,45 @@ void channel_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl,
   }
 }
 
+// out = x (keep + scale g a), written with streaming stores: the output bypasses the cache, so the
+// sample, read again here, is not evicted by it. keep = 0, scale = 1 without the blend; with the
+// identity blend x + gamma (cbam(x) - x): keep = 1 - gamma, scale = gamma. ``tmp`` holds max(C, P).
 template <typename T>
 void apply_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
-                  const T* __restrict__ a, T* __restrict__ out) {
+                  const T* __restrict__ a, T keep, T scale, T* __restrict__ out, T* __restrict__ tmp) {
+  const bool blend = keep != T(0) || scale != T(1);
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
-      const T gc = g[c];
+      const T gc = g[c], sc = scale * g[c];
       const T* __restrict__ row = x + c * P;
-      T* __restrict__ o = out + c * P;
-      _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = row[p] * gc * a[p];
+      if (blend) {
+        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) tmp[p] = row[p] * (keep + sc * a[p]);
+      } else {
+        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) tmp[p] = row[p] * gc * a[p];
+      }
+      stream_copy(tmp, out + c * P, P);
     }
   } else {
     for (int64_t p = 0; p < P; ++p) {
-      const T ap = a[p];
+      const T ap = a[p], sa = scale * a[p];
       const T* __restrict__ row = x + p * C;
-      T* __restrict__ o = out + p * C;
-      _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = row[c] * g[c] * ap;
+      if (blend) {
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) tmp[c] = row[c] * (keep + sa * g[c]);
+      } else {
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) tmp[c] = row[c] * g[c] * ap;
+      }
+      stream_copy(tmp, out + p * C, C);
     }
   }
+  stream_fence();
 }
 
 template <typename T>
 void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
                   const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
                   const T* __restrict__ top, T* __restrict__ da, T* __restrict__ dg, T* __restrict__ count,
-                  T* __restrict__ count_hw, T* __restrict__ tmp) {
+                  T* __restrict__ count_hw, T* __restrict__ tmp, T* __restrict__ sum_xd) {
+  T total = 0;
   if (!cl) {
     std::fill(da, da + P, T(0));
     std::fill(count, count + P, T(0));
@@ -140,6 +188,7 @@ void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       }
       dg[c] = dot(tmp, a, P);
       count_hw[c] = n;
+      if (sum_xd) total += dot(row, drow, P);
     }
   } else {
     std::fill(dg, dg + C, T(0));
@@ -148,18 +197,21 @@ void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       const T* __restrict__ row = x + p * C;
       const T* __restrict__ drow = dout + p * C;
       const T ap = a[p], kp = peak[p];
-      T s = 0, n = 0;
-      _Pragma("omp simd reduction(+ : s, n)") for (int64_t c = 0; c < C; ++c) {
+      T s = 0, n = 0, t = 0;
+      _Pragma("omp simd reduction(+ : s, n, t)") for (int64_t c = 0; c < C; ++c) {
         const T xd = row[c] * drow[c];
         dg[c] += xd * ap;
         count_hw[c] += (row[c] == top[c]) ? T(1) : T(0);
         s += g[c] * xd;
         n += (g[c] * row[c] == kp) ? T(1) : T(0);
+        t += xd;
       }
       da[p] = s;
       count[p] = n;
+      total += t;
     }
   }
+  if (sum_xd) *sum_xd = total;
 }
 
 template <typename T>
@@ -188,7 +240,9 @@ template <typename T>
 void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C, int64_t P, bool cl,
                   const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
                   const T* __restrict__ dmean, const T* __restrict__ share, const T* __restrict__ davg,
-                  const T* __restrict__ top, const T* __restrict__ top_share, T* __restrict__ dx) {
+                  const T* __restrict__ top, const T* __restrict__ top_share, T keep, T scale,
+                  T* __restrict__ dx) {
+  // the blend's output gradient reaches the layer scaled by ``scale`` and x directly by ``keep``
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
       const T gc = g[c], va = davg[c], tc = top[c], ts = top_share[c];
@@ -196,8 +250,8 @@ void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       const T* __restrict__ drow = dout + c * P;
       T* __restrict__ o = dx + c * P;
       _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) {
-        const T t = drow[p] * a[p] + dmean[p] + ((gc * row[p] == peak[p]) ? share[p] : T(0));
-        o[p] = gc * t + va + ((row[p] == tc) ? ts : T(0));
+        const T t = scale * drow[p] * a[p] + dmean[p] + ((gc * row[p] == peak[p]) ? share[p] : T(0));
+        o[p] = gc * t + va + ((row[p] == tc) ? ts : T(0)) + keep * drow[p];
       }
     }
   } else {
@@ -205,10 +259,10 @@ void input_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       const T* __restrict__ row = x + p * C;
       const T* __restrict__ drow = dout + p * C;
       T* __restrict__ o = dx + p * C;
-      const T ap = a[p], m = dmean[p], s = share[p], k = peak[p];
+      const T sa = scale * a[p], m = dmean[p], s = share[p], k = peak[p];
       _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) {
-        const T t = drow[c] * ap + m + ((g[c] * row[c] == k) ? s : T(0));
-        o[c] = g[c] * t + davg[c] + ((row[c] == top[c]) ? top_share[c] : T(0));
+        const T t = drow[c] * sa + m + ((g[c] * row[c] == k) ? s : T(0));
+        o[c] = g[c] * t + davg[c] + ((row[c] == top[c]) ? top_share[c] : T(0)) + keep * drow[c];
       }
     }
   }
@@ -335,190 +389,463 @@ void conv_backward(const T* __restrict__ dl, const T* __restrict__ w, const Padd
                 ds + (ch * d.H + y) * d.W);
 }
 
+// ---------------------------------------------------------------------------------------
+// The ops. Two configurations share the per-sample passes above:
+//
+//   forward / backward        the paper's: a = sigmoid(conv(stats) + bc), one pass per sample and direction.
+//   bn_forward / bn_backward  the official code's and timm's: a = sigmoid(BN(conv(stats))), conv without
+//                             bias. In training BatchNorm needs the logits of every sample before any gate
+//                             can be applied, so each direction runs two passes over the batch with the
+//                             batch statistics (forward) or their gradient (backward) in between; in
+//                             evaluation (running statistics given) the normalisation is an affine map.
+//
+// Both take the identity blend's gamma (optional): out = x + gamma (cbam(x) - x).
+
+using Tensors8 = decltype(std::tuple_cat(Tensors4{}, Tensors4{}));
+using Tensors9 = decltype(std::tuple_cat(Tensors5{}, Tensors4{}));
+using Tensors11 = decltype(std::tuple_cat(Tensors6{}, Tensors5{}));
+
 struct Params {
-  at::Tensor w1, b1, w2, b2, wc, bc;  // b1, b2 may be undefined
+  at::Tensor w1, b1, w2, b2, wc;  // b1, b2 may be undefined
 };
 
+at::Tensor param_or_none(const at::Tensor& p, const at::Tensor& x) {
+  if (!p.defined() || !p.numel()) return at::Tensor();
+  check_param(p, x, "cbam");
+  return p.contiguous();
+}
+
 Params params_of(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                 const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc) {
+                 const at::Tensor& b2, const at::Tensor& wc) {
   const int64_t C = x.size(1), R = w1.size(0);
   TORCH_CHECK(w1.dim() == 2 && w1.size(1) == C, "cbam: expected fc1.weight of shape (R, ", C, "), got ", w1.sizes());
   TORCH_CHECK(w2.dim() == 2 && w2.size(0) == C && w2.size(1) == R, "cbam: expected fc2.weight of shape (", C, ", ",
               R, "), got ", w2.sizes());
   TORCH_CHECK(wc.dim() == 4 && wc.size(0) == 1 && wc.size(1) == 2 && wc.size(2) == wc.size(3) && wc.size(2) % 2 == 1,
               "cbam: expected a (1, 2, k, k) convolution weight with odd k, got ", wc.sizes());
-  TORCH_CHECK(bc.numel() == 1, "cbam: expected a one-element convolution bias, got ", bc.sizes());
-  auto t = [&](const at::Tensor& p) {
-    if (!p.defined() || !p.numel()) return at::Tensor();
-    check_param(p, x, "cbam");
-    return p.contiguous();
-  };
-  Params q{t(w1), t(b1), t(w2), t(b2), t(wc), t(bc)};
+  Params q{param_or_none(w1, x), param_or_none(b1, x), param_or_none(w2, x), param_or_none(b2, x),
+           param_or_none(wc, x)};
   TORCH_CHECK(!q.b1.defined() || q.b1.numel() == R, "cbam: expected fc1.bias of ", R, " elements");
   TORCH_CHECK(!q.b2.defined() || q.b2.numel() == C, "cbam: expected fc2.bias of ", C, " elements");
   return q;
 }
 
+// A one-element parameter's value (``fallback`` where absent).
+template <typename T>
+T scalar_of(const at::Tensor& p, const at::Tensor& x, const char* what, T fallback) {
+  if (!p.defined()) return fallback;
+  TORCH_CHECK(p.numel() == 1, "cbam: expected a one-element ", what, ", got ", p.sizes());
+  check_param(p, x, "cbam");
+  return p.to(at::kDouble).item<double>();
+}
+
+// Shapes and raw parameters of one call, and the per-sample steps the ops are made of.
+template <typename T>
+struct Layer {
+  int64_t B, C, H, W, P, R;
+  bool cl;
+  PaddedShape d;
+  const T *w1, *b1, *w2, *b2, *wc;
+
+  Layer(const at::Tensor& x, const Params& q)
+      : B(x.size(0)), C(x.size(1)), H(x.size(2)), W(x.size(3)), P(x.size(2) * x.size(3)), R(q.w1.size(0)),
+        cl(is_channels_last(x)), d(x.size(2), x.size(3), q.wc.size(2)), w1(q.w1.const_data_ptr<T>()),
+        b1(q.b1.defined() ? q.b1.const_data_ptr<T>() : nullptr), w2(q.w2.const_data_ptr<T>()),
+        b2(q.b2.defined() ? q.b2.const_data_ptr<T>() : nullptr), wc(q.wc.const_data_ptr<T>()) {}
+
+  // Per-thread scratch of the forward.
+  struct Scratch {
+    std::vector<T> hsum, pad, wide, tmp;
+    explicit Scratch(const Layer& l)
+        : hsum(l.R), pad(2 * l.d.plane()), wide(l.d.Q), tmp(std::max(l.C, l.P)) {}
+  };
+
+  // Sample b up to the convolution: pooled (2C), hidden (2R), g (C), stats (2P) and logits (P, no bias).
+  void front(const T* xb, T* pb, T* hb, T* gb, T* sb, T* lb, Scratch& s) const {
+    hw_pool_sample(xb, C, P, cl, pb, pb + C);
+    mlp_forward(w1, b1, w2, b2, C, R, pb, 2, hb, s.hsum.data(), gb);
+    channel_pool_sample(xb, C, P, cl, gb, sb, sb + P);
+    conv_forward(sb, wc, d, s.pad.data(), s.wide.data(), lb);
+  }
+
+  // Per-thread scratch of the backward.
+  struct BackScratch {
+    std::vector<T> tmp, dstats, dmean, share, dg2, hsum, ds, dpool, pad, wide, dpad;
+    explicit BackScratch(const Layer& l)
+        : tmp(std::max(l.P, l.C)), dstats(2 * l.P), dmean(l.P), share(l.P), dg2(l.C), hsum(l.R), ds(l.R),
+          dpool(2 * l.C), pad(2 * l.d.plane()), wide(l.d.Q + 2 * l.d.k), dpad(2 * l.d.plane()) {}
+  };
+
+  // Sample b from the logits' gradient dl (P) and the channel gate's gradient so far dg (C, overwritten):
+  // accumulates the parameter gradients (gw1, gb1, gw2, gb2, gwc) and writes dx when asked.
+  void back(const T* xb, const T* db, const T* gb, const T* ab, const T* pb, const T* hb, const T* sb, const T* dl,
+            const T* count, const T* count_hw, T* dg, T keep, T scale, T* gw1, T* gb1, T* gw2, T* gb2, T* gwc,
+            T* dxb, BackScratch& s) const {
+    const T* peak = sb + P;
+    pad_maps(sb, d, s.pad.data());
+    conv_backward(dl, wc, d, s.pad.data(), s.wide.data(), s.dpad.data(), s.dstats.data(), gwc);
+    for (int64_t p = 0; p < P; ++p) {
+      s.dmean[p] = s.dstats[p] / C;
+      s.share[p] = s.dstats[P + p] / count[p];
+    }
+    mask_sample(xb, C, P, cl, gb, peak, s.dmean.data(), s.share.data(), s.dg2.data(), s.tmp.data());
+    for (int64_t c = 0; c < C; ++c) dg[c] += s.dg2[c];
+    mlp_backward(w1, w2, C, R, pb, 2, hb, gb, dg, s.hsum.data(), s.ds.data(), gw1, gb1, gw2, gb2, s.dpool.data());
+    if (dxb) {
+      T* dpool = s.dpool.data();
+      for (int64_t c = 0; c < C; ++c) {
+        dpool[c] /= P;                  // avg over H x W
+        dpool[C + c] /= count_hw[c];    // max over H x W: shared by the tied positions
+      }
+      input_sample(xb, db, C, P, cl, gb, ab, peak, s.dmean.data(), s.share.data(), dpool, pb + C, dpool + C, keep,
+                   scale, dxb);
+    }
+  }
+};
+
+// The gradient sums of the backward, flat: fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight, then
+// ``extra`` scalars.
+struct GradLayout {
+  int64_t b1, w2, b2, wc, extra, size;
+  GradLayout(int64_t C, int64_t R, int64_t k, int64_t n_extra)
+      : b1(R * C), w2(b1 + R), b2(w2 + C * R), wc(b2 + C), extra(wc + 2 * k * k), size(extra + n_extra) {}
+};
+
+// Blend coefficients: out = x (keep + scale g a).
+template <typename T>
+std::pair<T, T> blend_of(const at::Tensor& gamma, const at::Tensor& x) {
+  const T gam = scalar_of<T>(gamma, x, "gamma", T(1));
+  return {gamma.defined() ? T(1) - gam : T(0), gam};
+}
+
 // Returns out, g (B, C), a (B, 1, H, W), and for the backward: pooled (B, 2, C: avg, top), hidden (B, 2, R),
 // stats (B, 2, H, W: mean, peak).
 Tensors6 cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
-                      const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc) {
+                      const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc, const at::Tensor& gamma) {
   check_input(x, "cbam_forward");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
-  const bool cl = is_channels_last(x);
-  const Params q = params_of(x, w1, b1, w2, b2, wc, bc);
-  const int64_t R = q.w1.size(0), k = q.wc.size(2);
+  const Params q = params_of(x, w1, b1, w2, b2, wc);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), R = q.w1.size(0);
   auto opt = x.options();
   auto out = at::empty_like(x);
-  auto g = at::empty({B, C}, opt);
-  auto a = at::empty({B, 1, H, W}, opt);
-  auto pooled = at::empty({B, 2, C}, opt);
-  auto hidden = at::empty({B, 2, R}, opt);
-  auto stats = at::empty({B, 2, H, W}, opt);
+  auto g = at::empty({B, C}, opt), a = at::empty({B, 1, H, W}, opt), pooled = at::empty({B, 2, C}, opt);
+  auto hidden = at::empty({B, 2, R}, opt), stats = at::empty({B, 2, H, W}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_forward", [&] {
     using T = scalar_t;
+    const Layer<T> l(x, q);
+    const T bias_c = scalar_of<T>(bc, x, "convolution bias", T(0));
+    const std::pair<T, T> blend = blend_of<T>(gamma, x);
+    const T keep = blend.first, scale = blend.second;
     const T* xp = x.const_data_ptr<T>();
-    const T* w1p = q.w1.const_data_ptr<T>();
-    const T* b1p = q.b1.defined() ? q.b1.const_data_ptr<T>() : nullptr;
-    const T* w2p = q.w2.const_data_ptr<T>();
-    const T* b2p = q.b2.defined() ? q.b2.const_data_ptr<T>() : nullptr;
-    const T* wcp = q.wc.const_data_ptr<T>();
-    const T bias_c = q.bc.const_data_ptr<T>()[0];
-    const PaddedShape d(H, W, k);
+    const int64_t P = l.P;
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
-      std::vector<T> hsum(R), pad(2 * d.plane()), wide(d.Q);
+      typename Layer<T>::Scratch s(l);
       for (int64_t b = b0; b < b1_; ++b) {
         const T* xb = xp + b * C * P;
-        T* pb = pooled.data_ptr<T>() + b * 2 * C;
-        T* hb = hidden.data_ptr<T>() + b * 2 * R;
-        T* gb = g.data_ptr<T>() + b * C;
-        T* sb = stats.data_ptr<T>() + b * 2 * P;
         T* ab = a.data_ptr<T>() + b * P;
-        hw_pool_sample(xb, C, P, cl, pb, pb + C);
-        mlp_forward(w1p, b1p, w2p, b2p, C, R, pb, 2, hb, hsum.data(), gb);
-        channel_pool_sample(xb, C, P, cl, gb, sb, sb + P);
-        conv_forward(sb, wcp, d, pad.data(), wide.data(), ab);
+        T* gb = g.data_ptr<T>() + b * C;
+        l.front(xb, pooled.data_ptr<T>() + b * 2 * C, hidden.data_ptr<T>() + b * 2 * R, gb,
+                stats.data_ptr<T>() + b * 2 * P, ab, s);
         for (int64_t p = 0; p < P; ++p) ab[p] = sigmoid(ab[p] + bias_c);
-        apply_sample(xb, C, P, cl, gb, ab, out.data_ptr<T>() + b * C * P);
+        apply_sample(xb, C, P, l.cl, gb, ab, keep, scale, out.data_ptr<T>() + b * C * P, s.tmp.data());
       }
     });
   });
   return {out, g, a, pooled, hidden, stats};
 }
 
-// Returns dx, d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight, d conv.bias; those not
-// computed (dx unless need_dx, absent biases) are empty (0 elements).
-Tensors7 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1, const at::Tensor& b1,
+// Returns dx, d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight, d conv.bias, d gamma; those not
+// computed (dx unless need_dx, absent biases, gamma) are empty (0 elements).
+Tensors8 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1, const at::Tensor& b1,
                        const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bc,
-                       const at::Tensor& g_, const at::Tensor& a_, const at::Tensor& pooled_,
-                       const at::Tensor& hidden_, const at::Tensor& stats_, bool need_dx) {
+                       const at::Tensor& gamma, const at::Tensor& g_, const at::Tensor& a_,
+                       const at::Tensor& pooled_, const at::Tensor& hidden_, const at::Tensor& stats_, bool need_dx) {
   check_input(x, "cbam_backward");
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  const Params q = params_of(x, w1, b1, w2, b2, wc);
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), R = q.w1.size(0), k = q.wc.size(2);
   const bool cl = is_channels_last(x);
-  const Params q = params_of(x, w1, b1, w2, b2, wc, bc);
-  const int64_t R = q.w1.size(0), k = q.wc.size(2);
   auto dout = like_x(dout_, x, cl);
-  auto g = flat(g_, B, C, x);
-  auto a = flat(a_, B, P, x);
-  auto pooled = flat(pooled_, B, 2 * C, x);
-  auto hidden = flat(hidden_, B, 2 * R, x);
-  auto stats = flat(stats_, B, 2 * P, x);
+  auto g = flat(g_, B, C, x), a = flat(a_, B, P, x), pooled = flat(pooled_, B, 2 * C, x);
+  auto hidden = flat(hidden_, B, 2 * R, x), stats = flat(stats_, B, 2 * P, x);
   auto opt = x.options();
   auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
   auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
   auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt), dbc = at::empty({1}, opt);
+  auto dgamma = gamma.defined() ? at::empty_like(gamma) : at::empty({0}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
     using T = scalar_t;
+    const Layer<T> l(x, q);
+    const std::pair<T, T> blend = blend_of<T>(gamma, x);
+    const T keep = blend.first, scale = blend.second;
     const T* xp = x.const_data_ptr<T>();
     const T* dp = dout.const_data_ptr<T>();
-    const T* w1p = q.w1.const_data_ptr<T>();
-    const T* w2p = q.w2.const_data_ptr<T>();
-    const T* wcp = q.wc.const_data_ptr<T>();
-    const PaddedShape d(H, W, k);
-    // parameter gradients, flat: fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight, conv.bias
-    const int64_t o_b1 = R * C, o_w2 = o_b1 + R, o_b2 = o_w2 + C * R, o_wc = o_b2 + C, o_bc = o_wc + 2 * k * k;
-    ChunkSums<T> sums(o_bc + 1);
+    const GradLayout o(C, R, k, 2);  // extra: conv.bias, gamma
+    ChunkSums<T> sums(o.size);
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
       T* part = sums.open(b0);
-      T *gw1 = part, *gb1 = part + o_b1, *gw2 = part + o_w2, *gb2 = part + o_b2, *gwc = part + o_wc;
-      T gbc = 0;
-      std::vector<T> tmp(std::max(P, C)), da(P), dl(P), count(P), dstats(2 * P), dmean(P), share(P);
-      std::vector<T> dg(C), dg2(C), hsum(R), ds(R), dpool(2 * C), count_hw(C);
-      std::vector<T> pad(2 * d.plane()), wide(d.Q + 2 * k), dpad(2 * d.plane());
+      typename Layer<T>::BackScratch s(l);
+      std::vector<T> da(P), count(P), dg(C), count_hw(C);
       for (int64_t b = b0; b < b1_; ++b) {
         const T* xb = xp + b * C * P;
         const T* db = dp + b * C * P;
         const T* gb = g.const_data_ptr<T>() + b * C;
         const T* ab = a.const_data_ptr<T>() + b * P;
         const T* pb = pooled.const_data_ptr<T>() + b * 2 * C;
-        const T* hb = hidden.const_data_ptr<T>() + b * 2 * R;
         const T* sb = stats.const_data_ptr<T>() + b * 2 * P;
-        const T* peak = sb + P;
-        gates_sample(xb, db, C, P, cl, gb, ab, peak, pb + C, da.data(), dg.data(), count.data(), count_hw.data(),
-                     tmp.data());
-        // spatial gate: through the sigmoid, the bias and the convolution
-        _Pragma("omp simd reduction(+ : gbc)") for (int64_t p = 0; p < P; ++p) {
-          dl[p] = da[p] * ab[p] * (T(1) - ab[p]);
-          gbc += dl[p];
+        T sum_xd = 0;
+        gates_sample(xb, db, C, P, cl, gb, ab, sb + P, pb + C, da.data(), dg.data(), count.data(), count_hw.data(),
+                     s.tmp.data(), gamma.defined() ? &sum_xd : nullptr);
+        if (gamma.defined()) {  // d gamma = sum dout (x g a - x); the layer's gradients are scaled by gamma
+          part[o.extra + 1] += dot(ab, da.data(), P) - sum_xd;
+          for (int64_t p = 0; p < P; ++p) da[p] *= scale;
+          for (int64_t c = 0; c < C; ++c) dg[c] *= scale;
         }
-        pad_maps(sb, d, pad.data());
-        conv_backward(dl.data(), wcp, d, pad.data(), wide.data(), dpad.data(), dstats.data(), gwc);
+        T gbc = 0;  // spatial gate: through the sigmoid and the bias
         for (int64_t p = 0; p < P; ++p) {
-          dmean[p] = dstats[p] / C;
-          share[p] = dstats[P + p] / count[p];
+          da[p] *= ab[p] * (T(1) - ab[p]);
+          gbc += da[p];
         }
-        mask_sample(xb, C, P, cl, gb, peak, dmean.data(), share.data(), dg2.data(), tmp.data());
-        // channel gate: through the sigmoid and the shared MLP
-        for (int64_t c = 0; c < C; ++c) dg[c] += dg2[c];
-        mlp_backward(w1p, w2p, C, R, pb, 2, hb, gb, dg.data(), hsum.data(), ds.data(), gw1, gb1, gw2, gb2,
-                     dpool.data());
-        if (need_dx) {
-          for (int64_t c = 0; c < C; ++c) {
-            dpool[c] /= P;                  // avg over H x W
-            dpool[C + c] /= count_hw[c];    // max over H x W: shared by the tied positions
-          }
-          input_sample(xb, db, C, P, cl, gb, ab, peak, dmean.data(), share.data(), dpool.data(), pb + C,
-                       dpool.data() + C, dx.data_ptr<T>() + b * C * P);
-        }
+        part[o.extra] += gbc;
+        l.back(xb, db, gb, ab, pb, hidden.const_data_ptr<T>() + b * 2 * R, sb, da.data(), count.data(),
+               count_hw.data(), dg.data(), keep, scale, part, part + o.b1, part + o.w2, part + o.b2, part + o.wc,
+               need_dx ? dx.data_ptr<T>() + b * C * P : nullptr, s);
       }
-      part[o_bc] = gbc;
     });
     const std::vector<T> total = sums.total();
     copy_into(dw1, total.data(), R * C);
-    copy_into(db1, total.data() + o_b1, R);
-    copy_into(dw2, total.data() + o_w2, C * R);
-    copy_into(db2, total.data() + o_b2, C);
-    copy_into(dwc, total.data() + o_wc, 2 * k * k);
-    copy_into(dbc, total.data() + o_bc, 1);
+    copy_into(db1, total.data() + o.b1, R);
+    copy_into(dw2, total.data() + o.w2, C * R);
+    copy_into(db2, total.data() + o.b2, C);
+    copy_into(dwc, total.data() + o.wc, 2 * k * k);
+    copy_into(dbc, total.data() + o.extra, 1);
+    if (gamma.defined()) copy_into(dgamma, total.data() + o.extra + 1, 1);
   });
   auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
-  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbc};
+  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbc, dgamma};
 }
+
+// The normalisation of the logits: z = (l - mean) inv w + bias, inv = 1 / sqrt(var + eps), from the running
+// statistics where given, else from the batch's (biased variance, as BatchNorm normalises in training).
+template <typename T>
+struct Norm {
+  double mean, var, inv;
+  T w, bias;
+};
+
+template <typename T>
+Norm<T> norm_of(const at::Tensor& logits, const at::Tensor& bn_w, const at::Tensor& bn_b, const at::Tensor& rm,
+                const at::Tensor& rv, double eps, const at::Tensor& x) {
+  Norm<T> n{};
+  if (rm.defined()) {
+    TORCH_CHECK(rv.defined(), "cbam: expected running_var with running_mean");
+    n.mean = scalar_of<double>(rm, x, "running mean", 0.0);
+    n.var = scalar_of<double>(rv, x, "running variance", 1.0);
+  } else {
+    const T* l = logits.const_data_ptr<T>();
+    const int64_t N = logits.numel();
+    TORCH_CHECK(N > 1, "cbam: BatchNorm in training expects more than 1 value per channel, got ", N);
+    double s = 0;
+    for (int64_t i = 0; i < N; ++i) s += l[i];
+    n.mean = s / N;
+    double v = 0;
+    for (int64_t i = 0; i < N; ++i) v += (l[i] - n.mean) * (l[i] - n.mean);
+    n.var = v / N;
+  }
+  n.inv = 1.0 / std::sqrt(n.var + eps);
+  n.w = scalar_of<T>(bn_w, x, "BatchNorm weight", T(1));
+  n.bias = scalar_of<T>(bn_b, x, "BatchNorm bias", T(0));
+  return n;
+}
+
+// Returns out, g, a, pooled, hidden, stats (as ``forward``), and the logits (B, 1, H, W) with the mean and
+// variance (1) they were normalised with.
+Tensors9 cbam_bn_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                         const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bn_w, const at::Tensor& bn_b,
+                         const at::Tensor& rm, const at::Tensor& rv, const at::Tensor& gamma, double eps) {
+  check_input(x, "cbam_bn_forward");
+  const Params q = params_of(x, w1, b1, w2, b2, wc);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), R = q.w1.size(0);
+  auto opt = x.options();
+  auto out = at::empty_like(x);
+  auto g = at::empty({B, C}, opt), a = at::empty({B, 1, H, W}, opt), pooled = at::empty({B, 2, C}, opt);
+  auto hidden = at::empty({B, 2, R}, opt), stats = at::empty({B, 2, H, W}, opt);
+  auto logits = at::empty({B, 1, H, W}, opt), mean = at::empty({1}, opt), var = at::empty({1}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_bn_forward", [&] {
+    using T = scalar_t;
+    const Layer<T> l(x, q);
+    const std::pair<T, T> blend = blend_of<T>(gamma, x);
+    const T keep = blend.first, scale = blend.second;
+    const T* xp = x.const_data_ptr<T>();
+    const int64_t P = l.P;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      typename Layer<T>::Scratch s(l);
+      for (int64_t b = b0; b < b1_; ++b)
+        l.front(xp + b * C * P, pooled.data_ptr<T>() + b * 2 * C, hidden.data_ptr<T>() + b * 2 * R,
+                g.data_ptr<T>() + b * C, stats.data_ptr<T>() + b * 2 * P, logits.data_ptr<T>() + b * P, s);
+    });
+    const Norm<T> n = norm_of<T>(logits, bn_w, bn_b, rm, rv, eps, x);
+    mean.fill_(n.mean);
+    var.fill_(n.var);
+    const T mu = n.mean, ws = n.inv * n.w;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      std::vector<T> tmp(std::max(C, P));
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* lb = logits.const_data_ptr<T>() + b * P;
+        T* ab = a.data_ptr<T>() + b * P;
+        for (int64_t p = 0; p < P; ++p) ab[p] = sigmoid((lb[p] - mu) * ws + n.bias);
+        apply_sample(xp + b * C * P, C, P, l.cl, g.const_data_ptr<T>() + b * C, ab, keep, scale,
+                     out.data_ptr<T>() + b * C * P, tmp.data());
+      }
+    });
+  });
+  return {out, g, a, pooled, hidden, stats, logits, mean, var};
+}
+
+// Returns dx, d fc1.weight, d fc1.bias, d fc2.weight, d fc2.bias, d conv.weight, d BatchNorm weight, d BatchNorm
+// bias, (empty) for the running statistics, d gamma; those not computed are empty (0 elements).
+Tensors11 cbam_bn_backward(const at::Tensor& x, const at::Tensor& dout_, const at::Tensor& w1, const at::Tensor& b1,
+                           const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc, const at::Tensor& bn_w,
+                           const at::Tensor& bn_b, const at::Tensor& rm, const at::Tensor& rv,
+                           const at::Tensor& gamma, const at::Tensor& g_, const at::Tensor& a_,
+                           const at::Tensor& pooled_, const at::Tensor& hidden_, const at::Tensor& stats_,
+                           const at::Tensor& logits_, const at::Tensor& mean, const at::Tensor& var, double eps,
+                           bool need_dx) {
+  check_input(x, "cbam_bn_backward");
+  const Params q = params_of(x, w1, b1, w2, b2, wc);
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), R = q.w1.size(0), k = q.wc.size(2);
+  const bool cl = is_channels_last(x);
+  auto dout = like_x(dout_, x, cl);
+  auto g = flat(g_, B, C, x), a = flat(a_, B, P, x), pooled = flat(pooled_, B, 2 * C, x);
+  auto hidden = flat(hidden_, B, 2 * R, x), stats = flat(stats_, B, 2 * P, x), logits = flat(logits_, B, P, x);
+  auto opt = x.options();
+  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
+  auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
+  auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt);
+  auto dbn_w = bn_w.defined() ? at::empty_like(bn_w) : at::empty({0}, opt);
+  auto dbn_b = bn_b.defined() ? at::empty_like(bn_b) : at::empty({0}, opt);
+  auto dgamma = gamma.defined() ? at::empty_like(gamma) : at::empty({0}, opt);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_bn_backward", [&] {
+    using T = scalar_t;
+    const Layer<T> l(x, q);
+    const std::pair<T, T> blend = blend_of<T>(gamma, x);
+    const T keep = blend.first, scale = blend.second;
+    const T* xp = x.const_data_ptr<T>();
+    const T* dp = dout.const_data_ptr<T>();
+    const double mu = scalar_of<double>(mean, x, "mean", 0.0);
+    const double inv = 1.0 / std::sqrt(scalar_of<double>(var, x, "variance", 1.0) + eps);
+    const T bw = scalar_of<T>(bn_w, x, "BatchNorm weight", T(1));
+    // pass 1: the gates' gradients of every sample (dz: the normalised logits')
+    std::vector<T> dz(B * P), dg(B * C), count(B * P), count_hw(B * C), dgam(B, T(0));
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      std::vector<T> tmp(std::max(P, C));
+      for (int64_t b = b0; b < b1_; ++b) {
+        const T* ab = a.const_data_ptr<T>() + b * P;
+        T* da = dz.data() + b * P;
+        T* dgb = dg.data() + b * C;
+        T sum_xd = 0;
+        gates_sample(xp + b * C * P, dp + b * C * P, C, P, cl, g.const_data_ptr<T>() + b * C, ab,
+                     stats.const_data_ptr<T>() + b * 2 * P + P, pooled.const_data_ptr<T>() + b * 2 * C + C, da, dgb,
+                     count.data() + b * P, count_hw.data() + b * C, tmp.data(), gamma.defined() ? &sum_xd : nullptr);
+        if (gamma.defined()) {
+          dgam[b] = dot(ab, da, P) - sum_xd;
+          for (int64_t c = 0; c < C; ++c) dgb[c] *= scale;
+        }
+        for (int64_t p = 0; p < P; ++p) da[p] *= scale * ab[p] * (T(1) - ab[p]);
+      }
+    });
+    // BatchNorm: dw = sum dz y, dbias = sum dz, y = (l - mean) inv; with batch statistics
+    // dl = inv w (dz - dbias / N - y dw / N), with running statistics dl = inv w dz
+    const T* lp = logits.const_data_ptr<T>();
+    const int64_t N = B * P;
+    double sum_dz = 0, sum_dzy = 0;
+    for (int64_t i = 0; i < N; ++i) {
+      sum_dz += dz[i];
+      sum_dzy += dz[i] * ((lp[i] - mu) * inv);
+    }
+    const bool batch_stats = !rm.defined();
+    for (int64_t i = 0; i < N; ++i) {
+      const double y = (lp[i] - mu) * inv;
+      dz[i] = batch_stats ? inv * bw * (dz[i] - sum_dz / N - y * sum_dzy / N) : inv * bw * dz[i];
+    }
+    // pass 2: the rest of each sample's backward from its logits' gradient
+    const GradLayout o(C, R, k, 0);
+    ChunkSums<T> sums(o.size);
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
+      T* part = sums.open(b0);
+      typename Layer<T>::BackScratch s(l);
+      for (int64_t b = b0; b < b1_; ++b)
+        l.back(xp + b * C * P, dp + b * C * P, g.const_data_ptr<T>() + b * C, a.const_data_ptr<T>() + b * P,
+               pooled.const_data_ptr<T>() + b * 2 * C, hidden.const_data_ptr<T>() + b * 2 * R,
+               stats.const_data_ptr<T>() + b * 2 * P, dz.data() + b * P, count.data() + b * P,
+               count_hw.data() + b * C, dg.data() + b * C, keep, scale, part, part + o.b1, part + o.w2, part + o.b2,
+               part + o.wc, need_dx ? dx.data_ptr<T>() + b * C * P : nullptr, s);
+    });
+    const std::vector<T> total = sums.total();
+    copy_into(dw1, total.data(), R * C);
+    copy_into(db1, total.data() + o.b1, R);
+    copy_into(dw2, total.data() + o.w2, C * R);
+    copy_into(db2, total.data() + o.b2, C);
+    copy_into(dwc, total.data() + o.wc, 2 * k * k);
+    if (bn_w.defined()) dbn_w.fill_(sum_dzy);
+    if (bn_b.defined()) dbn_b.fill_(sum_dz);
+    T dgamma_sum = 0;
+    for (int64_t b = 0; b < B; ++b) dgamma_sum += dgam[b];
+    if (gamma.defined()) dgamma.fill_(dgamma_sum);
+  });
+  auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
+  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbn_w, dbn_b, none(),
+          none(), dgamma};
+}
+
+at::Tensor opt_or_none(const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
 
 }  // namespace
 
+// gamma (the identity blend's) comes last with a default, so that calls without the blend keep their form.
 TORCH_LIBRARY(convattn_cbam, m) {
   m.def(
-      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc) -> "
+      "forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, Tensor? gamma=None) -> "
       "(Tensor out, Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats)");
   m.def(
       "backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor bc, "
-      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, bool need_dx) -> "
-      "(Tensor dx, Tensor dw1, Tensor db1, Tensor dw2, Tensor db2, Tensor dwc, Tensor dbc)");
+      "Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, bool need_dx, Tensor? gamma=None) -> "
+      "(Tensor dx, Tensor dw1, Tensor db1, Tensor dw2, Tensor db2, Tensor dwc, Tensor dbc, Tensor dgamma)");
+  m.def(
+      "bn_forward(Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor? bn_w, Tensor? bn_b, "
+      "Tensor? running_mean, Tensor? running_var, float eps, Tensor? gamma=None) -> "
+      "(Tensor out, Tensor g, Tensor a, Tensor pooled, Tensor hidden, Tensor stats, Tensor logits, Tensor mean, "
+      "Tensor var)");
+  m.def(
+      "bn_backward(Tensor x, Tensor dout, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor wc, Tensor? bn_w, "
+      "Tensor? bn_b, Tensor? running_mean, Tensor? running_var, Tensor g, Tensor a, Tensor pooled, Tensor hidden, "
+      "Tensor stats, Tensor logits, Tensor mean, Tensor var, float eps, bool need_dx, Tensor? gamma=None) -> "
+      "(Tensor dx, Tensor dw1, Tensor db1, Tensor dw2, Tensor db2, Tensor dwc, Tensor dbn_w, Tensor dbn_b, "
+      "Tensor drunning_mean, Tensor drunning_var, Tensor dgamma)");
 }
 
 TORCH_LIBRARY_IMPL(convattn_cbam, CPU, m) {
-  m.impl("forward", [](const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
-                       const at::Tensor& w2, const std::optional<at::Tensor>& b2, const at::Tensor& wc,
-                       const at::Tensor& bc) {
-    return cbam_forward(x, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc);
+  using OT = std::optional<at::Tensor>;
+  using T_ = at::Tensor;
+  m.impl("forward", [](const T_& x, const T_& w1, const OT& b1, const T_& w2, const OT& b2, const T_& wc,
+                       const T_& bc, const OT& gamma) {
+    return cbam_forward(x, w1, opt_or_none(b1), w2, opt_or_none(b2), wc, bc, opt_or_none(gamma));
   });
-  m.impl("backward", [](const at::Tensor& x, const at::Tensor& dout, const at::Tensor& w1,
-                        const std::optional<at::Tensor>& b1, const at::Tensor& w2,
-                        const std::optional<at::Tensor>& b2, const at::Tensor& wc, const at::Tensor& bc,
-                        const at::Tensor& g, const at::Tensor& a, const at::Tensor& pooled, const at::Tensor& hidden,
-                        const at::Tensor& stats, bool need_dx) {
-    return cbam_backward(x, dout, w1, b1.value_or(at::Tensor()), w2, b2.value_or(at::Tensor()), wc, bc, g, a,
-                         pooled, hidden, stats, need_dx);
+  m.impl("backward", [](const T_& x, const T_& dout, const T_& w1, const OT& b1, const T_& w2, const OT& b2,
+                        const T_& wc, const T_& bc, const T_& g, const T_& a, const T_& pooled, const T_& hidden,
+                        const T_& stats, bool need_dx, const OT& gamma) {
+    return cbam_backward(x, dout, w1, opt_or_none(b1), w2, opt_or_none(b2), wc, bc, opt_or_none(gamma), g, a, pooled,
+                         hidden, stats, need_dx);
+  });
+  m.impl("bn_forward", [](const T_& x, const T_& w1, const OT& b1, const T_& w2, const OT& b2, const T_& wc,
+                          const OT& bn_w, const OT& bn_b, const OT& rm, const OT& rv, double eps, const OT& gamma) {
+    return cbam_bn_forward(x, w1, opt_or_none(b1), w2, opt_or_none(b2), wc, opt_or_none(bn_w), opt_or_none(bn_b),
+                           opt_or_none(rm), opt_or_none(rv), opt_or_none(gamma), eps);
+  });
+  m.impl("bn_backward", [](const T_& x, const T_& dout, const T_& w1, const OT& b1, const T_& w2, const OT& b2,
+                           const T_& wc, const OT& bn_w, const OT& bn_b, const OT& rm, const OT& rv, const T_& g,
+                           const T_& a, const T_& pooled, const T_& hidden, const T_& stats, const T_& logits,
+                           const T_& mean, const T_& var, double eps, bool need_dx, const OT& gamma) {
+    return cbam_bn_backward(x, dout, w1, opt_or_none(b1), w2, opt_or_none(b2), wc, opt_or_none(bn_w),
+                            opt_or_none(bn_b), opt_or_none(rm), opt_or_none(rv), opt_or_none(gamma), g, a, pooled,
+                            hidden, stats, logits, mean, var, eps, need_dx);
   });
 }
