@@ -4,6 +4,7 @@ interval, the grouped table of ``convattn report``."""
 import csv
 import json
 import math
+import pathlib
 import sys
 
 import pytest
@@ -63,7 +64,9 @@ def test_tiny_compare_writes_one_table_and_reports_the_failed_run(tiny, capsys):
     assert [r["variant"] for r in rows] == ["none", "se", "bad"] and rows[1]["verdict"] == se["diff"]["verdict"]
     assert rows[2]["test_acc_per_seed"] == "0:failed;1:failed"
     page = (out / "compare.html").read_text()
-    assert page.count("<tr class='variant'>") == 3 and page.count("data:image/png;base64") == 2
+    # curves, accuracy against cost and the gallery (none and se drawn; bad named: it has no finished run)
+    assert page.count("<tr class='variant'>") == 3 and page.count("data:image/png;base64") == 3
+    assert "Attention gallery" in page and "bad: no finished run" in page
     # each run describes itself
     res = json.loads((out / "se" / "seed1" / "results.json").read_text())
     assert {k: res[k] for k in ("model", "attention", "placement", "weights", "dataset", "seed", "status")} == {
@@ -313,8 +316,8 @@ def test_dry_run_lists_train_commands_that_resolve_to_the_same_configs(tiny, tmp
     for line, r in zip(lines, planned):
         argv = shlex.split(line, comments=True)
         assert argv == r["argv"] and r["out"] == str(out / r["variant"] / f"seed{r['seed']}")
-        assert _train_config(argv) == expected[(r["variant"], r["seed"])]
-    assert expected[("id", 1)].model_kwargs == {"identity_init": True} and expected[("id", 1)].epochs == 1
+        assert [_train_config(argv)] == expected[(r["variant"], r["seed"])] and r["stage"] == "variant"
+    assert expected[("id", 1)][0].model_kwargs == {"identity_init": True} and expected[("id", 1)][0].epochs == 1
     assert planned[0]["argv"][-2:] == ["--resume", planned[0]["out"]] and "--resume" not in planned[2]["argv"]
 
 
@@ -355,3 +358,76 @@ def test_collect_builds_the_same_table_from_the_run_folders(tiny, tmp_path, monk
 def _empty(tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     return tmp_path / "empty"
+
+
+def test_from_plain_variants_share_their_plain_run_which_is_no_variant(tmp_path, fake_train, capsys):
+    """Two variants starting from a plain run share it per seed: trained once, first, then each from it; the
+    table and --collect show the variants only."""
+    variants = {"plain": {}, "se-from": {"attention": "se", "from_plain": True},
+                "eca-from": {"attention": "eca", "from_plain": True}}
+    table = compare(variants, seeds=[0, 1], out=tmp_path, jobs=1, model="simple_cnn", dataset="digits", epochs=3)
+    plain_runs = [c for c in fake_train if "/_plain/" in c.out]
+    assert [(c.out, c.epochs, c.attention) for c in plain_runs] == [
+        (str(tmp_path / "_plain" / "e2-seed0"), 2, None), (str(tmp_path / "_plain" / "e2-seed1"), 2, None)]
+    assert fake_train.index(plain_runs[1]) == 1  # the shared plain runs train before any variant
+    own = {(c.out.split("/")[-2], c.seed): c for c in fake_train if "/_plain/" not in c.out}
+    assert own[("se-from", 1)].init_from == str(tmp_path / "_plain" / "e2-seed1") and own[("se-from", 1)].epochs == 1
+    assert own[("plain", 0)].epochs == 3 and own[("plain", 0)].init_from is None and len(fake_train) == 8
+    assert [r["variant"] for r in table["rows"]] == ["plain", "se-from", "eca-from"]
+    assert [r["how"] for r in table["rows"][1]["runs"]] == ["reused+trained"] * 2
+    assert "plain run of se-from, eca-from seed 0: trained" in capsys.readouterr().err
+    collected = convattn.experiments.collect(tmp_path, flops=False)
+    assert [r["variant"] for r in collected["rows"]] == ["plain", "se-from", "eca-from"]
+    assert [r["test_acc"] for r in collected["rows"]] == [r["test_acc"] for r in table["rows"]]
+    # a dry run lists each plain run once, before the variants that start from it
+    planned = compare(variants, seeds=[0], out=tmp_path / "new", jobs=1, model="simple_cnn", epochs=3, dry_run=True)
+    assert [(r["variant"], r["stage"], str(pathlib.Path(r["out"]).relative_to(tmp_path))) for r in planned] == [
+        ("plain", "variant", "new/plain/seed0"), ("se-from", "plain run", "new/_plain/e2-seed0"),
+        ("se-from", "variant", "new/se-from/seed0"), ("eca-from", "variant", "new/eca-from/seed0")]
+    assert planned[2]["argv"][planned[2]["argv"].index("--init-from") + 1] == str(tmp_path / "new" / "_plain" / "e2-seed0")
+    with pytest.raises(ConfigError, match="variant x starts from a plain run: it needs epochs >= 2"):
+        compare({"x": {"from_plain": True}}, seeds=1, out=tmp_path, epochs=1)
+    with pytest.raises(ConfigError, match="variant x: from_plain expects true or false, got 'yes'"):
+        compare({"x": {"from_plain": "yes"}}, seeds=1, out=tmp_path)
+
+
+def test_a_failed_shared_plain_run_fails_the_variants_that_start_from_it(tmp_path, fake_train):
+    variants = {"plain": {}, "a": {"attention": "se", "from_plain": True}, "b": {"attention": "eca", "from_plain": True}}
+    table = compare(variants, seeds=1, out=tmp_path, jobs=1, model="simple_cnn", lr=0.123, epochs=2)
+    assert [[r["status"] for r in row["runs"]] for row in table["rows"]] == [["failed"]] * 3
+    assert table["rows"][1]["runs"][0]["reason"] == "its plain run failed: RuntimeError: boom"
+    assert len(fake_train) == 2  # the plain variant and the shared plain run, nothing from it
+
+
+def test_hooks_start_order_and_localisation_pass_through(tmp_path, fake_train, monkeypatch):
+    """prepare runs before each run of its variant, after after each variant's run (not a plain run), runs
+    start in the order asked for and the table keeps the given order; data with boxes gets its maps scored."""
+    import functools
+
+    import convattn.eval
+
+    scored = []
+
+    def localize_run(run_dir, *, split, size, device, progress):
+        scored.append((run_dir.split("/")[-2], size))
+        return {"split": split, "images": size, "maps": {"1:spatial": {"kind": "spatial", "pointing": 0.5, "energy": 0.25}}}
+
+    monkeypatch.setattr(convattn.eval, "localize_run", localize_run)
+    events = []
+    prepare = {"b": functools.partial(events.append, "prepare b")}
+    table = compare({"a": {}, "b": {"attention": "se"}, "c": {"attention": "eca", "from_plain": True}}, seeds=1,
+                    out=tmp_path, jobs=1, model="simple_cnn", dataset="cluttered-digits", epochs=2, localize=7,
+                    start=["c", "b"], prepare=prepare, after=lambda res: {**res, "figures": events.append(res["run_dir"])})
+    assert [c.out.split("/")[-2] for c in fake_train] == ["_plain", "c", "b", "a"]
+    assert events == [str(tmp_path / "c" / "seed0"), "prepare b", str(tmp_path / "b" / "seed0"), str(tmp_path / "a" / "seed0")]
+    assert scored == [("c", 7), ("b", 7), ("a", 7)]
+    assert [r["variant"] for r in table["rows"]] == ["a", "b", "c"] and table["baseline"] == "a"
+    assert table["rows"][2]["localization"] == {"map": "1:spatial", "pointing": 0.5, "energy": 0.25}
+    assert "pointing %" in (tmp_path / "compare.md").read_text()
+    # data without boxes: nothing scored; localize=0: nothing scored either
+    compare(["none"], seeds=1, out=tmp_path / "d", jobs=1, model="simple_cnn", dataset="digits", epochs=1)
+    compare(["none"], seeds=1, out=tmp_path / "e", jobs=1, model="simple_cnn", dataset="cluttered-digits", epochs=1,
+            localize=0)
+    assert len(scored) == 3
+    with pytest.raises(ConfigError, match=r"start and prepare must name variants \(a\), got 'z'"):
+        compare({"a": {}}, seeds=1, out=tmp_path, start=["z"])

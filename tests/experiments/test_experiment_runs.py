@@ -35,19 +35,20 @@ def fake_train(monkeypatch):
 
 
 def test_unfinished_run_is_resumed(tmp_path, fake_train):
-    (cfg,) = demo.make_configs("plain", out=tmp_path / "plain", epochs=1, train_size=10)
-    (tmp_path / "plain").mkdir()
-    cfg.to_yaml(tmp_path / "plain" / "config.yaml")
-    (tmp_path / "plain" / "last.pt").write_bytes(b"")
+    (cfg,) = demo.make_configs("plain", out=tmp_path, epochs=1, train_size=10)
+    run = pathlib.Path(cfg.out)
+    run.mkdir(parents=True)
+    cfg.to_yaml(run / "config.yaml")
+    (run / "last.pt").write_bytes(b"")
     res, how = runs.train_or_reuse(cfg)
-    assert how == "resumed" and fake_train[-1][1] == tmp_path / "plain"
-    assert yaml.safe_load((tmp_path / "plain" / "config.yaml").read_text())["epochs"] == 1
+    assert how == "resumed" and fake_train[-1][1] == run
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 1
 
 
 def test_a_diverged_run_is_never_reused_as_a_result_and_an_interrupted_one_resumes(tmp_path, fake_train):
-    (cfg,) = demo.make_configs("plain", out=tmp_path / "plain", epochs=1, train_size=10)
-    run = tmp_path / "plain"
-    run.mkdir()
+    (cfg,) = demo.make_configs("plain", out=tmp_path, epochs=1, train_size=10)
+    run = pathlib.Path(cfg.out)
+    run.mkdir(parents=True)
     cfg.to_yaml(run / "config.yaml")
     (run / "results.json").write_text(json.dumps({"status": "diverged", "run_dir": str(run), "epochs": 0,
                                                   "steps": 3, "reason": "training diverged at step 3"}))
@@ -105,7 +106,7 @@ def test_runs_train_in_parallel_processes(tmp_path, capfd):
     ended = []
     # `prepare` runs before its chain, `after` (here: draw the run's figures) after each run, in the workers
     prepare = {"b": functools.partial(os.makedirs, str(tmp_path / "prepared"))}
-    after = functools.partial(demo.score_and_draw, loc_size=None, device="cpu", viz=True)
+    after = functools.partial(demo.draw_figures, count=8)
     res = runs.train_runs(chains, jobs=2, threads=1, on_done=lambda k, r, how, s: ended.append((k, how)),
                           prepare=prepare, after=after)
     assert sorted(ended) == [("a", "trained"), ("b", "trained"), ("c", "trained")]

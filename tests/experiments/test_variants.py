@@ -7,24 +7,25 @@ from convattn.exceptions import ConfigError
 
 
 def test_configs_share_the_recipe(tmp_path):
-    chains = {v: demo.make_configs(v, out=tmp_path / v, epochs=6, train_size=100) for v in demo.VARIANTS}
+    chains = {v: demo.make_configs(v, out=tmp_path, epochs=6, train_size=100) for v in demo.VARIANTS}
     cfgs = {v: chain[-1] for v, chain in chains.items()}
     assert {v: (c.model, c.attention) for v, c in cfgs.items()} == {
         "plain": ("simple_cnn", None), "cbam": ("simple_cnn", "cbam"), "stn": ("stn_cnn", None), "aacn": ("aacn", None)}
-    for c in cfgs.values():
-        assert c.dataset == "cluttered-digits" and c.train_size == 100
+    for v, c in cfgs.items():
+        assert c.dataset == "cluttered-digits" and c.train_size == 100 and c.out == str(tmp_path / v / "seed0")
         assert (c.optimizer, c.lr, c.schedule, c.batch_size) == ("adamw", 5e-3, "cosine", 32)  # the models' recipe
     assert [c.epochs for v, c in cfgs.items() if v != "aacn"] == [6, 6, 6]
-    # AACN in the same budget: the plain backbone for 4 epochs (a run of its own), then the staged recipe
-    # from it, attention / decision alternating, for 2
+    # AACN in the same budget: the plain backbone for 4 epochs (a run of its own, in compare's plain-run folder),
+    # then the staged recipe from it, attention / decision alternating, for 2
     plain, aacn = chains["aacn"]
-    assert (plain.model, plain.attention, plain.epochs, plain.out) == ("simple_cnn", None, 4, str(tmp_path / "aacn-plain"))
+    assert (plain.model, plain.attention, plain.epochs, plain.out) == (
+        "simple_cnn", None, 4, str(tmp_path / "_plain" / "e4-seed0"))
     assert plain.to_dict() == {**chains["plain"][0].to_dict(), "epochs": 4, "out": plain.out}
     assert (aacn.recipe, aacn.stage_mode, aacn.epochs, aacn.init_from) == ("staged", "alternate", 2, plain.out)
     assert [(s["name"], s["epochs"]) for s in aacn.stages] == [("attention", 1), ("decision", 1)]
     with pytest.raises(ConfigError, match="unknown demo variant"):
         demo.make_configs("se", out=tmp_path)
-    with pytest.raises(ConfigError, match="aacn starts from a plain run: it needs epochs >= 2"):
+    with pytest.raises(ConfigError, match=r"variant aacn starts from a plain run: it needs epochs >= 2 .*, got 1"):
         demo.make_configs("aacn", out=tmp_path, epochs=1)
     from convattn.engine.recipes import aacn_feature_epochs
 

@@ -3,31 +3,42 @@ and comparisons of variants over seeds (``compare``; ``collect`` for runs made e
 
 Example:
     >>> from convattn.experiments import make_configs
-    >>> [(c.model, c.epochs) for c in make_configs("aacn", out="runs/demo/aacn", epochs=6)]
-    [('simple_cnn', 4), ('aacn', 2)]
+    >>> [(c.model, c.epochs, c.out) for c in make_configs("aacn", out="runs/demo", epochs=6)]
+    [('simple_cnn', 4, 'runs/demo/_plain/e4-seed0'), ('aacn', 2, 'runs/demo/aacn/seed0')]
 """
 
 from __future__ import annotations
 
-from .compare import collect, compare, compare_configs, parse_seeds, read_variants, train_argv, variant_specs
+from .compare import (
+    LOCALIZE_IMAGES,
+    collect,
+    compare,
+    compare_configs,
+    parse_seeds,
+    read_variants,
+    run_localization,
+    train_argv,
+    variant_specs,
+)
 from .demo import (
     DATASET,
     KERNELS,
+    SHARED,
     START_ORDER,
     VARIANTS,
-    accuracy_table,
     build_kernels,
+    chain_notes,
+    draw_figures,
     kernel_builds,
-    localization,
     localization_table,
     make_configs,
-    score_and_draw,
+    run_demo,
     start_order,
-    variant_configs,
 )
 from .runs import jobs_and_threads, run_state, train_or_reuse, train_runs, usable_cores
 from .stats import mean_std, paired_interval, t_quantile
 from .table import (
+    PLAIN_RUNS,
     comparison_table,
     records_from_dir,
     records_from_runs,
@@ -47,18 +58,21 @@ __all__ = [
     "jobs_and_threads",
     "VARIANTS",
     "DATASET",
+    "SHARED",
     "START_ORDER",
     "KERNELS",
-    "variant_configs",
+    "run_demo",
     "make_configs",
     "start_order",
     "kernel_builds",
     "build_kernels",
-    "score_and_draw",
-    "localization",
+    "draw_figures",
+    "chain_notes",
     "localization_table",
-    "accuracy_table",
     "compare",
+    "LOCALIZE_IMAGES",
+    "run_localization",
+    "PLAIN_RUNS",
     "compare_configs",
     "collect",
     "train_argv",

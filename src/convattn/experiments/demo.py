@@ -1,27 +1,31 @@
-"""The demo's variants (``convattn demo``, ``benchmarks/train_accuracy.py``) and its tables.
+"""The demo (``convattn demo``): a preset of :func:`~convattn.experiments.compare`, and its localisation table.
 
 One backbone (``simple_cnn``) on the embedded cluttered-digits dataset, four ways of attending:
 plain, CBAM, a spatial transformer, and AACN (attention-pooling heads) started from a plain run
-within the same epochs. After each run, in the process that trained it, its attention maps are
-scored against the digits' boxes and drawn (:func:`score_and_draw`).
+within the same epochs (compare's ``from_plain``). After each run, in the process that trained it,
+compare scores its attention maps against the digits' boxes and the demo draws its figures
+(:func:`draw_figures`). ``benchmarks/train_accuracy.py`` runs the same variants over more seeds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
+from .compare import compare, compare_configs, parse_seeds
+from .runs import jobs_and_threads
 
 __all__ = [
-    "VARIANTS", "DATASET", "DEMO_EPOCHS", "DEMO_TRAIN_SIZE", "DEMO_VAL_SIZE", "DEMO_TEST_SIZE", "DEMO_NUM_IMAGES",
-    "START_ORDER", "KERNELS", "variant_configs", "make_configs", "start_order", "kernel_builds", "build_kernels",
-    "score_and_draw", "localization", "localization_table", "accuracy_table",
+    "VARIANTS", "DATASET", "SHARED", "DEMO_EPOCHS", "DEMO_TRAIN_SIZE", "DEMO_VAL_SIZE", "DEMO_TEST_SIZE",
+    "DEMO_NUM_IMAGES", "START_ORDER", "KERNELS", "run_demo", "make_configs", "start_order", "kernel_builds",
+    "build_kernels", "draw_figures", "chain_notes", "localization_table",
 ]
 
 #: The demo's variants: one backbone (``simple_cnn``), four ways of attending. Each entry is
-#: ``TrainConfig`` fields over the model's recipe; adding a run to the demo (and to
+#: ``TrainConfig`` fields over :data:`SHARED` and the model's recipe; adding a run to the demo (and to
 #: ``benchmarks/train_accuracy.py``) is adding one entry.
 VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {"model": "simple_cnn", "attention": None},
@@ -33,7 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "stn": {"model": "stn_cnn", "attention": None, "model_kwargs": {"out_size": [40, 40], "transform": "attention"},
             "lr_mult": {"localization": 0.1}},
     # AACN's staged recipe in the same epoch budget, its feature branch taken from a finished plain run:
-    # simple_cnn for 2/3 of the epochs (a run of its own), then from it (init_from) attention + decision
+    # simple_cnn (SHARED) for 2/3 of the epochs (a run of its own), then from it (init_from) attention + decision
     # with the features frozen and features + decision with the attention frozen, alternating. Trained
     # in one run instead (the recipe's own feature stage), AACN trailed plain (docs/benchmarks.md).
     "aacn": {"model": "aacn", "attention": None, "recipe": "staged", "from_plain": True},
@@ -42,6 +46,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 #: The demo's data; each variant trains with its model's default recipe
 #: (:mod:`convattn.engine.recipes`: AdamW, lr 5e-3, 0.2 warm-up epochs then cosine, batch 32).
 DATASET = "cluttered-digits"
+#: The fields every demo run shares: the plain run a ``from_plain`` variant starts from is ``simple_cnn``.
+SHARED: dict[str, Any] = {"model": "simple_cnn", "dataset": DATASET}
 
 DEMO_EPOCHS = 6
 DEMO_TRAIN_SIZE = 6000
@@ -60,40 +66,41 @@ START_ORDER = ("stn", "plain", "cbam", "aacn")
 KERNELS = {"cbam": ("convattn_cbam",)}
 
 
-def variant_configs(spec: dict[str, Any], *, out: str | Path, plain_out: str | Path | None = None,
-                    **overrides: Any) -> list:
-    """The runs of a variant in training order, its own run last.
+def run_demo(
+    variants: Sequence[str] = tuple(VARIANTS),
+    *,
+    seeds: int | Sequence[int] = (0,),
+    out: str | Path = "runs/demo",
+    jobs: int = 0,
+    threads: int = 0,
+    localize: int = DEMO_NUM_IMAGES,
+    viz: bool = True,
+    force: bool = False,
+    on_done: Callable[[str, int, dict[str, Any], str, float], None] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """:func:`~convattn.experiments.compare` of the demo's ``variants`` on :data:`SHARED` (default sizes and epochs:
+    the ``DEMO_*`` constants; ``fields`` over them), runs started in :data:`START_ORDER` with CBAM's kernels built
+    beside the run before it, each run's maps scored on ``localize`` test images and drawn (``viz``). Returns
+    compare's table."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ConfigError(f"demo variants: expected a subset of {', '.join(VARIANTS)}, got {', '.join(variants) or 'none'}")
+    fields = {**SHARED, "epochs": DEMO_EPOCHS, "train_size": DEMO_TRAIN_SIZE, "val_size": DEMO_VAL_SIZE,
+              "test_size": DEMO_TEST_SIZE, **fields}
+    seeds = parse_seeds(seeds)
+    jobs, threads = jobs_and_threads(jobs, threads, runs=len(variants) * len(seeds), device=fields.get("device", "auto"))
+    order = start_order(list(variants))
+    return compare({v: VARIANTS[v] for v in variants}, seeds=seeds, out=out, baseline=variants[0], jobs=jobs,
+                   threads=threads, force=force, on_done=on_done, start=order, prepare=kernel_builds(order, jobs),
+                   after=partial(draw_figures, count=8) if viz else None, localize=localize, **fields)
 
-    ``spec`` is ``TrainConfig`` fields over the model's recipe (:func:`convattn.engine.resolve_config`),
-    ``overrides`` go over both. With ``from_plain: true`` in ``spec``, the runs are the plain
-    backbone (``VARIANTS["plain"]``) for AACN's feature share of the ``epochs``
-    (:func:`convattn.engine.recipes.aacn_feature_epochs`) into ``plain_out``
-    (default ``<out>-plain``), then the variant from it (``init_from``) for the remaining epochs.
-    """
-    from ..engine import TrainConfig, resolve_config
-    from ..engine.recipes import aacn_feature_epochs
 
-    spec = dict(spec)
-    if not spec.pop("from_plain", False):
-        return [resolve_config({"dataset": DATASET, **spec, **overrides, "out": str(out)})[0]]
-    epochs = int(overrides.get("epochs", TrainConfig().epochs))
-    if epochs < 2:
-        raise ConfigError(f"{spec['model']} starts from a plain run: it needs epochs >= 2 "
-                          f"(the plain run, then its own), got {epochs}")
-    first = aacn_feature_epochs(epochs)
-    plain_out = Path(plain_out) if plain_out is not None else Path(f"{out}-plain")
-    plain, _ = resolve_config({"dataset": DATASET, **VARIANTS["plain"], **overrides, "epochs": first,
-                               "out": str(plain_out)})
-    own, _ = resolve_config({"dataset": DATASET, **spec, **overrides, "epochs": epochs - first,
-                             "init_from": str(plain_out), "out": str(out)})
-    return [plain, own]
-
-
-def make_configs(variant: str, *, out: str | Path, **overrides: Any) -> list:
-    """The runs of one demo variant (:func:`variant_configs` of ``VARIANTS[variant]``), its own run last."""
+def make_configs(variant: str, *, out: str | Path, seed: int = 0, **fields: Any) -> list:
+    """The runs of one demo variant as :func:`run_demo` trains them under ``out`` (its own run last)."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown demo variant {variant!r}; choose from {', '.join(VARIANTS)}")
-    return variant_configs(VARIANTS[variant], out=out, **overrides)
+    return compare_configs({variant: VARIANTS[variant]}, [seed], out=out, **{**SHARED, **fields})[(variant, seed)]
 
 
 def start_order(variants: list[str]) -> list[str]:
@@ -123,67 +130,55 @@ def build_kernels(libraries: tuple[str, ...]) -> None:
             pass
 
 
-def score_and_draw(
-    res: dict[str, Any], *, loc_size: int | None, device: str, viz: bool, progress: bool = False
-) -> dict[str, Any]:
-    """After a run, in the process that trained it: score its maps against the test digits' boxes
-    (``loc_size`` images, unless results.json holds those scores; ``None``: no scoring) and draw its
-    attention figures (``viz``)."""
-    run_dir = Path(res["run_dir"])
-    if loc_size is not None:
-        res["localization"] = localization(res, images=loc_size, device=device, progress=progress)
-    if viz:
-        try:
-            from ..viz import visualize_run
-        except ImportError as exc:
-            res["figures"] = f"figures skipped: convattn.viz is not available ({exc})"
-        else:
-            fig_dir = run_dir / "figures"
-            res["figures"] = f"{len(visualize_run(run_dir, count=8, out_dir=fig_dir))} figures in {fig_dir}"
+def draw_figures(res: dict[str, Any], *, count: int = 8) -> dict[str, Any]:
+    """After a run, in the process that trained it: draw its attention figures on ``count`` test images into
+    ``<run>/figures`` (:func:`convattn.viz.visualize_run`); ``res["figures"]`` says what was written."""
+    try:
+        from ..viz import visualize_run
+    except ImportError as exc:
+        res["figures"] = f"figures skipped: convattn.viz is not available ({exc})"
+    else:
+        fig_dir = Path(res["run_dir"]) / "figures"
+        res["figures"] = f"{len(visualize_run(res['run_dir'], count=count, out_dir=fig_dir))} figures in {fig_dir}"
     return res
 
 
-def localization(res: dict[str, Any], *, images: int, device: str = "auto", progress: bool = False) -> dict[str, Any]:
-    """The run's localisation scores on ``images`` test images: those in results.json, else scored now
-    (:func:`convattn.eval.localize_run`, which stores them there)."""
-    from ..eval import localize_run
+def chain_notes(table: dict[str, Any]) -> list[str]:
+    """A line per variant of ``table`` (:func:`run_demo`'s) that started from a plain run: which, for how long."""
+    notes = []
+    for row in table["rows"]:
+        if not VARIANTS.get(row["variant"], {}).get("from_plain"):
+            continue
+        for r in row["runs"]:
+            if r.get("run_dir") is None:
+                continue
+            *before, own = make_configs(row["variant"], out=Path(r["run_dir"]).parent.parent, seed=r["seed"],
+                                        **{k: v for k, v in table["fields"].items() if k not in SHARED})
+            plain = before[0]
+            notes.append(f"{row['variant']} seed {r['seed']}: {plain.model} for the first {plain.epochs} of the "
+                         f"{plain.epochs + own.epochs} epochs ({plain.out}), then {own.model} from it "
+                         f"(s/epoch: the last {own.epochs})")
+    return notes
 
-    loc = res.get("localization")
-    if isinstance(loc, dict) and loc.get("split") == "test" and loc.get("images") == images:
-        return loc
-    return localize_run(res["run_dir"], split="test", size=images, device=device, progress=progress)
 
-
-def localization_table(rows: list[dict[str, Any]], *, images: int, device: str = "auto", progress: bool = False) -> str:
-    """Tabulate how well every run's spatial attention maps, transformer window and Grad-CAM find the
-    test digits' boxes (scored here for runs whose results do not hold scores on ``images`` test images)."""
+def localization_table(records: list[dict[str, Any]]) -> str:
+    """How well every scored run's spatial attention maps, transformer window and Grad-CAM find the test digits'
+    boxes (``records``: compare's, with the ``localization`` it scored); empty when none was scored."""
     from tabulate import tabulate
 
     table, loc = [], None
-    for r in rows:
-        loc = r["localization"] = localization(r, images=images, device=device, progress=progress)
+    for r in records:
+        if not isinstance(r.get("localization"), dict):
+            continue
+        loc = r["localization"]
         for name, m in loc["maps"].items():
             shown = f"Grad-CAM ({m['layer']})" if m["kind"] == "grad-cam" else name
-            table.append((r["variant"], shown, m["kind"], f"{100 * m['pointing']:.1f}", f"{100 * m['energy']:.1f}",
-                          "-" if m.get("iou") is None else f"{100 * m['iou']:.1f}"))
-    text = tabulate(table, headers=["variant", "map", "kind", "pointing %", "energy in box %", "window IoU %"],
-                    disable_numparse=True,
-                    colalign=("left", "left", "left", "right", "right", "right"))
-    if loc is not None:
-        text += (f"\n{loc['images']} test images; the digit's box covers {100 * loc['box_share']:.1f}% of the image "
-                 f"(a uniform map's energy in box) and a constant map points at it {100 * loc['pointing_chance']:.1f}% "
-                 f"of the time (tolerance {loc['tolerance_px']:.1f} px = 15/224 of the side)")
-    return text
-
-
-def accuracy_table(rows: list[dict[str, Any]]) -> str:
-    """Test accuracy, parameters, seconds per epoch and run directory of each variant's run."""
-    from tabulate import tabulate
-
-    table = [
-        (r["variant"], VARIANTS[r["variant"]]["model"], VARIANTS[r["variant"]].get("attention") or "-",
-         f"{100 * r['test_acc']:.1f}", f"{r['params']:,}", f"{r['epoch_time']:.1f}", r["run_dir"])
-        for r in rows
-    ]
-    return tabulate(table, headers=["variant", "model", "attention", "test acc %", "params", "s/epoch", "run dir"],
-                    disable_numparse=True, colalign=("left", "left", "left", "right", "right", "right", "left"))
+            table.append((r["variant"], r["seed"], shown, m["kind"], f"{100 * m['pointing']:.1f}",
+                          f"{100 * m['energy']:.1f}", "-" if m.get("iou") is None else f"{100 * m['iou']:.1f}"))
+    if loc is None:
+        return ""
+    text = tabulate(table, headers=["variant", "seed", "map", "kind", "pointing %", "energy in box %", "window IoU %"],
+                    disable_numparse=True, colalign=("left", "right", "left", "left", "right", "right", "right"))
+    return text + (f"\n{loc['images']} test images; the digit's box covers {100 * loc['box_share']:.1f}% of the image "
+                   f"(a uniform map's energy in box) and a constant map points at it {100 * loc['pointing_chance']:.1f}% "
+                   f"of the time (tolerance {loc['tolerance_px']:.1f} px = 15/224 of the side)")

@@ -1,7 +1,7 @@
 """The comparison table: runs grouped by variant, mean ± std over seeds, paired differences to a baseline.
 
 A *record* is one run: ``{"variant", "seed", "status", "test_acc", "best_val_acc", "params",
-"flops", "epoch_time", "images_per_s", "localization", "run_dir", "how", "reason"}`` (missing keys
+"flops", "epoch_time", "images_per_s", "localization", "figures", "run_dir", "how", "reason"}`` (missing keys
 read as unknown). :func:`comparison_table` groups records into one row per variant;
 :func:`table_markdown`, :func:`table_csv` and :func:`write_table` show and store it;
 :func:`records_from_runs` makes records from run directories (``convattn report``), grouped by what
@@ -24,12 +24,15 @@ from ..exceptions import ConfigError
 from .stats import mean_std, paired_interval
 
 __all__ = [
-    "GROUP_FIELDS", "comparison_table", "table_cells", "table_note", "table_markdown", "table_csv", "write_table", "run_record",
+    "GROUP_FIELDS", "PLAIN_RUNS", "comparison_table", "table_cells", "table_note", "table_markdown", "table_csv", "write_table", "run_record",
     "records_from_runs", "records_from_dir", "run_flops",
 ]
 
 #: What makes two runs the same variant (seeds apart).
 GROUP_FIELDS = ("model", "attention", "placement", "weights", "dataset")
+#: The folder of a comparison holding the plain runs that ``from_plain`` variants start from: part of those
+#: variants' chains, no variant itself (a variant's name cannot start with ``_``).
+PLAIN_RUNS = "_plain"
 
 _NUMBERS = ("test_acc", "best_val_acc", "epoch_time", "images_per_s")
 _CSV_COLUMNS = (
@@ -193,7 +196,7 @@ def write_table(table: dict[str, Any], out_dir: str | os.PathLike, *, name: str 
 
 def run_record(results: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """A record from a run's results (results.json or what training returned) and ``extra`` fields."""
-    keep = ("status", "params", "localization", "run_dir", "reason", "seed", *_NUMBERS)
+    keep = ("status", "params", "localization", "figures", "run_dir", "reason", "seed", *_NUMBERS)
     return {**{k: results[k] for k in keep if k in results}, "status": results.get("status", "finished"), **extra}
 
 
@@ -267,14 +270,15 @@ def records_from_dir(root: str | os.PathLike, *, flops: bool = True) -> list[dic
     In ``compare``'s layout (``<root>/<variant>/seed<k>``) the folders name the variant and seed, variants in
     ``<root>/compare.json``'s order when there (then by name); a run that stopped before writing config.yaml is
     ``failed``, with the reason compare.json recorded. Any other layout: :func:`records_from_runs` of the folders
-    holding results.json or config.yaml.
+    holding results.json or config.yaml. The plain runs under ``<root>/_plain`` (:data:`PLAIN_RUNS`) are left out.
     """
     import re
 
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"--collect expects a folder of run directories, got {str(root)!r}")
-    dirs = sorted({p.parent for name in _RUN_FILES for p in root.rglob(name)})
+    dirs = sorted({p.parent for name in _RUN_FILES for p in root.rglob(name)
+                   if p.relative_to(root).parts[0] != PLAIN_RUNS})
     keyed = {d: re.fullmatch(r"seed(\d+)", d.name) and d.parent.parent == root for d in dirs}
     if dirs and all(keyed.values()):
         return _records_in_layout(root, dirs, flops)

@@ -1,9 +1,9 @@
 """``write_compare_page``: one self-contained HTML page for a comparison of variants over seeds.
 
 The page holds the comparison table (as :func:`convattn.experiments.table_cells` words it), every variant's
-learning curves overlaid (the mean over seeds with a band from the lowest to the highest seed), and
-mean test accuracy (± std over seeds) against FLOPs and against seconds per epoch. Images are
-embedded as base64 PNG.
+learning curves overlaid (the mean over seeds with a band from the lowest to the highest seed),
+mean test accuracy (± std over seeds) against FLOPs and against seconds per epoch, and a gallery: the same
+test images under each variant's attention (:func:`variant_attention`). Images are embedded as base64 PNG.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._images import figure_png, new_figure
+from ._images import figure_png, heat_overlay, new_figure, to_display
 from .curves import read_metrics
 
-__all__ = ["write_compare_page", "seed_curves", "plot_seed_curves", "plot_accuracy_cost"]
+__all__ = ["GALLERY_IMAGES", "write_compare_page", "seed_curves", "plot_seed_curves", "plot_accuracy_cost",
+           "variant_attention", "plot_gallery"]
+
+#: Test images in the comparison page's gallery, by default.
+GALLERY_IMAGES = 6
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
@@ -92,11 +96,91 @@ def plot_accuracy_cost(table: dict[str, Any]):
     return fig
 
 
+def variant_attention(run_dir: str | os.PathLike, count: int = GALLERY_IMAGES, *, prefer: str | None = None):
+    """``(images (N, H, W, 3) in [0, 1], maps (N, H, W), what)``: the first ``count`` test images of a run's data and
+    the run's attention on each, in the image's frame: the spatial (or self-attention) map ``prefer`` or else the
+    first one it records, its values as the layer gives them; for a model that records none, Grad-CAM (0–1) at its
+    automatic layer (:func:`convattn.maps.grad_cam`). A map made behind a spatial transformer is carried back onto
+    the input (0 outside its window), as the localisation scores are (:mod:`convattn.eval.localize`)."""
+    import torch
+
+    from ..eval.geometry import to_image_frame, upsample_to
+    from ..maps import find_cam_layer, grad_cam, interpret_maps, record_maps
+    from .run import load_model, sample_images
+
+    model, info, config, _ = load_model(run_dir)
+    x, _ = sample_images(config.dataset, count, config=config)
+    x = x.float()
+    hw = tuple(x.shape[-2:])
+    cam_layer = find_cam_layer(model, x)
+    rec = record_maps(model, x, watch=[cam_layer])
+    spatial = [m for m in interpret_maps(rec.maps, rec.shapes, image_hw=hw, query="mean") if m.kind in ("spatial", "query")]
+    chosen = next((m for m in spatial if m.key == prefer), spatial[0] if spatial else None)
+    if chosen is not None:
+        maps, layer, what = torch.from_numpy(chosen.data), chosen.key.split(":")[0], chosen.key
+    else:
+        cams, layer = grad_cam(model, x, target_layer=cam_layer)
+        maps, what = torch.from_numpy(cams), f"Grad-CAM at {cam_layer} (no attention map)"
+    maps = upsample_to(maps, hw)
+    frame = rec.frame_of(layer)
+    if frame is not None:
+        maps = to_image_frame(maps, rec.transformers[frame].theta)
+        what += f", carried back through {frame}"
+    return to_display(x, info.get("mean"), info.get("std")), maps.numpy(), what
+
+
+def plot_gallery(rows: list[tuple[str, Any, Any, str]]):
+    """One row per variant ``(name, images, maps, what)`` of :func:`variant_attention`: each image with the map
+    over it and a colour bar of the map's values."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    cols = max(len(images) for _, images, _, _ in rows)
+    fig = new_figure(2.3 * cols, 2.3 * len(rows))
+    for r, (name, images, maps, what) in enumerate(rows):
+        for c in range(len(images)):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            ax.imshow(heat_overlay(images[c], maps[c]))
+            ax.set_xticks([]), ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{what}" if len(what) <= 40 else f"{name}\n…{what[-39:]}", fontsize=7)
+            lo, hi = float(maps[c].min()), float(maps[c].max())
+            bar = fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-12), cmap="jet"), ax=ax,
+                               fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    return fig
+
+
+def _gallery(table: dict[str, Any], count: int) -> list[str]:
+    """The gallery's HTML: the first finished seed's run of every variant; a variant without one, or whose run
+    cannot be drawn, is named with the reason instead."""
+    drawn, missing = [], []
+    for row in table["rows"]:
+        run = next((r for r in row["runs"] if r.get("status", "finished") == "finished" and r.get("run_dir")), None)
+        if run is None:
+            missing.append(f"{row['variant']}: no finished run")
+            continue
+        prefer = (row.get("localization") or {}).get("map")
+        try:
+            drawn.append((row["variant"], *variant_attention(run["run_dir"], count, prefer=prefer)))
+        except Exception as exc:  # the page is still written: the table matters more than one picture
+            missing.append(f"{row['variant']}: not drawn ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    parts = ["<h2>Attention gallery</h2><p class='muted'>The same test images under each variant's attention "
+             "(its first seed's run): the spatial map the table scores, else its first spatial or self-attention "
+             "map; for a variant without attention maps, Grad-CAM of its predicted class. Each colour bar spans that "
+             "map's values; the overlay stretches them from blue (lowest) to red (highest).</p>"]
+    if drawn:
+        parts.append(_img(figure_png(plot_gallery(drawn)), "attention gallery"))
+    parts += [f"<p class='muted'>{html.escape(m)}</p>" for m in missing]
+    return parts
+
+
 def write_compare_page(table: dict[str, Any], out_path: str | os.PathLike, *, cells: tuple[list[str], list[list[str]]],
-                       note: str, title: str = "convattn compare") -> Path:
+                       note: str, title: str = "convattn compare", gallery: int = GALLERY_IMAGES) -> Path:
     """Write the HTML page of a comparison (:func:`convattn.experiments.compare`'s result) atomically;
     ``cells`` (headers, rows) and ``note`` are its table as :func:`convattn.experiments.table_cells` and
-    ``table_note`` word it."""
+    ``table_note`` word it; ``gallery`` test images under each variant's attention (0: no gallery)."""
     from .._io import atomic_write_text
 
     headers, body = cells
@@ -113,5 +197,7 @@ def write_compare_page(table: dict[str, Any], out_path: str | os.PathLike, *, ce
     cost = plot_accuracy_cost(table)
     parts.append("<h2>Accuracy against cost</h2>")
     parts.append(_img(figure_png(cost), "accuracy against cost") if cost else "<p class='muted'>no accuracy yet</p>")
+    if gallery:
+        parts += _gallery(table, gallery)
     parts.append("</body></html>\n")
     return atomic_write_text(out_path, "\n".join(parts))
