@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._io import atomic_write_text
 
 __all__ = [
-    "METRIC_COLUMNS", "RUN_STATUSES", "DESCRIBING_FIELDS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
+    "EpochSums", "METRIC_COLUMNS", "RUN_STATUSES", "DESCRIBING_FIELDS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
     "write_results", "json_safe", "strict_json", "progress_bar",
 ]
 
@@ -56,6 +58,38 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return rows
+
+
+class EpochSums:
+    """An epoch's running loss sum, correct count and count of non-finite watched values (the loss, the
+    gradient norm), added up on the device: no host sync per step. The number of samples seen is counted on
+    the host (batch sizes are known there). :meth:`values` reads them back."""
+
+    def __init__(self, device: torch.device, values: list[float] | None = None):
+        self.host = [float(v) for v in values or (0.0, 0.0, 0.0)] + [0.0]  # read back: valid until add()
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        if self.host[0] or self.host[1]:  # resumed mid-epoch (element writes: no copy from the host)
+            self.sums[0], self.sums[1] = self.host[0], self.host[1]
+        self.count = int(self.host[2])
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, watched: list[torch.Tensor]) -> None:
+        """Add one batch: its mean ``loss``, its ``logits``' correct predictions of ``y``, and how many of the
+        ``watched`` 0-d tensors are not finite."""
+        with torch.no_grad():
+            n = y.shape[0]
+            correct = (logits.detach().argmax(1) == y).sum()
+            bad = torch.stack([t.detach().reshape(()) for t in watched]).isfinite().logical_not().sum()
+            self.sums += torch.stack([loss.detach().to(torch.float64) * n, correct.to(torch.float64),
+                                      bad.to(torch.float64)])
+            self.count += n
+            self.host = None
+
+    def values(self) -> list[float]:
+        """``[loss sum, correct, count, non-finite values]`` (one read back from the device, if any was added)."""
+        if self.host is None:
+            loss_sum, correct, bad = self.sums.tolist()
+            self.host = [loss_sum, correct, float(self.count), bad]
+        return list(self.host)
 
 
 def progress_bar(enabled: bool, **kwargs: Any) -> Any:

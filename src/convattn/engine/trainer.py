@@ -12,7 +12,9 @@ epoch's data order (a permutation of ``(seed, epoch)``), augmentation and dropou
 ``last.pt`` holds every random state, and ``train(config, resume=run_dir)``
 continues a run, also from the middle of an epoch, to the same final weights.
 A non-finite loss, gradient norm or weight stops the run as ``diverged``; no checkpoint
-is written from non-finite weights.
+is written from non-finite weights. The running loss and accuracy stay on the device; they (and the
+first non-finite step) are read back only for the progress bar (at most twice a second), checkpoints
+and the end of an epoch, so a GPU step never waits for the host.
 """
 
 from __future__ import annotations
@@ -37,9 +39,9 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
 from .evaluate import eval_sums, eval_summary, logits_of
-from .guard import diverged, first_non_finite, largest_weight, sigterm_as_interrupt
+from .guard import FirstNonFinite, diverged, first_non_finite, largest_weight, sigterm_as_interrupt
 from .memory import keep_freed_memory
-from .metrics import MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
+from .metrics import EpochSums, MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
 from .optim import WarmupSchedule, build_optimizer, mixed_precision
 from .rundir import (
     check_resume_config, check_resume_out, claim_run_dir, config_file_edits, finished_results, new_run_dir, resume_file,
@@ -52,16 +54,12 @@ __all__ = ["train"]
 # ------------------------------------------------------------------- trainer
 class _Trainer:
     def __init__(self, config: TrainConfig, ctx: D.DistContext, run_dir: Path, resume: str | os.PathLike | None):
-        self.config = config
-        self.ctx = ctx
-        self.device = ctx.device
-        self.run_dir = run_dir
+        self.config, self.ctx, self.device, self.run_dir = config, ctx, ctx.device, run_dir
         self.ckpt = None
         if resume is not None:
             self.ckpt = load_checkpoint(resume_file(resume), map_location="cpu")
             check_resume_config(config, self.ckpt["config"])
             config_file_edits(run_dir, self.ckpt["config"])
-
         seed_everything(config.seed)
         datasets, self.data_info = build_datasets(config)
         if self.ckpt is not None:  # the user modules the run recorded define its model: import them again
@@ -74,29 +72,23 @@ class _Trainer:
         self.init_report = init_weights(self.model, config) if self.ckpt is None else None  # weights, init_from
         # data/dropout randomness differs per rank; model init above does not
         seed_everything(config.seed + ctx.rank)
-
         pin = self.device.type == "cuda"
         self.train_loader, self.sampler, self.generator = make_train_loader(
-            datasets["train"], config, rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin
-        )
+            datasets["train"], config, rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin)
         self.val_loader = make_eval_loader(datasets["val"], config, rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin)
         self.test_loader = make_eval_loader(datasets["test"], config, rank=ctx.rank, world_size=ctx.world_size, pin_memory=pin)
         n = self.sampler.num_samples
         self.steps_per_epoch = n // config.batch_size if self.train_loader.drop_last else math.ceil(n / config.batch_size)
-
         self.autocast, self.scaler = mixed_precision(config.amp, self.device)
-
         self.plan = plan_for(config)
         check_groups(config, self.plan, self.groups)
-        self.epoch = 0
-        self.step = 0
-        self.batch_in_epoch = 0
-        self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the current epoch
+        self.epoch = self.step = self.batch_in_epoch = 0
+        self.sums = EpochSums(self.device)  # loss sum, correct, count of the current epoch
+        self.watch = FirstNonFinite()
         self.epoch_elapsed = 0.0  # seconds of the current epoch run before the last checkpoint
         self.best_val_acc = -1.0
         self.opt_run_id = -1
-        self.optimizer = None
-        self.scheduler = None
+        self.optimizer = self.scheduler = None
         if self.ckpt is not None:
             self._restore()
 
@@ -148,7 +140,7 @@ class _Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
-            "partial": list(self.partial),
+            "partial": self.sums.values()[:3],
             "epoch_elapsed": self.epoch_elapsed,
             "best_val_acc": self.best_val_acc,
             "plan": self.plan.state_dict(),
@@ -164,11 +156,20 @@ class _Trainer:
         if self.ctx.is_main:
             save_checkpoint(self._state(rng), self.run_dir / name)
 
-    def _check_finite(self, values: dict[str, float], *, lr: float) -> None:
-        found = first_non_finite(self.ctx, values)  # the message is built only for a run that stops
-        if found is not None:
+    def _stop_if(self, found: tuple[str, str] | None, *, lr: float) -> None:
+        if found is not None:  # the message is built only for a run that stops
             raise diverged(*found, where=f"step {self.step} (epoch {self.epoch + 1}, lr {lr:.3g})",
                            saved=(self.run_dir / "last.pt").is_file())
+
+    def _sums(self, lr: float) -> list[float]:
+        """The epoch's ``[loss sum, correct, count]``, one read back; stops the run at the first step whose loss
+        or gradient norm was not finite (its record is read only when there is one, or under DDP: all ranks)."""
+        *sums, bad = self.sums.values()
+        found = self.watch.first(self.ctx) if bad or self.ctx.enabled else None
+        if found is not None:  # results.json: the first bad step
+            self.step, lr = (found[0], found[1]) if found[0] >= 0 else (self.step, lr)
+            self._stop_if(found[2:], lr=lr)
+        return sums
 
     def _restore(self) -> None:
         c = self.ckpt
@@ -177,7 +178,7 @@ class _Trainer:
             self.epoch = int(c["epoch"])
             self.batch_in_epoch = int(c["batch_in_epoch"])
             self.step = int(c["step"])
-            self.partial = [float(v) for v in c["partial"]]
+            self.sums = EpochSums(self.device, [float(v) for v in c["partial"]])
             self.epoch_elapsed = float(c.get("epoch_elapsed", 0.0))
             self.best_val_acc = float(c["best_val_acc"])
             self.plan.load_state_dict(c["plan"])
@@ -194,23 +195,21 @@ class _Trainer:
             set_rng_state(ranks[self.ctx.rank] if self.ctx.rank < len(ranks) else c["rng"])
 
     # ------------------------------------------------------------------ loop
-    def _set_train_mode(self) -> None:
-        self.model.train()
-        for m in self.frozen_norms:
-            m.eval()
-
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.config
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.batch_in_epoch * cfg.batch_size)
         self.generator.manual_seed(epoch_seed(cfg.seed, self.epoch, self.ctx.rank))
-        self._set_train_mode()
+        self.model.train()
+        for m in self.frozen_norms:
+            m.eval()
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         has_reg = callable(getattr(self.model, "regularization", None))
         remaining = self.steps_per_epoch - self.batch_in_epoch
         bar = progress_bar(cfg.progress and self.ctx.is_main, total=self.steps_per_epoch, initial=self.batch_in_epoch,
                            desc=f"epoch {self.epoch + 1}/{self._epochs_label()} [{self.plan.current['name']}]")
         t0 = time.perf_counter() - self.epoch_elapsed  # a resumed epoch counts its time before the interruption
+        shown = -math.inf  # when the bar last showed the running loss
         for i, (x, y) in enumerate(self.train_loader):
             if i >= remaining:
                 break
@@ -227,36 +226,36 @@ class _Trainer:
                     loss = loss + self.alpha * self.model.regularization(outputs)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            grad_norm = 0.0
+            watched = {"the loss": loss}
             if cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
+                if not self.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow itself
+                    watched["the gradient norm"] = norm
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
-            loss_value = float(loss.detach())
-            # the gradient norm when clipping; fp16's scaler skips the steps whose gradients overflow itself
-            norm = {"the gradient norm": float(grad_norm)} if cfg.clip_grad and not self.scaler.is_enabled() else {}
-            self._check_finite({"the loss": loss_value, **norm}, lr=lr)
-            with torch.no_grad():
-                self.partial[0] += loss_value * y.shape[0]
-                self.partial[1] += float((logits.detach().argmax(1) == y).sum())
-                self.partial[2] += y.shape[0]
+            self.watch.observe(self.step, lr, watched)
+            self.sums.add(loss, logits, y, list(watched.values()))
             self.batch_in_epoch += 1
             if bar is not None:
-                rate = self.partial[2] * self.ctx.world_size / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{self.partial[0] / self.partial[2]:.4f}",
-                                acc=f"{self.partial[1] / self.partial[2]:.3f}", img_s=f"{rate:.0f}")
                 bar.update(1)
+                now = time.perf_counter()
+                if now - shown >= 0.5 or self.batch_in_epoch == self.steps_per_epoch:  # at most twice a second
+                    shown = now  # (under DDP the ranks check together, at checkpoints and epoch ends)
+                    loss_sum, correct, count = self._sums(lr) if not self.ctx.enabled else self.sums.values()[:3]
+                    bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}",
+                                    img_s=f"{count * self.ctx.world_size / max(now - t0, 1e-9):.0f}")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
-                self._check_finite({"the largest weight": largest_weight(self.model)}, lr=lr)
+                self._sums(lr)
+                self._stop_if(first_non_finite(self.ctx, {"the largest weight": largest_weight(self.model)}), lr=lr)
                 self.epoch_elapsed = time.perf_counter() - t0
                 self._save("last.pt")
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
-        loss_sum, correct, count = D.all_reduce_sum(self.ctx, self.partial, self.device)
+        loss_sum, correct, count = D.all_reduce_sum(self.ctx, self._sums(self.optimizer.param_groups[0]["lr"]), self.device)
         return {
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
@@ -298,11 +297,12 @@ class _Trainer:
                 D.broadcast_buffers(self.ctx, self.model)  # BatchNorm statistics of rank 0 everywhere
                 val = self._evaluate(self.val_loader)
                 lr = self.optimizer.param_groups[0]["lr"]
-                self._check_finite({"the largest weight": largest_weight(self.model), "the validation loss": val["loss"]}, lr=lr)
+                self._stop_if(first_non_finite(self.ctx, {"the largest weight": largest_weight(self.model),
+                                                          "the validation loss": val["loss"]}), lr=lr)
                 self.plan.end_epoch(val["loss"])
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                self.partial = [0.0, 0.0, 0.0]
+                self.sums = EpochSums(self.device)
                 self.epoch_elapsed = 0.0
                 row = {
                     "epoch": self.epoch, "stage": stage_name, "step": self.step, **{k: tr[k] for k in ("train_loss", "train_acc")},
