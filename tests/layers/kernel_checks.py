@@ -139,3 +139,35 @@ def check_compile_matches_eager(layer):
     torch.testing.assert_close(out, eager_out)
     for u, v in zip(torch.autograd.grad(out.square().sum(), params), eager):
         torch.testing.assert_close(u, v)
+
+
+def check_opcheck(ops, x, params):
+    """``torch.library.opcheck`` of a kernel op pair: the forward on ``(x, *params)`` with every test, and the
+    backward (schema and fake tensors) with and without the input gradient."""
+    torch.library.opcheck(ops.forward.default, (x, *params))
+    detached = [p if p is None else p.detach() for p in params]
+    saved = ops.forward(x.detach(), *detached)[1:]
+    for need_dx in (True, False):
+        args = (x.detach(), torch.randn_like(x), *detached, *saved, need_dx)
+        torch.library.opcheck(ops.backward.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def check_blend_matches_plain(layer, *, kernels, channels_last, gamma=0.3, shape=(3, 4, 5)):
+    """``layer.forward_blended(x, γ)`` (float64) against the plain blend ``x + γ (layer(x) − x)``: output and
+    gradients of the input, γ and every parameter; ``None`` exactly where the kernels are off (``kernels``)."""
+    layer = layer.double()
+    x = torch.randn(shape[0], layer.channels, *shape[1:], dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.tensor(gamma, dtype=torch.float64, requires_grad=True)
+    out = layer.forward_blended(x, g)
+    assert (out is not None) == kernels
+    if out is None:
+        return
+    ref = x + g * (layer(x) - x)
+    torch.testing.assert_close(out, ref)
+    dy = torch.randn_like(ref)
+    wrt = [x, g, *layer.parameters()]
+    for u, v in zip(torch.autograd.grad(out, wrt, dy), torch.autograd.grad(ref, wrt, dy)):
+        torch.testing.assert_close(u, v)

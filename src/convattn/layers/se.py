@@ -10,7 +10,7 @@ from ..registry import register_attn
 from ._helpers import check_channels, check_input, get_layer, reduced_channels
 from ._ops import call
 from ._recording import RecordsAttention
-from ._se_ops import se_ops
+from ._se_ops import se_blend_ops, se_ops
 from .modes import kernels_may_run
 
 __all__ = ["SqueezeExcite"]
@@ -67,14 +67,9 @@ class SqueezeExcite(RecordsAttention):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input("SqueezeExcite", x, self.channels)
-        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
-        if type(self.act) is nn.ReLU and type(self.gate) is nn.Sigmoid and kernels_may_run(x, params):
-            ops = se_ops()
-            if ops is not None:
-                out, g, _, _ = call(ops.forward.default, x, *params)
-                if self.recording:
-                    self.emit("", g)
-                return out
+        out = self._kernel(x, None)
+        if out is not None:
+            return out
         # The 1×1 convolutions applied as matrix products on the (B, C) descriptor: same
         # weights and result as the convolutions, less per-call overhead on CPU.
         z = x.mean((2, 3))
@@ -83,6 +78,35 @@ class SqueezeExcite(RecordsAttention):
         if self.recording:
             self.emit("", w)
         return x * w[:, :, None, None]
+
+    def forward_blended(self, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor | None:
+        """The identity blend ``x + γ · (SE(x) − x)`` (``models.IdentityBlend``) computed by the kernels
+        (``x · (1 + γ (g − 1))``, no extra pass), recording the gates as :meth:`forward` does; ``None``
+        where the kernels cannot run (then the caller blends around :meth:`forward`)."""
+        check_input("SqueezeExcite", x, self.channels)
+        if not isinstance(gamma, torch.Tensor) or gamma.numel() != 1:
+            return None
+        return self._kernel(x, gamma)
+
+    def _kernel(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor | None:
+        """The whole-layer kernels' output (the identity blend with ``gamma``) where they can run, else ``None``.
+        Modules are read from ``_modules`` once: each ``nn.Module`` attribute lookup costs about a microsecond,
+        which is most of a small input's time."""
+        modules = self._modules
+        if type(modules["act"]) is not nn.ReLU or type(modules["gate"]) is not nn.Sigmoid:
+            return None
+        fc1, fc2 = modules["fc1"], modules["fc2"]
+        params = (fc1.weight, fc1.bias, fc2.weight, fc2.bias) if gamma is None else (
+            gamma, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        if not kernels_may_run(x, params):
+            return None
+        ops = se_ops() if gamma is None else se_blend_ops()
+        if ops is None:
+            return None
+        out, g, _, _ = call(ops.forward.default, x, *params)
+        if self.recording:
+            self.emit("", g)
+        return out
 
 
 @register_attn(
