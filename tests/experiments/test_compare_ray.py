@@ -10,9 +10,11 @@ import time
 import uuid
 
 import pytest
+import yaml
 
 from convattn.cli import main
-from convattn.experiments import compare
+from convattn.engine import TrainConfig
+from convattn.experiments import compare, train_runs
 from convattn.models.registry import MODELS
 
 # one xdist worker runs this module, so that its tests share one Ray instance
@@ -82,7 +84,7 @@ def plugin(tmp_path_factory):
 def ray_cluster(plugin):
     """One local Ray instance (2 CPUs) for the module; its workers see the plugin's environment."""
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'convattn[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # a new instance, whatever RAY_ADDRESS says
     yield ray
     ray.shutdown()
 
@@ -107,6 +109,8 @@ def test_ray_gives_the_local_table_and_reuses_its_runs(ray_cluster, tmp_path, ca
         assert (b[key]["status"], b[key]["test_acc"], b[key]["best_val_acc"]) == (
             "finished", a[key]["test_acc"], a[key]["best_val_acc"]), key
         assert b[key]["run_dir"] == str(tmp_path / "ray" / key[0] / f"seed{key[1]}")
+        saved = yaml.safe_load((tmp_path / "ray" / key[0] / f"seed{key[1]}" / "config.yaml").read_text())
+        assert (saved["device"], saved["progress"]) == ("cpu", False)  # a task that asks for no GPU trains on the CPU
     for x, y in zip(local["rows"], on_ray["rows"]):
         assert (x["variant"], x["test_acc"], x["diff"], x["params"], x["flops"]) == (
             y["variant"], y["test_acc"], y["diff"], y["params"], y["flops"])
@@ -196,5 +200,7 @@ def test_cli_launcher_options_and_a_dry_run_without_ray(tmp_path, monkeypatch, c
     assert "expected no variants or train flags, got --launcher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cpus_per_run=0"):
         compare(["none"], seeds=1, out=tmp_path, launcher="ray", cpus_per_run=0, **TINY)
+    with pytest.raises(ValueError, match="device 'cuda' needs gpus_per_run > 0, got 0"):
+        train_runs({"a": [TrainConfig(device="cuda", out=str(tmp_path / "a"))]}, launcher="ray")
     with pytest.raises(ValueError, match="launcher must be 'local' or 'ray', got 'slurm'"):
         compare(["none"], seeds=1, out=tmp_path, launcher="slurm", **TINY)

@@ -65,10 +65,11 @@ def run_tasks(
     address: str | None = None,
     num_cpus: float = 1,
     num_gpus: float = 0,
+    name: str | None = None,
 ) -> Iterator[tuple[Any, Any, float]]:
     """``fn(*calls[key])`` for every key as a Ray task with ``num_cpus`` CPUs and ``num_gpus`` GPUs, submitted
     in the order given; yields ``(key, the return value or the exception that ended it, seconds since
-    submission)`` as each ends.
+    submission)`` as each ends. ``name`` names the tasks in Ray's logs and dashboard (default: ``fn``'s name).
 
     ``fn`` and the arguments travel to the workers by pickle (``fn`` by reference when it is a module's:
     its package must be installed on every node). A task whose call raises, or whose worker or node dies,
@@ -88,7 +89,8 @@ def run_tasks(
         ray.init(address=address)
     try:
         _check_resources(ray, num_cpus, num_gpus)
-        remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1, retry_exceptions=True)
+        remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1, retry_exceptions=True,
+                                        name=name or fn.__name__)
         begun = time.perf_counter()
         keys = {remote.remote(*args): key for key, args in calls.items()}
         pending = list(keys)

@@ -204,10 +204,15 @@ def _train_on_ray(dicts: dict[Any, list[dict]], finish: Callable[[Any, tuple], N
         for cfg in (c for cfgs in dicts.values() for c in cfgs):
             if Path(cfg["out"]).exists():
                 shutil.rmtree(cfg["out"])
+    # Ray leaves a task that asks for no GPU all of its node's GPUs: such a run trains on the CPU
+    if not gpus and (cuda := sorted({c["device"] for cfgs in dicts.values() for c in cfgs} - {"auto", "cpu"})):
+        raise ConfigError(f"a run on Ray uses the GPUs it asks for: device {cuda[0]!r} needs gpus_per_run > 0, got 0")
     # no progress bars (Ray forwards a worker's output line by line); errors that would recur end the task
-    calls = {key: ([{**c, "progress": False} for c in cfgs], False, cpus, f"[{_label(key)}] ", prepare.get(key),
-                   after, _FINAL if keep_going else ()) for key, cfgs in dicts.items()}
-    with closing(run_tasks(_chain_or_failure, calls, address=address, num_cpus=cpus, num_gpus=gpus)) as ended:
+    calls = {key: ([{**c, "progress": False, "device": c["device"] if gpus else "cpu"} for c in cfgs], False, cpus,
+                   f"[{_label(key)}] ", prepare.get(key), after, _FINAL if keep_going else ())
+             for key, cfgs in dicts.items()}
+    with closing(run_tasks(_chain_or_failure, calls, address=address, num_cpus=cpus, num_gpus=gpus,
+                           name="convattn train")) as ended:
         for key, out, seconds in ended:
             if isinstance(out, BaseException):  # raised twice, or its worker or node died twice
                 if not keep_going:
@@ -247,9 +252,9 @@ def train_runs(
     ``launcher="ray"`` submits each chain as a Ray task instead (:mod:`~convattn.experiments.ray_launcher`)
     to the cluster at ``address`` (None: as ``ray.init()``: ``RAY_ADDRESS``, else the cluster ``ray start``
     started on this machine, else a local instance), each task with ``cpus_per_run`` CPUs (default 1; also
-    its torch threads) and ``gpus_per_run`` GPUs (default 0); ``jobs`` and ``threads`` are then unused, the
-    cluster's free resources say how many run at once. The configs' ``out`` must be paths every node and
-    this process see (absolute, on shared storage). A chain whose task raises (other than bad settings,
+    its torch threads) and ``gpus_per_run`` GPUs (default 0: device ``auto`` then means the CPU, ``cuda`` is
+    refused); ``jobs`` and ``threads`` are then unused, the cluster's free resources say how many run at
+    once. The configs' ``out`` must be paths every node and this process see (absolute, on shared storage). A chain whose task raises (other than bad settings,
     ``ValueError`` / ``TypeError``, and divergence), or whose worker or node dies, runs once more (resuming
     from its last.pt), and then fails as above. ``force`` deletes the run directories before submitting.
 
