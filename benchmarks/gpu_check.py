@@ -5,7 +5,7 @@ One command, a few minutes on one GPU::
     python benchmarks/gpu_check.py                 # CUDA; exits 0 with a message where there is none
     python benchmarks/gpu_check.py --device cpu    # dry run of every check on tiny sizes on the CPU
 
-Four parts, each printed as a table:
+Five parts, each printed as a table:
 
 1. **Correctness**: every registered layer (defaults, as in the contract tests; eval mode,
    since batch statistics over two samples amplify rounding beyond any fixed limit), forward
@@ -25,8 +25,14 @@ Four parts, each printed as a table:
 4. **Network training step**: torchvision's ResNet-50 with convattn SE (or CBAM) inserted
    in every bottleneck against timm's ``seresnet50`` (and timm's ResNet-50 with
    ``attn_layer="cbam"``): one SGD step, channels-last, float16 autocast.
+5. **Host syncs of the training loop**: ``convattn.engine.train`` runs two epochs of ``simple_cnn`` +
+   CBAM on a few hundred cluttered digits with the progress bar off, under
+   ``torch.cuda.set_sync_debug_mode("warn")``; each warning (a point where the host waits for the
+   GPU) is counted by the file that caused it. Target: one per epoch in the loop (its running sums,
+   read at the epoch's end), plus the weights check before each checkpoint; evaluation and the
+   optimiser's own are listed apart.
 
-The script exits 1 if a correctness or fused-kernel check fails.
+The script exits 1 if a correctness or fused-kernel check fails, or if the loop syncs per step.
 """
 
 from __future__ import annotations
@@ -213,6 +219,41 @@ def network_step(device: torch.device, batch: int, size: int, repeats: int) -> l
     return failures
 
 
+def loop_syncs(device: torch.device) -> list[str]:
+    """Host syncs per epoch of the training loop, by the file that caused them (CUDA only)."""
+    import collections
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    from convattn.engine import TrainConfig, train
+
+    print("\n5. host syncs of the training loop (simple_cnn + cbam, 2 epochs, progress bar off), by file")
+    if device.type != "cuda":
+        print("skipped: torch.cuda.set_sync_debug_mode needs CUDA")
+        return []
+    epochs, batch, train_size = 2, 32, 320  # 10 steps per epoch
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig(model="simple_cnn", attention="cbam", epochs=epochs, batch_size=batch, lr=1e-3,
+                          optimizer="adamw", train_size=train_size, val_size=64, test_size=64, progress=False,
+                          device="cuda", channels_last=True, out=str(Path(out) / "run"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(cfg)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    files = collections.Counter(Path(w.filename).name for w in caught if "synchroniz" in str(w.message).lower())
+    loop = sum(n for f, n in files.items() if f in ("trainer.py", "metrics.py", "guard.py"))
+    for f, n in files.most_common():
+        print(f"{f:<28}{n / epochs:>8.1f} per epoch")
+    steps = train_size // batch
+    print(f"training loop (trainer, metrics, guard): {loop / epochs:.1f} per epoch of {steps} steps "
+          "(target: 1, the running sums, + 1 weights check before the checkpoint)")
+    return [f"the training loop syncs {loop / epochs:.1f} times per epoch of {steps} steps"] if loop / epochs >= steps else []
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a dry run on tiny sizes")
@@ -234,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     failures += check_fused_attention(device, (16, 16) if device.type == "cuda" else spatial)
     layer_cost(device, cost_shape, repeats)
     failures += network_step(device, batch, size, repeats)
+    failures += loop_syncs(device)
     if failures:
         print(f"\n{len(failures)} check(s) failed:")
         for f in failures:

@@ -7,11 +7,16 @@
 ``--clock process`` (the default with ``--threads 1``) counts this process's CPU
 time, which holds up better than wall time on a machine shared with other jobs.
 
-1. cbam forward (B=8, C=64, 56x56) vs timm's CbamModule, NCHW and channels_last   (target <= 0.5x)
-2. se forward (same input) vs timm's SEModule                                       (target <= 1.0x)
+1. cbam and se forward (B=8, C=64, 56x56), NCHW and channels_last, against timm's CbamModule / SEModule
+   and against ``x.clone()`` of the same input (the memory floor: one read, one write), the three calls
+   interleaved: cbam <= 0.25x timm and <= 3x a clone, se <= 0.7x timm and <= 1.6x a clone
+2. cbam with norm_layer="bn" (timm's configuration) forward+backward vs timm's CbamModule,
+   NCHW and channels_last                                                          (target <= 0.5x)
 3. resnet18 SGD training step, batch 32 at 224x224 and batch 64 at 64x64, with se and with cbam:
    vs timm's same model (target <= 1.0x) and vs plain resnet18 (target <= 1.05x se, <= 1.10x cbam)
 4. simple_cnn + cbam on 1x28x28, batch 128, SGD step vs plain simple_cnn          (target < 1.20x)
+5. simple_cnn + cbam (identity_init) on 1x60x60, batch 32, channels_last, AdamW step (the demo's
+   training step) vs plain simple_cnn                                              (target <= 1.10x)
 
 Then, without targets, which path to use for SE and CBAM (B=8, C=64, 56x56, NCHW and
 channels_last, inference and a forward+backward training pass): convattn's default
@@ -159,6 +164,35 @@ def report(name: str, a_ms: float, b_ms: float, target: float, strict: bool = Fa
           f"{'ok' if ok else 'MISSED'}", flush=True)
 
 
+def report_floor(name: str, ours: float, timm: float, clone: float, timm_target: float, clone_target: float) -> None:
+    """A layer's forward against timm's and against ``x.clone()`` (two targets, one row each in the summary)."""
+    for ref, ms, target in (("timm", timm, timm_target), ("clone", clone, clone_target)):
+        ratio = ours / ms
+        ok = ratio <= target
+        RESULTS.append((f"{name} vs {ref}", ours, ms, ratio, "ok" if ok else "MISSED"))
+    r_timm, r_clone = ours / timm, ours / clone
+    print(f"{name:<40} {ours:7.3f} ms  timm {timm:7.3f} ms {r_timm:5.2f}x (<= {timm_target:.2f}x "
+          f"{'ok' if r_timm <= timm_target else 'MISSED'})  clone {clone:7.3f} ms {r_clone:5.2f}x "
+          f"(<= {clone_target:.1f}x {'ok' if r_clone <= clone_target else 'MISSED'})", flush=True)
+
+
+def _demo_step(attention: str | None, x: torch.Tensor, y: torch.Tensor):
+    """The demo's training step: simple_cnn (+ attention, identity_init), channels_last, AdamW."""
+    from convattn.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    kwargs = {"attention": attention, "identity_init": True} if attention else {}
+    model = create_model("simple_cnn", num_classes=10, in_chans=1, **kwargs).to(memory_format=torch.channels_last)
+    model.train()
+    opt = build_optimizer(model.named_parameters(), name="adamw", lr=1e-3, weight_decay=0.05)
+
+    def f():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return f
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
@@ -190,16 +224,25 @@ def main() -> int:
     print(f"{'':<58} {'convattn':>12} {'reference':>12}")
 
     x = torch.randn(8, 64, 56, 56)
+    layers = {  # name: (convattn, timm, target vs timm, target vs a clone)
+        "cbam": (lambda: create_attn("cbam", 64), lambda: CbamModule(64, rd_ratio=1 / 16, rd_divisor=1), 0.25, 3.0),
+        "se": (lambda: create_attn("se", 64), lambda: SEModule(64, rd_ratio=1 / 16, rd_divisor=1), 0.7, 1.6),
+    }
+    for name, (make_ours, make_theirs, timm_target, clone_target) in layers.items():
+        for fmt in ("NCHW", "channels_last"):
+            xi = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
+            ours, theirs = make_ours(), make_theirs()
+            if fmt == "channels_last":
+                ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
+            a, b, c = _interleaved([_forward(ours, xi), _forward(theirs, xi), xi.clone], layer_reps, 3)
+            report_floor(f"{name} fwd B8 C64 56x56 {fmt}", a, b, c, timm_target, clone_target)
     for fmt in ("NCHW", "channels_last"):
         xi = x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
-        ours, theirs = create_attn("cbam", 64), CbamModule(64, rd_ratio=1 / 16, rd_divisor=1)
+        ours, theirs = create_attn("cbam", 64, norm_layer="bn"), CbamModule(64, rd_ratio=1 / 16, rd_divisor=1)
         if fmt == "channels_last":
             ours, theirs = ours.to(memory_format=torch.channels_last), theirs.to(memory_format=torch.channels_last)
-        a, b = _alternating(_forward(ours, xi), _forward(theirs, xi), layer_reps, 3)
-        report(f"cbam fwd B8 C64 56x56 {fmt} vs timm CbamModule", a, b, 0.5)
-    a, b = _alternating(_forward(create_attn("se", 64), x), _forward(SEModule(64, rd_ratio=1 / 16, rd_divisor=1), x),
-                        layer_reps, 3)
-    report("se fwd B8 C64 56x56 vs timm SEModule", a, b, 1.0)
+        a, b = _alternating(_layer_step(ours, xi), _layer_step(theirs, xi), layer_reps, 3)
+        report(f"cbam bn fwd+bwd B8 C64 56x56 {fmt} vs timm CbamModule", a, b, 0.5)
 
     for batch, size, model_reps in ((32, 224, big_reps), (64, 64, small_reps)):
         xb = torch.randn(batch, 3, size, size)
@@ -224,6 +267,10 @@ def main() -> int:
     plain = _train_step(create_model("simple_cnn", num_classes=10, in_chans=1), x1, y1)
     a, b = _alternating(ours, plain, layer_reps, 2)
     report("simple_cnn+cbam SGD step B128 1x28x28 vs plain", a, b, 1.20, strict=True)
+    x2 = torch.randn(32, 1, 60, 60).contiguous(memory_format=torch.channels_last)
+    y2 = torch.randint(0, 10, (32,))
+    a, b = _alternating(_demo_step("cbam", x2, y2), _demo_step(None, x2, y2), layer_reps, 2)
+    report("simple_cnn+cbam(identity_init) AdamW B32 1x60x60 vs plain", a, b, 1.10)
     missed = [r[0] for r in RESULTS if r[4] != "ok"]
     print(f"{len(RESULTS) - len(missed)}/{len(RESULTS)} targets met" + (f"; missed: {', '.join(missed)}" if missed else ""))
     if not args.no_compile:
