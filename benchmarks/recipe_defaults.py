@@ -6,8 +6,10 @@ model's recipe, the dataset's default sizes, 10 epochs. ``--image-size``,
 ``--epochs`` and the split sizes apply to every run when given. Prints mean ± std
 test accuracy per model and the difference to the first model.
 
-Runs go to ``--out/<dataset>/<model>-s<seed>``; finished runs with the same settings
-are reused, so an interrupted benchmark continues where it stopped.
+A preset of ``convattn.experiments.compare`` (one variant per model, the first the baseline): prints each
+model's recipe and compare's table (``--markdown`` for GitHub Markdown), written to
+``--out/<dataset>/compare.md|csv|json``. Runs go to ``--out/<dataset>/<model>/seed<k>``; finished runs with
+the same settings are reused, so an interrupted benchmark continues where it stopped.
 
 Examples::
 
@@ -20,26 +22,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.experiments import train_runs
-
-
-def _config(args: argparse.Namespace, model: str, seed: int):
-    from convattn.engine.recipes import resolve_config
-
-    flags = {"model": model, "dataset": args.dataset, "seed": seed, "device": args.device,
-             "progress": not args.no_progress and args.jobs == 1, "tensorboard": False,
-             "out": str(Path(args.out) / args.dataset / f"{model}-s{seed}")}
-    for name in ("image_size", "epochs", "train_size", "val_size", "test_size"):
-        if getattr(args, name) is not None:
-            flags[name] = getattr(args, name)
-    return resolve_config(flags)[0]
+from convattn.exceptions import ConfigError
+from convattn.experiments import compare, compare_configs, parse_seeds, table_cells, table_note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,47 +46,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="runs/bench_recipes", help="run directories (default: runs/bench_recipes)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process (default: 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: torch's choice with --jobs 1, the cores shared out among the runs otherwise)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (default 0: the cores shared out among the runs)")
     p.add_argument("--markdown", action="store_true", help="print a GitHub Markdown table")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
     args = p.parse_args(argv)
-    seeds = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or not seeds:
-        p.error("--models and --seeds must name at least one model and seed")
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--jobs and --threads take integers >= 1")
-
+    if not models:
+        p.error("--models must name at least one model")
+    fields = {"dataset": args.dataset, "device": args.device, "progress": not args.no_progress,
+              **{k: getattr(args, k) for k in ("image_size", "epochs", "train_size", "val_size", "test_size")
+                 if getattr(args, k) is not None}}
+    variants = {m: {"model": m} for m in models}
     start = time.perf_counter()
-    configs = {(model, seed): [_config(args, model, seed)] for model in models for seed in seeds}
-
-    def report(job, res, how, secs):
-        print(f"[bench] {args.dataset} {job[0]} seed {job[1]}: test acc {100 * res['test_acc']:.2f} % "
-              f"val acc {100 * res['val_acc']:.2f} % train acc {100 * res['train_acc']:.2f} % ({how}, {secs:.0f} s)",
-              file=sys.stderr, flush=True)
-
-    done = train_runs(configs, jobs=args.jobs, threads=args.threads, force=args.force, on_done=report)
-    rows, base, first = [], None, None
-    for model in models:
-        results = [done[(model, seed)][0] for seed in seeds]
-        cfg = configs[(model, seeds[-1])][0]
-        accs = [100 * r["test_acc"] for r in results]
-        params, times = results[0]["params"], [r["epoch_time"] for r in results]
-        mean = statistics.fmean(accs)
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        if base is None:
-            base, first = mean, model
-        recipe = f"{cfg.recipe or 'none'}: {cfg.optimizer} lr {cfg.lr:g} batch {cfg.batch_size} {cfg.epochs} ep"
-        rows.append((model, recipe, f"{mean:.2f} ± {std:.2f}", f"{mean - base:+.2f}",
-                     " ".join(f"{a:.1f}" for a in accs), f"{params:,}", f"{statistics.fmean(times):.1f}"))
+    try:
+        seeds = parse_seeds(args.seeds)
+        out = Path(args.out) / args.dataset
+        chains = compare_configs(variants, seeds[:1], out=out, **fields)
+        table = compare(variants, seeds=seeds, out=out, jobs=args.jobs, threads=args.threads, force=args.force,
+                        localize=0, **fields)
+    except ConfigError as exc:
+        print(f"recipe_defaults.py: error: {exc}", file=sys.stderr)
+        return 2
     size = f", {args.image_size}x{args.image_size}" if args.image_size else ""
     print(f"\n{args.dataset}{size}, default recipes, seeds {','.join(map(str, seeds))}")
-    print(tabulate(rows, headers=["model", "recipe", "test acc % (mean ± std)", f"vs {first}", "per seed", "params",
-                                  "s/epoch"], tablefmt="github" if args.markdown else "simple", disable_numparse=True))
+    for (model, _), (cfg,) in chains.items():
+        print(f"{model}: {cfg.recipe or 'none'}: {cfg.optimizer} lr {cfg.lr:g} batch {cfg.batch_size} {cfg.epochs} ep")
+    headers, body = table_cells(table)
+    print(tabulate(body, headers=headers, tablefmt="github" if args.markdown else "simple", disable_numparse=True))
+    print(table_note(table))
     print(f"\ntotal {math.ceil(time.perf_counter() - start)} s")
-    return 0
+    return 0 if all(r["status"] == "finished" for row in table["rows"] for r in row["runs"]) else 1
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
    scale + translation, 40×40 view, localisation net at 1/10 the lr), and as the
    multi-branch attention network (``aacn``, attention heads after the last block) with its
    staged recipe, its feature branch taken from a finished plain run within the same epoch
-   budget: the plain backbone trained for ⌈2/3⌉ of the epochs (its own run,
-   ``plain-e<N>-s<seed>``), then from it (``--init-from``) the attention + decision branches
+   budget: the plain backbone trained for ⌈2/3⌉ of the epochs (its own run, compare's
+   ``from_plain``), then from it (``--init-from``) the attention + decision branches
    with the features frozen and α·L_attn, and the feature + decision branches with the
    attention frozen, alternating, for the rest - the demo's variants
    (``convattn.experiments.VARIANTS`` with each model's default recipe: AdamW, lr 5e-3, cosine,
@@ -20,9 +20,12 @@
 2. Fashion-MNIST: ``resnet18`` (small-input stem) plain and with CBAM, 15 epochs,
    when the files are under ``--data-dir`` (skipped with a message otherwise).
 
-Prints mean ± std test accuracy per variant (``--markdown`` for a Markdown table).
-Runs go to ``--out/<dataset>/<variant>-s<seed>``; finished runs with the same
-settings are reused, so an interrupted benchmark continues where it stopped.
+A preset of ``convattn.experiments.compare``: prints compare's table per dataset (mean ± std and per-seed
+test accuracy, the paired difference to the first variant (``plain`` / ``resnet18``) with its 95% interval and verdict,
+parameters, FLOPs, s/epoch; ``--markdown`` for GitHub Markdown) and writes it to
+``--out/<dataset>/compare.md|csv|json``. Runs go to ``--out/<dataset>/<variant>/seed<k>`` (the plain runs
+``aacn`` and ``plain-staged`` start from: ``--out/cluttered-digits/_plain/e<N>-seed<k>``, shared by them);
+finished runs with the same settings are reused, so an interrupted benchmark continues where it stopped.
 
 Examples::
 
@@ -35,16 +38,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
 from tabulate import tabulate
 
-from convattn.experiments import DATASET, VARIANTS, train_or_reuse, train_runs, variant_configs
-from convattn.engine.recipes import aacn_feature_epochs
-from convattn.exceptions import DatasetNotFoundError
+from convattn.exceptions import ConfigError, DatasetNotFoundError
+from convattn.experiments import SHARED, VARIANTS, compare, parse_seeds, table_cells, table_note
 
 CLUTTERED_VARIANTS = {
     **VARIANTS,  # plain, cbam, stn and aacn (the staged recipe from a plain run), as in the demo
@@ -57,6 +58,13 @@ CLUTTERED_VARIANTS = {
 }
 
 
+#: Fashion-MNIST: resnet18 (small-input stem) plain and with CBAM, SGD.
+FASHION_VARIANTS = {"resnet18": {"attention": None}, "resnet18-cbam": {"attention": "cbam"}}
+FASHION_FIELDS = {"model": "resnet18", "model_kwargs": {"small_input": True}, "dataset": "fashion-mnist",
+                  "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+                  "warmup_epochs": 1, "schedule": "cosine"}
+
+
 def _recipe_note() -> str:
     """The shared recipe, as the backbone's default recipe gives it."""
     from convattn.engine import resolve_config
@@ -66,94 +74,36 @@ def _recipe_note() -> str:
             "(each model's default recipe; stn: localisation lr x0.1)")
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std
+def _compare(args: argparse.Namespace, variants: dict, out: Path, **fields) -> dict:
+    return compare(variants, seeds=args.seeds, out=out, jobs=args.jobs, threads=args.threads, force=args.force,
+                   localize=0, device=args.device, progress=not args.no_progress, **fields)
 
 
-def _row(name: str, desc: str, accs: list[float], params: int, epoch_time: float) -> dict:
-    mean, std = _stats(accs)
-    return {"variant": name, "model": desc, "accs": accs, "mean": mean, "std": std, "params": params,
-            "epoch_time": epoch_time}
+def run_cluttered(args: argparse.Namespace) -> dict:
+    return _compare(args, {v: CLUTTERED_VARIANTS[v] for v in args.variants}, Path(args.out) / "cluttered-digits",
+                    **SHARED, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
+                    test_size=args.test_size)
 
 
-def run_cluttered(args: argparse.Namespace) -> list[dict]:
-    jobs = [(v, seed) for seed in args.seed_list for v in args.variants]  # seed by seed: partial results cover every variant
-    configs = {job: _configs(args, *job) for job in jobs}
-    done: dict[tuple[str, int], dict] = {}
-
-    def report(job, res, how, secs):
-        done[job] = res
-        print(f"[bench] cluttered-digits {job[0]} seed {job[1]}: test acc {100 * res['test_acc']:.2f} % "
-              f"({how}, {secs:.0f} s)", file=sys.stderr, flush=True)
-
-    train_runs(configs, jobs=args.jobs, threads=args.threads, force=args.force, on_done=report)
-    rows = []
-    for v in args.variants:
-        results = [done[(v, seed)] for seed in args.seed_list]
-        spec = CLUTTERED_VARIANTS[v]
-        desc = spec["model"] + (f" + {spec['attention']}" if spec["attention"] else "")
-        rows.append(_row(v, desc, [100 * r["test_acc"] for r in results], results[0]["params"],
-                         statistics.fmean(r["epoch_time"] for r in results)))
-    return rows
-
-
-def _configs(args: argparse.Namespace, variant: str, seed: int) -> list:
-    """The runs of one variant and seed, in training order (the last one is scored); the plain run a
-    ``from_plain`` variant starts from is ``plain-e<N>-s<seed>``, shared by those variants."""
-    root = Path(args.out) / "cluttered-digits"
-    return variant_configs(
-        CLUTTERED_VARIANTS[variant], out=root / f"{variant}-s{seed}",
-        plain_out=root / f"plain-e{aacn_feature_epochs(args.epochs)}-s{seed}", epochs=args.epochs,
-        train_size=args.train_size, val_size=args.val_size, test_size=args.test_size,
-        seed=seed, device=args.device, progress=not args.no_progress and args.jobs == 1, tensorboard=False,
-    )
-
-
-def run_fashion(args: argparse.Namespace) -> list[dict]:
+def run_fashion(args: argparse.Namespace) -> dict | None:
     from convattn.data import build_dataset
-    from convattn.engine import TrainConfig
 
     try:
         build_dataset("fashion-mnist", "test", data_dir=args.data_dir, test_size=1)
     except DatasetNotFoundError as exc:
         print(f"[bench] skipping Fashion-MNIST: {exc}", file=sys.stderr)
-        return []
-    rows = []
-    for name, attention in (("resnet18", None), ("resnet18 + cbam", "cbam")):
-        accs, params, times = [], 0, []
-        for seed in args.seed_list:
-            cfg = TrainConfig(
-                model="resnet18", attention=attention, model_kwargs={"small_input": True},
-                dataset="fashion-mnist", data_dir=args.data_dir, epochs=args.fashion_epochs,
-                batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_epochs=1,
-                schedule="cosine", seed=seed, device=args.device, progress=not args.no_progress, tensorboard=False,
-                out=str(Path(args.out) / "fashion-mnist" / f"{name.replace(' + ', '-')}-s{seed}"),
-            )
-            res, how = train_or_reuse(cfg, force=args.force)
-            print(f"[bench] fashion-mnist {name} seed {seed}: test acc {100 * res['test_acc']:.2f} % ({how})",
-                  file=sys.stderr, flush=True)
-            accs.append(100 * res["test_acc"])
-            params = res["params"]
-            times.append(res["epoch_time"])
-        rows.append(_row(name, name, accs, params, statistics.fmean(times)))
-    return rows
+        return None
+    return _compare(args, FASHION_VARIANTS, Path(args.out) / "fashion-mnist", **FASHION_FIELDS,
+                    data_dir=args.data_dir, epochs=args.fashion_epochs)
 
 
-def print_table(title: str, rows: list[dict], markdown: bool, baseline: str) -> None:
-    if not rows:
+def print_table(title: str, table: dict | None, markdown: bool) -> None:
+    if table is None:
         return
-    base = next((r["mean"] for r in rows if r["variant"] == baseline), None)
-    table = [
-        (r["variant"], r["model"], f"{r['mean']:.2f} ± {r['std']:.2f}",
-         "-" if base is None else f"{r['mean'] - base:+.2f}",
-         " ".join(f"{a:.1f}" for a in r["accs"]), f"{r['params']:,}", f"{r['epoch_time']:.1f}")
-        for r in rows
-    ]
-    headers = ["variant", "model", "test acc % (mean ± std)", f"vs {baseline}", "per seed", "params", "s/epoch"]
+    headers, body = table_cells(table)
     print(f"\n{title}")
-    print(tabulate(table, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True))
+    print(tabulate(body, headers=headers, tablefmt="github" if markdown else "simple", disable_numparse=True))
+    print(table_note(table))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -171,39 +121,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench_accuracy", help="run directories (default: runs/bench_accuracy)")
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=1,
-                   help="cluttered-digits runs trained at once, in worker processes (default: 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: torch's choice with --jobs 1, the cores shared out among the runs otherwise)")
+                   help="runs trained at once, in worker processes (default: 1; 0: one per core)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per run (default 0: the cores shared out among the runs)")
     p.add_argument("--markdown", action="store_true", help="print GitHub Markdown tables")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--force", action="store_true", help="retrain runs that exist")
     args = p.parse_args(argv)
-    args.seed_list = list(range(int(args.seeds))) if args.seeds.isdigit() else [int(s) for s in args.seeds.split(",")]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        p.error("--jobs and --threads take integers >= 1")
-    if args.epochs < 1 or (any(CLUTTERED_VARIANTS.get(v, {}).get("from_plain") for v in args.variants) and args.epochs < 2):
-        p.error("--epochs takes an integer >= 1 (>= 2 with aacn / plain-staged: the plain run, then their own)")
     unknown = [v for v in args.variants if v not in CLUTTERED_VARIANTS]
-    if unknown:
+    if unknown or not args.variants:
         p.error(f"unknown variants {unknown}; choose from {','.join(CLUTTERED_VARIANTS)}")
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ConfigError as exc:
+        p.error(str(exc))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    rows = run_cluttered(args)
+    try:
+        cluttered = run_cluttered(args)
+        fashion = None if args.skip_fashion else run_fashion(args)
+    except ConfigError as exc:
+        print(f"train_accuracy.py: error: {exc}", file=sys.stderr)
+        return 2
     print_table(
         f"cluttered-digits 60x60, {args.train_size} training / {args.test_size} test images, {args.epochs} epochs, "
-        f"seeds {','.join(map(str, args.seed_list))}, {_recipe_note()}",
-        rows, args.markdown, "plain",
-    )
-    if not args.skip_fashion:
-        fashion = run_fashion(args)
-        print_table(f"Fashion-MNIST, {args.fashion_epochs} epochs", fashion, args.markdown, "resnet18")
+        f"seeds {','.join(map(str, args.seeds))}, {_recipe_note()}", cluttered, args.markdown)
+    print_table(f"Fashion-MNIST, {args.fashion_epochs} epochs", fashion, args.markdown)
     print(f"\ntotal {math.ceil(time.perf_counter() - start)} s")
-    return 0
+    return 0 if all(r["status"] == "finished" for t in (cluttered, fashion) if t for row in t["rows"]
+                    for r in row["runs"]) else 1
 
 
 if __name__ == "__main__":

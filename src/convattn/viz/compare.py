@@ -12,6 +12,7 @@ import base64
 import html
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,12 @@ def plot_gallery(rows: list[tuple[str, Any, Any, str]]):
             ax.imshow(heat_overlay(images[c], maps[c]))
             ax.set_xticks([]), ax.set_yticks([])
             if c == 0:
-                ax.set_ylabel(f"{name}\n{what}" if len(what) <= 40 else f"{name}\n…{what[-39:]}", fontsize=7)
+                ax.set_ylabel(f"{name}\n{textwrap.fill(what, 34)}", fontsize=7)
             lo, hi = float(maps[c].min()), float(maps[c].max())
-            bar = fig.colorbar(ScalarMappable(Normalize(lo, hi if hi > lo else lo + 1e-12), cmap="jet"), ax=ax,
-                               fraction=0.046, pad=0.03)
+            if hi - lo <= 1e-6 * max(1.0, abs(hi)):  # a constant map: its value, no range
+                ax.set_xlabel(f"constant {lo:.3g}", fontsize=6)
+                hi = lo + 1.0
+            bar = fig.colorbar(ScalarMappable(Normalize(lo, hi), cmap="jet"), ax=ax, fraction=0.046, pad=0.03)
             bar.ax.tick_params(labelsize=5)
     fig.tight_layout()
     return fig
