@@ -1,5 +1,11 @@
 """CBAM and SE against timm's CbamModule / SEModule on CPU: inference, training, and a ResNet-18 step.
 
+Both CBAMs are in timm's configuration (a BatchNorm after the spatial convolution): inference
+normalises with the running statistics, forward+backward (training mode) with the batch's. Inference
+is also compared with ``x.clone()`` of the same input (one read and one write of it: the memory floor
+of a layer that returns a new tensor). glibc's heap is kept (freed memory is not returned to the
+system, as ``convattn train`` keeps it) unless ``--malloc default``.
+
 Usage::
 
     python benchmarks/cbam_vs_timm.py                   # 1 thread, B=8, C=64, 56×56
@@ -24,6 +30,7 @@ import torchvision
 from torch import nn
 
 import convattn
+from convattn.engine.memory import keep_freed_memory
 
 try:
     from timm.layers.cbam import CbamModule
@@ -67,7 +74,9 @@ def main() -> None:
     p.add_argument("--clock", choices=["process", "wall"], default=None)
     p.add_argument("--resnet", action="store_true", help="also time a ResNet-18 training step")
     p.add_argument("--resnet-size", type=int, default=112)
+    p.add_argument("--malloc", choices=["keep", "default"], default="keep", help="keep glibc's freed memory (default)")
     args = p.parse_args()
+    heap = "glibc heap kept" if args.malloc == "keep" and keep_freed_memory() else "default malloc"
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("process" if args.threads == 1 else "wall")
     clock = time.process_time if clock_name == "process" else time.perf_counter
@@ -85,20 +94,22 @@ def main() -> None:
         for name, (theirs, ours) in layers.items():
             theirs.eval(), ours.eval()
             with torch.no_grad():
-                t = timeit({"timm": lambda: theirs(x), "convattn": lambda: ours(x)}, **kw)
-            rows.append((f"{name} inference", fmt, t["timm"], t["convattn"]))
+                t = timeit({"timm": lambda: theirs(x), "convattn": lambda: ours(x), "clone": x.clone}, **kw)
+            rows.append((f"{name} inference", fmt, t["timm"], t["convattn"], t["clone"]))
         theirs, ours = (m.train() for m in layers["cbam"])
         xg = x.detach().requires_grad_()
         t = timeit(
             {"timm": lambda: theirs(xg).backward(grad), "convattn": lambda: ours(xg).backward(grad)}, **kw
         )
-        rows.append(("cbam forward+backward", fmt, t["timm"], t["convattn"]))
+        rows.append(("cbam forward+backward", fmt, t["timm"], t["convattn"], None))
 
-    print(f"B={args.batch} C={c} {args.size}x{args.size}, threads={args.threads}, clock={clock_name}, "
+    print(f"B={args.batch} C={c} {args.size}x{args.size}, threads={args.threads}, clock={clock_name}, {heap}, "
           f"median of {args.rounds * args.block} calls, torch {torch.__version__}")
-    print(f"{'case':24s} {'layout':14s} {'timm ms':>9s} {'convattn ms':>12s} {'ratio':>7s}")
-    for case, fmt, a, b in rows:
-        print(f"{case:24s} {fmt:14s} {a:9.3f} {b:12.3f} {b / a:7.3f}")
+    print(f"{'case':24s} {'layout':14s} {'timm ms':>9s} {'convattn ms':>12s} {'ratio':>7s} {'clone ms':>9s} "
+          f"{'x clone':>8s}")
+    for case, fmt, a, b, cl in rows:
+        vs_clone = f"{cl:9.3f} {b / cl:8.2f}" if cl is not None else ""
+        print(f"{case:24s} {fmt:14s} {a:9.3f} {b:12.3f} {b / a:7.3f} {vs_clone}")
 
     if args.resnet:
         s = args.resnet_size
