@@ -2,10 +2,11 @@
 
 Ray is an optional dependency (``pip install 'convattn[ray]'``), imported when a launch begins. With no
 ``address``, :func:`run_tasks` connects as ``ray.init()`` does: to the cluster ``RAY_ADDRESS`` names, else to
-the one ``ray start`` last started on this machine, else it starts a local Ray instance for the launch (and
-shuts it down afterwards); inside a Ray driver (``ray.is_initialized()``) it uses that connection. A task
-is retried once, by Ray, after an exception or after its worker process or node dies, with the same
-arguments; outstanding tasks are cancelled when the caller stops reading (Ctrl-C, an error).
+the one ``ray start`` last started on this machine, else it starts a local Ray instance. The connection stays
+for later launches of the process (a local instance ends with the process, or ``ray.shutdown()``); where one
+exists already (``ray.is_initialized()``), ``address`` is not used. A task is retried once, by Ray, after an
+exception or after its worker process or node dies, with the same arguments; outstanding tasks are cancelled
+when the caller stops reading (Ctrl-C, an error).
 """
 
 from __future__ import annotations
@@ -84,30 +85,25 @@ def run_tasks(
     if not num_cpus > 0 or not num_gpus >= 0:
         raise ConfigError(f"a Ray task needs > 0 CPUs and >= 0 GPUs, got num_cpus={num_cpus}, num_gpus={num_gpus}")
     ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
+    if not ray.is_initialized():
         ray.init(address=address)
+    _check_resources(ray, num_cpus, num_gpus)
+    remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1, retry_exceptions=True,
+                                    name=name or fn.__name__)
+    begun = time.perf_counter()
+    keys = {remote.remote(*args): key for key, args in calls.items()}
+    pending = list(keys)
     try:
-        _check_resources(ray, num_cpus, num_gpus)
-        remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1, retry_exceptions=True,
-                                        name=name or fn.__name__)
-        begun = time.perf_counter()
-        keys = {remote.remote(*args): key for key, args in calls.items()}
-        pending = list(keys)
-        try:
-            while pending:
-                (ref,), pending = ray.wait(pending, num_returns=1)
-                try:
-                    value = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    value = _unwrap(ray, exc)
-                yield keys[ref], value, time.perf_counter() - begun
-        finally:
-            if pending:  # stopped early: the runs not ended yet keep their last.pt
-                _say(f"cancelling {len(pending)} unfinished task(s)")
-                for ref in pending:
-                    ray.cancel(ref)
-                ray.wait(pending, num_returns=len(pending), timeout=_CANCEL_WAIT)
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            try:
+                value = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                value = _unwrap(ray, exc)
+            yield keys[ref], value, time.perf_counter() - begun
     finally:
-        if started:
-            ray.shutdown()
+        if pending:  # stopped early: the runs not ended yet keep their last.pt
+            _say(f"cancelling {len(pending)} unfinished task(s)")
+            for ref in pending:
+                ray.cancel(ref)
+            ray.wait(pending, num_returns=len(pending), timeout=_CANCEL_WAIT)
