@@ -160,6 +160,17 @@ def test_batchnorm_workflows_match_plain_autograd():
     check_vmap_grad_matches_loop(_layer(dtype=torch.float32).eval())
 
 
+@pytest.mark.parametrize("blend", [False, True])
+def test_fx_symbolic_trace_of_the_batchnorm_configuration_records_pytorch_ops(blend, spy):
+    layer = _layer(dtype=torch.float32).train()
+    module = IdentityBlend(layer, gamma=0.3) if blend else layer
+    traced = torch.fx.symbolic_trace(module)
+    assert "convattn_" not in traced.code
+    x = _input(torch.float32)
+    torch.testing.assert_close(traced(x), copy.deepcopy(module)(x), rtol=2e-5, atol=2e-5)
+    assert spy == ["bn_forward"]  # the eager call; the traced program took PyTorch ops
+
+
 # --- the identity blend inside the kernels ----------------------------------------------------
 @pytest.mark.parametrize("norm_layer,training", [(None, True), ("bn", True), ("bn", False)])
 @pytest.mark.parametrize("channels_last", [False, True])

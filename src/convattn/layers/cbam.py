@@ -108,12 +108,12 @@ def _run_kernels(channel: nn.Module, spatial: nn.Module, x: torch.Tensor, gamma:
         return None
     batch_stats = bn.training or bn.running_mean is None
     running = (None, None) if batch_stats else (bn.running_mean, bn.running_var)
-    n = x.shape[0] * x.shape[2] * x.shape[3]
     buffers = (bn.running_mean, bn.running_var)  # of the input's dtype, as the plain path needs them
-    if (batch_stats and n < 2) or not kernels_may_run(x, (*params, bn.weight, bn.bias, *buffers, gamma)):
-        return None  # one value per channel: BatchNorm's own error
+    if not kernels_may_run(x, (*params, bn.weight, bn.bias, *buffers, gamma)):
+        return None
+    n = x.shape[0] * x.shape[2] * x.shape[3]
     ops = cbam_ops()
-    if ops is None:
+    if ops is None or (batch_stats and n < 2):  # one value per channel: BatchNorm's own error
         return None
     out, g, a, *_, mean, var = call(ops.bn_forward.default, x, *params, bn.weight, bn.bias, *running, bn.eps, gamma)
     if bn.training and bn.track_running_stats:
