@@ -1,10 +1,10 @@
 """What stops a run early: the first non-finite loss, gradient norm or weight (``RunDivergedError``),
 and a stop request (Ctrl-C, or SIGTERM from a scheduler or ``kill``, both as ``KeyboardInterrupt``).
 
-The trainer records the first step whose loss (or gradient norm, when clipping) is not finite on the
-device (:class:`FirstNonFinite`, no host sync per step) and reads it back whenever it reads its running
-sums (the progress bar, checkpoints, the end of an epoch); it checks the weights before every
-checkpoint, so no checkpoint is ever written from non-finite weights.
+The trainer records each step's loss (and gradient norm, when clipping) on the device
+(:class:`~convattn.engine.metrics.EpochLog`, no host sync per step) and looks for the first non-finite
+one whenever it reads its running sums back (the progress bar, checkpoints, the end of an epoch); it
+checks the weights before every checkpoint, so no checkpoint is ever written from non-finite weights.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 from ..exceptions import RunDivergedError
 from . import distributed as D
 
-__all__ = ["FirstNonFinite", "largest_weight", "first_non_finite", "diverged", "sigterm_as_interrupt"]
+__all__ = ["largest_weight", "first_non_finite", "diverged", "sigterm_as_interrupt"]
 
 
 def largest_weight(model: nn.Module) -> float:
@@ -38,39 +38,6 @@ def first_non_finite(ctx: D.DistContext, values: dict[str, float]) -> tuple[str,
     if ctx.enabled and not D.all_reduce_sum(ctx, [float(len(bad))], ctx.device)[0]:
         return None
     return bad[0] if bad else (("a value", "not finite on another rank") if ctx.enabled else None)
-
-
-class FirstNonFinite:
-    """The first step at which one of the watched values (tensors: the loss, the gradient norm) was not
-    finite, with its learning rate and values, kept on the values' device: :meth:`observe` costs a few small
-    device ops and no host sync; :meth:`first` reads it back."""
-
-    def __init__(self) -> None:
-        self.names: tuple[str, ...] = ()
-        self.record: torch.Tensor | None = None  # [step, lr, *values] of the first bad step; step -1 while none
-
-    def observe(self, step: int, lr: float, values: dict[str, torch.Tensor]) -> None:
-        """Record ``values`` (what -> 0-d tensor) of ``step`` if one is not finite and no step was recorded yet."""
-        with torch.no_grad():
-            v = torch.stack([t.detach().reshape(()).to(torch.float64) for t in values.values()])
-            head = torch.full((2,), float(step), dtype=torch.float64, device=v.device)
-            head[1] = lr
-            row = torch.cat([head, v])
-            if self.record is None or self.names != tuple(values):
-                self.names, self.record = tuple(values), torch.full_like(row, -1.0)
-            self.record = torch.where(torch.isfinite(v).all() | (self.record[0] >= 0), self.record, row)
-
-    def first(self, ctx: D.DistContext) -> tuple[int, float, str, str] | None:
-        """``(step, lr, what, value)`` of the first non-finite value, ``None`` when every one was finite on
-        every rank (step -1 and lr NaN where only another rank saw one). One read back, and under DDP one
-        collective: call it on all ranks."""
-        step, lr, values = -1, math.nan, {}
-        if self.record is not None:
-            rec = self.record.tolist()
-            if rec[0] >= 0:
-                step, lr, values = int(rec[0]), rec[1], dict(zip(self.names, rec[2:]))
-        found = first_non_finite(ctx, values)
-        return None if found is None else (step, lr, *found)
 
 
 def diverged(what: str, value: str, *, where: str, saved: bool) -> RunDivergedError:

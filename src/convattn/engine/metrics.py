@@ -17,7 +17,7 @@ import torch
 from .._io import atomic_write_text
 
 __all__ = [
-    "EpochSums", "METRIC_COLUMNS", "RUN_STATUSES", "DESCRIBING_FIELDS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
+    "EpochLog", "METRIC_COLUMNS", "RUN_STATUSES", "DESCRIBING_FIELDS", "MetricsWriter", "read_metrics", "epoch_line", "run_results", "stopped_results",
     "write_results", "json_safe", "strict_json", "progress_bar",
 ]
 
@@ -60,36 +60,40 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-class EpochSums:
-    """An epoch's running loss sum, correct count and count of non-finite watched values (the loss, the
-    gradient norm), added up on the device: no host sync per step. The number of samples seen is counted on
-    the host (batch sizes are known there). :meth:`values` reads them back."""
+class EpochLog:
+    """An epoch's running loss and accuracy, and its first step whose loss (or another ``watched`` value:
+    the gradient norm) is not finite, with no host sync per step: each step's values stay on the device
+    (three small ops count its correct predictions) until :meth:`read` fetches all those pending in one
+    read back and sums them on the host, in float64. ``start`` (``[loss sum, correct, count]``) carries
+    the sums of an epoch resumed in its middle."""
 
-    def __init__(self, device: torch.device, values: list[float] | None = None):
-        self.host = [float(v) for v in values or (0.0, 0.0, 0.0)] + [0.0]  # read back: valid until add()
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
-        if self.host[0] or self.host[1]:  # resumed mid-epoch (element writes: no copy from the host)
-            self.sums[0], self.sums[1] = self.host[0], self.host[1]
-        self.count = int(self.host[2])
+    def __init__(self, watched: tuple[str, ...] = ("the loss",), start: list[float] | None = None):
+        self.watched = watched  # the names of the loss and of the other values checked
+        self.sums = [float(v) for v in start or (0.0, 0.0, 0.0)]
+        self.pending: list[tuple[int, float, int]] = []  # (step, lr, batch size) of each step not read yet
+        self.tensors: list[torch.Tensor] = []  # their correct counts and watched values, in that order
+        self.first: tuple[int, float, dict[str, float]] | None = None
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, watched: list[torch.Tensor]) -> None:
-        """Add one batch: its mean ``loss``, its ``logits``' correct predictions of ``y``, and how many of the
-        ``watched`` 0-d tensors are not finite."""
+    def add(self, step: int, lr: float, logits: torch.Tensor, y: torch.Tensor, watched: list[torch.Tensor]) -> None:
+        """Record ``step`` (at learning rate ``lr``): its ``logits``' correct predictions of ``y`` and the
+        ``watched`` 0-d tensors, the batch's mean loss first."""
         with torch.no_grad():
-            n = y.shape[0]
-            correct = (logits.detach().argmax(1) == y).sum()
-            bad = torch.stack([t.detach().reshape(()) for t in watched]).isfinite().logical_not().sum()
-            self.sums += torch.stack([loss.detach().to(torch.float64) * n, correct.to(torch.float64),
-                                      bad.to(torch.float64)])
-            self.count += n
-            self.host = None
+            self.tensors += [(logits.detach().argmax(1) == y).sum(), *(t.detach() for t in watched)]
+        self.pending.append((step, lr, y.shape[0]))
 
-    def values(self) -> list[float]:
-        """``[loss sum, correct, count, non-finite values]`` (one read back from the device, if any was added)."""
-        if self.host is None:
-            loss_sum, correct, bad = self.sums.tolist()
-            self.host = [loss_sum, correct, float(self.count), bad]
-        return list(self.host)
+    def read(self) -> tuple[list[float], tuple[int, float, dict[str, float]] | None]:
+        """``[loss sum, correct, count]`` and the first step whose watched values are not finite, as
+        ``(step, lr, {what: value})`` (``None`` while every one is finite). One read back from the device."""
+        if self.pending:
+            k = 1 + len(self.watched)
+            values = torch.stack(self.tensors).tolist()  # 0-d tensors; the counts' int64 becomes float32, exactly
+            for i, (step, lr, n) in enumerate(self.pending):
+                correct, loss, *_ = row = values[i * k: (i + 1) * k]
+                self.sums = [self.sums[0] + loss * n, self.sums[1] + correct, self.sums[2] + n]
+                if self.first is None and not all(math.isfinite(v) for v in row[1:]):
+                    self.first = (step, lr, dict(zip(self.watched, row[1:])))
+            self.pending, self.tensors = [], []
+        return list(self.sums), self.first
 
 
 def progress_bar(enabled: bool, **kwargs: Any) -> Any:

@@ -39,9 +39,9 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .data import build_datasets, epoch_seed, make_eval_loader, make_train_loader, seed_everything
 from .evaluate import eval_sums, eval_summary, logits_of
-from .guard import FirstNonFinite, diverged, first_non_finite, largest_weight, sigterm_as_interrupt
+from .guard import diverged, first_non_finite, largest_weight, sigterm_as_interrupt
 from .memory import keep_freed_memory
-from .metrics import EpochSums, MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
+from .metrics import EpochLog, MetricsWriter, epoch_line, progress_bar, read_metrics, run_results, stopped_results, write_results
 from .optim import WarmupSchedule, build_optimizer, mixed_precision
 from .rundir import (
     check_resume_config, check_resume_out, claim_run_dir, config_file_edits, finished_results, new_run_dir, resume_file,
@@ -83,8 +83,8 @@ class _Trainer:
         self.plan = plan_for(config)
         check_groups(config, self.plan, self.groups)
         self.epoch = self.step = self.batch_in_epoch = 0
-        self.sums = EpochSums(self.device)  # loss sum, correct, count of the current epoch
-        self.watch = FirstNonFinite()
+        self.partial = [0.0, 0.0, 0.0]  # loss sum, correct, count of the current epoch before a resume
+        self.log: EpochLog | None = None  # the current epoch's steps, on the device
         self.epoch_elapsed = 0.0  # seconds of the current epoch run before the last checkpoint
         self.best_val_acc = -1.0
         self.opt_run_id = -1
@@ -140,7 +140,7 @@ class _Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
-            "partial": self.sums.values()[:3],
+            "partial": self.log.read()[0] if self.log is not None else self.partial,
             "epoch_elapsed": self.epoch_elapsed,
             "best_val_acc": self.best_val_acc,
             "plan": self.plan.state_dict(),
@@ -162,13 +162,13 @@ class _Trainer:
                            saved=(self.run_dir / "last.pt").is_file())
 
     def _sums(self, lr: float) -> list[float]:
-        """The epoch's ``[loss sum, correct, count]``, one read back; stops the run at the first step whose loss
-        or gradient norm was not finite (its record is read only when there is one, or under DDP: all ranks)."""
-        *sums, bad = self.sums.values()
-        found = self.watch.first(self.ctx) if bad or self.ctx.enabled else None
+        """The epoch's ``[loss sum, correct, count]`` (one read back); stops the run at the first step whose
+        loss or gradient norm was not finite (under DDP a collective: call it on all ranks)."""
+        sums, first = self.log.read()
+        found = first_non_finite(self.ctx, first[2] if first else {})
         if found is not None:  # results.json: the first bad step
-            self.step, lr = (found[0], found[1]) if found[0] >= 0 else (self.step, lr)
-            self._stop_if(found[2:], lr=lr)
+            self.step, lr = first[:2] if first else (self.step, lr)
+            self._stop_if(found, lr=lr)
         return sums
 
     def _restore(self) -> None:
@@ -178,7 +178,7 @@ class _Trainer:
             self.epoch = int(c["epoch"])
             self.batch_in_epoch = int(c["batch_in_epoch"])
             self.step = int(c["step"])
-            self.sums = EpochSums(self.device, [float(v) for v in c["partial"]])
+            self.partial = [float(v) for v in c["partial"]]
             self.epoch_elapsed = float(c.get("epoch_elapsed", 0.0))
             self.best_val_acc = float(c["best_val_acc"])
             self.plan.load_state_dict(c["plan"])
@@ -210,6 +210,8 @@ class _Trainer:
                            desc=f"epoch {self.epoch + 1}/{self._epochs_label()} [{self.plan.current['name']}]")
         t0 = time.perf_counter() - self.epoch_elapsed  # a resumed epoch counts its time before the interruption
         shown = -math.inf  # when the bar last showed the running loss
+        watched = ("the loss",) + (("the gradient norm",) if cfg.clip_grad and not self.scaler.is_enabled() else ())
+        self.log = EpochLog(watched, start=self.partial)
         for i, (x, y) in enumerate(self.train_loader):
             if i >= remaining:
                 break
@@ -226,25 +228,22 @@ class _Trainer:
                     loss = loss + self.alpha * self.model.regularization(outputs)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            watched = {"the loss": loss}
-            if cfg.clip_grad:
+            norm = None
+            if cfg.clip_grad:  # watched unless fp16's scaler, which skips the steps whose gradients overflow itself
                 self.scaler.unscale_(self.optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad)
-                if not self.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow itself
-                    watched["the gradient norm"] = norm
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
-            self.watch.observe(self.step, lr, watched)
-            self.sums.add(loss, logits, y, list(watched.values()))
+            self.log.add(self.step, lr, logits, y, [loss, norm][: len(watched)])
             self.batch_in_epoch += 1
             if bar is not None:
                 bar.update(1)
                 now = time.perf_counter()
                 if now - shown >= 0.5 or self.batch_in_epoch == self.steps_per_epoch:  # at most twice a second
                     shown = now  # (under DDP the ranks check together, at checkpoints and epoch ends)
-                    loss_sum, correct, count = self._sums(lr) if not self.ctx.enabled else self.sums.values()[:3]
+                    loss_sum, correct, count = self._sums(lr) if not self.ctx.enabled else self.log.read()[0]
                     bar.set_postfix(loss=f"{loss_sum / count:.4f}", acc=f"{correct / count:.3f}",
                                     img_s=f"{count * self.ctx.world_size / max(now - t0, 1e-9):.0f}")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.batch_in_epoch < self.steps_per_epoch:
@@ -302,7 +301,7 @@ class _Trainer:
                 self.plan.end_epoch(val["loss"])
                 self.epoch += 1
                 self.batch_in_epoch = 0
-                self.sums = EpochSums(self.device)
+                self.partial, self.log = [0.0, 0.0, 0.0], None
                 self.epoch_elapsed = 0.0
                 row = {
                     "epoch": self.epoch, "stage": stage_name, "step": self.step, **{k: tr[k] for k in ("train_loss", "train_acc")},
