@@ -2,6 +2,7 @@
 as the local launcher, failed runs in the table, a killed worker's run retried, Ctrl-C cancelling, and the
 CLI's answers with and without ray installed."""
 
+import importlib
 import importlib.util
 import json
 import os
@@ -60,6 +61,18 @@ def always_fails(**kwargs):
     return simple_cnn(**kwargs)
 '''
 
+# A model of one's own imported in the test's process only (as `convattn --import MODULE` does): the runs tell
+# their workers to import it.
+OWN = '''
+import convattn
+from convattn.models.simple_cnn import simple_cnn
+
+
+@convattn.register_model("{own}")
+def own(*, num_classes, in_chans=3, attention=None, attn_kwargs=None):
+    return simple_cnn(num_classes=num_classes, in_chans=in_chans, attention=attention, attn_kwargs=attn_kwargs)
+'''
+
 
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory):
@@ -67,15 +80,19 @@ def plugin(tmp_path_factory):
     tag = uuid.uuid4().hex[:8]
     folder = tmp_path_factory.mktemp("plugin")
     names = {"module": f"ray_models_{tag}", "dies": f"dies_once_{tag}", "flaky": f"always_fails_{tag}",
-             "marker": str(folder / "killed"), "tries": str(folder / "tries")}
+             "marker": str(folder / "killed"), "tries": str(folder / "tries"), "own_module": f"own_models_{tag}",
+             "own": f"own_{tag}"}
     (folder / f"{names['module']}.py").write_text(PLUGIN.format(driver=os.getpid(), **names))
+    (folder / f"{names['own_module']}.py").write_text(OWN.format(**names))
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
         mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
         mp.setenv("CONVATTN_IMPORT", names["module"])
+        importlib.import_module(names["own_module"])
         yield names
-    sys.modules.pop(names["module"], None)
-    for model in (names["dies"], names["flaky"]):
+    for module in (names["module"], names["own_module"]):
+        sys.modules.pop(module, None)
+    for model in (names["dies"], names["flaky"], names["own"]):
         if model in MODELS:
             MODELS.remove(model)
 
@@ -121,10 +138,11 @@ def test_ray_gives_the_local_table_and_reuses_its_runs(ray_cluster, tmp_path, ca
 
 @pytest.fixture(scope="module")
 def troubled(ray_cluster, plugin, tmp_path_factory):
-    """One compare on Ray: a plain run, a bad option, a model that always raises and one that kills its worker once."""
+    """One compare on Ray: a plain run, a bad option, a model that always raises, one that kills its worker once
+    and one known here only."""
     out = tmp_path_factory.mktemp("troubled")
     variants = {"plain": {}, "bad": {"attention": "nosuchlayer"}, "flaky": {"model": plugin["flaky"]},
-                "dies": {"model": plugin["dies"]}}
+                "dies": {"model": plugin["dies"]}, "own": {"model": plugin["own"]}}
     return compare(variants, seeds=[0], out=out, launcher="ray", recipe="none", **TINY)  # no recipe: plain = dies
 
 
@@ -138,7 +156,8 @@ def test_failed_runs_are_rows_and_the_others_finish(troubled, plugin):
     assert runs[("flaky", 0)]["reason"] == "RuntimeError: this model fails on every try"
     with open(plugin["tries"]) as f:
         assert f.read().count("try") == 2
-    assert [row["finished"] for row in troubled["rows"]] == [1, 0, 0, 1]
+    assert [row["finished"] for row in troubled["rows"]] == [1, 0, 0, 1, 1]
+    assert runs[("own", 0)]["test_acc"] == runs[("plain", 0)]["test_acc"]  # imported in the worker: the same network
 
 
 @needs_ray

@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,36 @@ def _chain_or_failure(cfg_dicts: list[dict], force: bool, threads: int | None, p
         return _failure(exc, cfg_dicts[-1].get("out"), prefix, time.perf_counter() - start)
 
 
+def _import_then(modules: list[str], then: Callable[[], Any] | None) -> None:
+    """Import ``modules`` (those registering the runs' own models and layers), then ``then()``: a worker's prepare."""
+    from ..engine.plugins import import_modules
+
+    import_modules(modules, source="the process that started these runs")
+    if then is not None:
+        then()
+
+
+def _user_modules(dicts: dict[Any, list[dict]]) -> list[str]:
+    """The modules outside convattn defining these runs' models and layers (imported here: ``--import``), which
+    worker processes must import too."""
+    import warnings
+
+    from ..engine import TrainConfig
+    from ..engine.plugins import use_modules
+
+    names: list[str] = []
+    for cfg in (c for cfgs in dicts.values() for c in cfgs):
+        info: dict[str, Any] = {}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a model defined in __main__: its run says so itself
+                use_modules(TrainConfig.from_dict(cfg), info)
+        except ConfigError:  # an unknown model: its run fails and says why
+            continue
+        names += info.get("modules", [])
+    return list(dict.fromkeys(names))
+
+
 def _train_keyed(item: tuple) -> tuple[Any, tuple[dict, str, float]]:
     key, *args = item
     return key, _chain_or_failure(*args)
@@ -254,9 +285,13 @@ def train_runs(
     started on this machine, else a local instance), each task with ``cpus_per_run`` CPUs (default 1; also
     its torch threads) and ``gpus_per_run`` GPUs (default 0: device ``auto`` then means the CPU, ``cuda`` is
     refused); ``jobs`` and ``threads`` are then unused, the cluster's free resources say how many run at
-    once. The configs' ``out`` must be paths every node and this process see (absolute, on shared storage). A chain whose task raises (other than bad settings,
-    ``ValueError`` / ``TypeError``, and divergence), or whose worker or node dies, runs once more (resuming
-    from its last.pt), and then fails as above. ``force`` deletes the run directories before submitting.
+    once. The configs' ``out`` must be paths every node and this process see (absolute, on shared storage).
+    A chain whose task raises (other than bad settings, ``ValueError`` / ``TypeError``, and divergence), or
+    whose worker or node dies, runs once more (resuming from its last.pt), and then fails as above.
+    ``force`` deletes the run directories before submitting.
+
+    Worker processes and Ray tasks first import the modules outside convattn that define the runs' models
+    and layers here (``convattn --import MODULE``), so runs of your own models train there too.
 
     Returns ``{key: (results of the chain's last run, "trained" / "reused" / "resumed" per run joined
     by "+", seconds)}``; ``on_done(key, results, how, seconds)`` is called as each chain ends.
@@ -279,6 +314,9 @@ def train_runs(
         if on_done is not None:
             on_done(key, *out)
 
+    if launcher == "ray" or (jobs > 1 and len(dicts) > 1):  # other processes: they import what defines the models
+        if modules := _user_modules(dicts):
+            prepare = {key: partial(_import_then, modules, prepare.get(key)) for key in dicts}
     if launcher == "ray":
         _train_on_ray(dicts, finish, force=force, prepare=prepare, after=after, keep_going=keep_going, address=address,
                       cpus=1 if cpus_per_run is None else cpus_per_run, gpus=0 if gpus_per_run is None else gpus_per_run)
