@@ -36,7 +36,8 @@ EXAMPLES = (
     "convattn compare --collect runs/cmp --baseline none",
 )
 
-_STATES = {"new": "to train", "finished": "finished, reused (nothing to do)", "interrupted": "interrupted, resumes"}
+_STATES = {"new": "to train", "finished": "finished, reused (nothing to do)", "interrupted": "interrupted, resumes",
+           "restart": "stopped before its first checkpoint, trains again"}
 
 
 class _FlagError(argparse.ArgumentParser):
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         for r in planned:
             print(f"{shlex.join(r['argv'][:1] + imports + r['argv'][1:])}  # {r['variant']} seed {r['seed']}: "
                   f"{_STATES.get(r['state'], r['state'] + ', refused (--force retrains)')}")
-        todo = sum(r["state"] in ("new", "interrupted") for r in planned)
+        todo = sum(r["state"] in ("new", "interrupted", "restart") for r in planned)
         print(f"[compare] dry run: {len(planned)} runs, {todo} to train or resume; nothing trained", file=sys.stderr)
         return 0
     return _show(compare(specs, **kw), args.parent, args.html)

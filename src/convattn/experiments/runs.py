@@ -47,9 +47,10 @@ def _results(run_dir: Path) -> dict[str, Any]:
 
 def run_state(config: Any, *, force: bool = False) -> str:
     """What :func:`train_or_reuse` does with ``config.out``: ``"new"`` (train), ``"finished"`` (reuse),
-    ``"interrupted"`` (resume from last.pt), or why it refuses: ``"diverged"``, ``"other settings"``,
-    ``"no last.pt"``. A folder holding only a run's marker and lock (a run that failed before writing
-    anything, e.g. on a bad option) takes a new run."""
+    ``"interrupted"`` (resume from last.pt), ``"restart"`` (a run of the same settings stopped before its
+    first checkpoint: nothing to resume and nothing to lose, so it trains again), or why it refuses:
+    ``"diverged"``, ``"other settings"``, ``"no last.pt"`` (a best.pt without last.pt). A folder holding only
+    a run's marker and lock (a run that failed before writing anything, e.g. on a bad option) takes a new run."""
     import yaml
 
     from ..engine.rundir import MARKER
@@ -66,7 +67,9 @@ def run_state(config: Any, *, force: bool = False) -> str:
         return "diverged"
     if res.get("status", "finished") == "finished" and "test_acc" in res:
         return "finished"
-    return "interrupted" if (run_dir / "last.pt").is_file() else "no last.pt"
+    if (run_dir / "last.pt").is_file():
+        return "interrupted"
+    return "no last.pt" if (run_dir / "best.pt").is_file() else "restart"
 
 
 def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]:
@@ -74,11 +77,12 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
     (:meth:`~convattn.engine.TrainConfig.result_changes`), resume an unfinished one (:func:`run_state`).
 
     Returns the result dict of :func:`convattn.engine.train` and what happened
-    (``"trained"``, ``"reused"``, ``"resumed"``). ``force`` deletes the run directory first. Only a
+    (``"trained"``, ``"reused"``, ``"resumed"``). ``force`` deletes the run directory first; so does a run
+    stopped before its first checkpoint. Only a
     run whose results.json says ``finished`` is reused; an interrupted one is resumed.
 
     Raises:
-        ConfigError: ``config.out`` holds a run with other result settings, or one without ``last.pt``.
+        ConfigError: ``config.out`` holds a run with other result settings, or a ``best.pt`` without ``last.pt``.
         RunDivergedError: the run diverged, now or before (its results.json says ``diverged``).
     """
     from ..engine import train
@@ -95,12 +99,28 @@ def train_or_reuse(config, *, force: bool = False) -> tuple[dict[str, Any], str]
         return res, "reused"
     if state == "interrupted":
         return train(config, resume=run_dir), "resumed"
+    if state == "restart":
+        _clear_run(run_dir)
+        return train(config), "trained"
     if state == "diverged":
         raise RunDivergedError(f"{run_dir} diverged ({_results(run_dir).get('reason', 'no reason recorded')}); "
                                "pass --force to retrain it")
     if state == "other settings":
         raise ConfigError(f"{run_dir} holds a run with other settings; pass --force to retrain it or --out to write elsewhere")
-    raise ConfigError(f"{run_dir} holds an unfinished run without last.pt; pass --force to retrain it")
+    raise ConfigError(f"{run_dir} holds an unfinished run with best.pt but no last.pt; pass --force to retrain it")
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Empty a run directory under its lock (a run still writing it is refused, naming its holder)."""
+    from ..engine.rundir import RunLock
+
+    lock = RunLock(run_dir)
+    try:
+        for entry in run_dir.iterdir():
+            if entry != lock.path:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    finally:
+        lock.release()
 
 
 class _Prefixed:
