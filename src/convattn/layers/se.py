@@ -37,7 +37,8 @@ class SqueezeExcite(RecordsAttention):
     ``torch.ops.convattn_se.forward`` (built on first use or by ``convattn kernels build``, see
     :mod:`convattn.layers.kernels`; the formulas are in :mod:`convattn.layers._se_ops`), which read each sample once per direction. Gradients of
     gradients, ``torch.func``, ``torch.compile``, tracing, autocast and other dtypes or devices
-    run the same formula in PyTorch ops.
+    run the same formula in PyTorch ops. Inside ``IdentityBlend`` (``identity_init``) the same kernels
+    compute the blend ``x + γ (SE(x) − x)`` (:meth:`forward_blended`), at no extra pass.
 
     Example:
         >>> import torch
