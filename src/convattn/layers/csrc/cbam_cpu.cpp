@@ -7,7 +7,7 @@
 // Per-sample passes (each reads one sample of x once):
 //   hw_pool       avg_p x and max_p x (= top), per channel
 //   channel_pool  mean_c(g x), max_c(g x), per position
-//   apply         out = x g a
+//   apply         out = x g a (with the identity blend: x (1 - gamma + gamma g a))
 //   gates         da = sum_c g x dout, dg = sum_p x dout a, count = #{c : g x = peak},
 //                 count_hw = #{p : x = top}
 //   mask          dg2 = sum_p x (dmean + [g x = peak] share)
@@ -19,9 +19,10 @@
 // The ops ``forward``/``backward`` run the whole layer per sample for the paper's
 // configuration (ReLU MLP, sigmoid gates, k x k convolution with bias, no norm): the MLP
 // and the convolution are computed here, so a sample is read from memory once per
-// direction and stays in cache for the passes that follow. Only the CPU kernels are
-// registered here; the fake (shape) and autograd formulas are registered from Python
-// (convattn/layers/cbam.py), where the backward gives way to a differentiable
+// direction and stays in cache for the passes that follow. ``bn_forward``/``bn_backward``
+// serve the configuration with a BatchNorm after the convolution (see below). Only the CPU
+// kernels are registered here; the fake (shape) and autograd formulas are registered from
+// Python (convattn/layers/_cbam_ops.py), where the backward gives way to a differentiable
 // formulation when a graph of the gradient is asked for.
 
 #include "common.h"
@@ -29,7 +30,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -41,34 +41,6 @@
 namespace {
 
 using namespace convattn_kernels;
-
-// dst[i] = src[i] for i < n with streaming (non-temporal) stores where the CPU has them: the written
-// lines go to memory without being read first and without evicting what the kernel reads next.
-template <typename T>
-void stream_copy(const T* __restrict__ src, T* __restrict__ dst, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX__)
-  constexpr int64_t L = 32 / sizeof(T);
-  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 31); ++i) dst[i] = src[i];
-  for (; i + L <= n; i += L) {
-    if constexpr (std::is_same_v<T, float>) {
-      _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-    } else if constexpr (std::is_same_v<T, double>) {
-      _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
-    } else {
-      std::copy(src + i, src + i + L, dst + i);
-    }
-  }
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
-}
-
-// Orders the streaming stores before whatever follows (another thread may read the output next).
-inline void stream_fence() {
-#if defined(__AVX__)
-  _mm_sfence();
-#endif
-}
 
 // a[p] = sigmoid((l[p] - center) scale + shift) for p < n: the spatial gate from its logits. In float with
 // AVX2 and FMA, eight at a time with Cephes' expf (a degree-5 polynomial after the reduction by ln 2,
@@ -165,37 +137,35 @@ void channel_pool_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl,
   }
 }
 
-// out = x (keep + scale g a), written with streaming stores: the output bypasses the cache, so the
-// sample, read again here, is not evicted by it. keep = 0, scale = 1 without the blend; with the
-// identity blend x + gamma (cbam(x) - x): keep = 1 - gamma, scale = gamma. ``tmp`` holds max(C, P).
+// out = x (keep + scale g a): keep = 0, scale = 1 without the blend; with the identity blend
+// x + gamma (cbam(x) - x): keep = 1 - gamma, scale = gamma.
 template <typename T>
 void apply_sample(const T* __restrict__ x, int64_t C, int64_t P, bool cl, const T* __restrict__ g,
-                  const T* __restrict__ a, T keep, T scale, T* __restrict__ out, T* __restrict__ tmp) {
+                  const T* __restrict__ a, T keep, T scale, T* __restrict__ out) {
   const bool blend = keep != T(0) || scale != T(1);
   if (!cl) {
     for (int64_t c = 0; c < C; ++c) {
       const T gc = g[c], sc = scale * g[c];
       const T* __restrict__ row = x + c * P;
+      T* __restrict__ o = out + c * P;
       if (blend) {
-        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) tmp[p] = row[p] * (keep + sc * a[p]);
+        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = row[p] * (keep + sc * a[p]);
       } else {
-        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) tmp[p] = row[p] * gc * a[p];
+        _Pragma("omp simd") for (int64_t p = 0; p < P; ++p) o[p] = row[p] * gc * a[p];
       }
-      stream_copy(tmp, out + c * P, P);
     }
   } else {
     for (int64_t p = 0; p < P; ++p) {
       const T ap = a[p], sa = scale * a[p];
       const T* __restrict__ row = x + p * C;
+      T* __restrict__ o = out + p * C;
       if (blend) {
-        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) tmp[c] = row[c] * (keep + sa * g[c]);
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = row[c] * (keep + sa * g[c]);
       } else {
-        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) tmp[c] = row[c] * g[c] * ap;
+        _Pragma("omp simd") for (int64_t c = 0; c < C; ++c) o[c] = row[c] * g[c] * ap;
       }
-      stream_copy(tmp, out + p * C, C);
     }
   }
-  stream_fence();
 }
 
 template <typename T>
@@ -488,9 +458,8 @@ struct Layer {
 
   // Per-thread scratch of the forward.
   struct Scratch {
-    std::vector<T> hsum, pad, wide, tmp;
-    explicit Scratch(const Layer& l)
-        : hsum(l.R), pad(2 * l.d.plane()), wide(l.d.Q), tmp(std::max(l.C, l.P)) {}
+    std::vector<T> hsum, pad, wide;
+    explicit Scratch(const Layer& l) : hsum(l.R), pad(2 * l.d.plane()), wide(l.d.Q) {}
   };
 
   // Sample b up to the convolution: pooled (2C), hidden (2R), g (C), stats (2P) and logits (P, no bias).
@@ -579,7 +548,7 @@ Tensors6 cbam_forward(const at::Tensor& x, const at::Tensor& w1, const at::Tenso
         l.front(xb, pooled.data_ptr<T>() + b * 2 * C, hidden.data_ptr<T>() + b * 2 * R, gb,
                 stats.data_ptr<T>() + b * 2 * P, ab, s);
         sigmoid_map(ab, P, T(0), T(1), bias_c, ab);
-        apply_sample(xb, C, P, l.cl, gb, ab, keep, scale, out.data_ptr<T>() + b * C * P, s.tmp.data());
+        apply_sample(xb, C, P, l.cl, gb, ab, keep, scale, out.data_ptr<T>() + b * C * P);
       }
     });
   });
@@ -709,12 +678,12 @@ Tensors9 cbam_bn_forward(const at::Tensor& x, const at::Tensor& w1, const at::Te
     const T keep = blend.first, scale = blend.second;
     const T* xp = x.const_data_ptr<T>();
     const int64_t P = l.P;
-    auto gate_and_apply = [&](int64_t b, const Norm<T>& n, T* tmp) {
+    auto gate_and_apply = [&](int64_t b, const Norm<T>& n) {
       const T* lb = logits.const_data_ptr<T>() + b * P;
       T* ab = a.data_ptr<T>() + b * P;
       sigmoid_map(lb, P, T(n.mean), T(n.inv * n.w), n.bias, ab);
       apply_sample(xp + b * C * P, C, P, l.cl, g.const_data_ptr<T>() + b * C, ab, keep, scale,
-                   out.data_ptr<T>() + b * C * P, tmp);
+                   out.data_ptr<T>() + b * C * P);
     };
     auto front = [&](int64_t b, typename Layer<T>::Scratch& s) {
       l.front(xp + b * C * P, pooled.data_ptr<T>() + b * 2 * C, hidden.data_ptr<T>() + b * 2 * R,
@@ -727,7 +696,7 @@ Tensors9 cbam_bn_forward(const at::Tensor& x, const at::Tensor& w1, const at::Te
         typename Layer<T>::Scratch s(l);
         for (int64_t b = b0; b < b1_; ++b) {
           front(b, s);
-          gate_and_apply(b, n, s.tmp.data());
+          gate_and_apply(b, n);
         }
       });
     } else {  // batch statistics: every sample's logits first
@@ -737,8 +706,7 @@ Tensors9 cbam_bn_forward(const at::Tensor& x, const at::Tensor& w1, const at::Te
       });
       n = norm_of<T>(logits, bn_w, bn_b, rm, rv, eps, x);
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1_) {
-        std::vector<T> tmp(std::max(C, P));
-        for (int64_t b = b0; b < b1_; ++b) gate_and_apply(b, n, tmp.data());
+        for (int64_t b = b0; b < b1_; ++b) gate_and_apply(b, n);
       });
     }
     mean.fill_(n.mean);
