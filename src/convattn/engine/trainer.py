@@ -254,7 +254,8 @@ class _Trainer:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - t0
-        loss_sum, correct, count = D.all_reduce_sum(self.ctx, self._sums(self.optimizer.param_groups[0]["lr"]), self.device)
+        sums = self._sums(self.optimizer.param_groups[0]["lr"])
+        loss_sum, correct, count = D.all_reduce_sum(self.ctx, sums, self.device)
         return {
             "train_loss": loss_sum / max(count, 1),
             "train_acc": correct / max(count, 1),
