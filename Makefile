@@ -40,5 +40,10 @@ bench-accuracy: $(STAMP)
 bench-transfer: $(STAMP)
 	$(PY) benchmarks/transfer.py --markdown --jobs 2 --threads 1
 
+# What convattn compare costs over its runs: 4 runs through compare (--jobs 2 --threads 1) against the same runs one after another, and compare's own overhead (about 4 minutes on a 2-core CPU; measure on a quiet machine).
+.PHONY: bench-compare
+bench-compare: $(STAMP)
+	$(PY) benchmarks/compare_overhead.py
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

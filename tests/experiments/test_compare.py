@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import pathlib
-import sys
 
 import pytest
 import yaml
@@ -128,7 +127,7 @@ def test_report_grouping_falls_back_to_config_yaml_and_names_what_differs(tmp_pa
     assert [r["finished"] for r in table["rows"]] == [2, 2, 2] and table["rows"][2]["diff"]["mean"] == pytest.approx(0.0)
 
 
-def test_paired_interval_against_a_hand_computation(monkeypatch):
+def test_paired_interval_against_a_hand_computation():
     variant, baseline = [0.71, 0.74, 0.69, 0.73], [0.70, 0.71, 0.70, 0.70]
     # differences 0.01, 0.03, -0.01, 0.03: mean 0.015, sd sqrt(0.0011 / 3), t(0.975, 3 dof) = 3.1824
     half = 3.1824 * math.sqrt(0.0011 / 3) / 2
@@ -139,11 +138,13 @@ def test_paired_interval_against_a_hand_computation(monkeypatch):
     assert paired_interval([0.8, 0.82, 0.81], [0.7, 0.71, 0.72])["verdict"] == "better"
     assert paired_interval([0.6, 0.62, 0.61], [0.7, 0.71, 0.72])["verdict"] == "worse"
     assert paired_interval([0.6], [0.7])["verdict"] == "one seed" and paired_interval([], [])["verdict"] == "no pairs"
-    # without scipy, the table of quantiles: the same numbers
-    with_scipy = [t_quantile(n) for n in range(1, 30)]
-    monkeypatch.setitem(sys.modules, "scipy.stats", None)
-    assert [t_quantile(n) for n in range(1, 30)] == list(T975) == pytest.approx(with_scipy, abs=1e-4)
-    assert paired_interval(variant, baseline)["low"] == pytest.approx(d["low"], abs=1e-5)
+    # the quantiles: the table up to 29 degrees of freedom, the expansion past it, both as scipy computes them
+    assert [t_quantile(n) for n in range(1, 30)] == list(T975)
+    stats = pytest.importorskip("scipy.stats", reason="scipy checks the quantiles")
+    assert [t_quantile(n) for n in range(1, 30)] == pytest.approx([stats.t.ppf(0.975, n) for n in range(1, 30)], abs=1e-4)
+    assert [t_quantile(n) for n in range(30, 300)] == pytest.approx([stats.t.ppf(0.975, n) for n in range(30, 300)], abs=1e-5)
+    with pytest.raises(ValueError, match="dof >= 1, got 0"):
+        t_quantile(0)
 
 
 @pytest.fixture

@@ -283,8 +283,8 @@ def compare(
     records = []
     for (name, seed), chain in chains.items():
         res, how, secs = results[(name, seed)]
-        if name not in flops and res.get("status", "finished") == "finished":
-            flops[name] = run_flops(chain[-1].out)
+        if flops.get(name) is None and res.get("status", "finished") == "finished":
+            flops[name] = res["flops"] if "flops" in res else run_flops(chain[-1].out)
         records.append(run_record({"run_dir": chain[-1].out, **res}, variant=name, seed=seed, how=how, seconds=secs))
     for r in records:
         r["flops"] = flops.get(r["variant"])
@@ -355,8 +355,10 @@ def _boxed_runs(configs: list) -> frozenset[str]:
 
 def _finish_run(res: dict[str, Any], *, localize: int, boxed: frozenset[str], device: str,
                 then: Callable[[dict[str, Any]], dict[str, Any]] | None) -> dict[str, Any]:
-    """``train_runs``' ``after``: score the run's maps against its data's boxes, then ``then(results)``. Scores
-    that cannot be made are left out (with one line saying why): the run itself finished."""
+    """``train_runs``' ``after``, in the worker that trained the run (its modules loaded, beside the other runs):
+    count the model's FLOPs, score its maps against its data's boxes, then ``then(results)``. Scores that cannot
+    be made are left out (with one line saying why): the run itself finished."""
+    res["flops"] = run_flops(res["run_dir"])
     if localize and str(Path(res["run_dir"]).resolve()) in boxed:
         try:
             res["localization"] = run_localization(res, images=localize, device=device)
