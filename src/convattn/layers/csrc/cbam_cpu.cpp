@@ -173,6 +173,7 @@ void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
                   const T* __restrict__ g, const T* __restrict__ a, const T* __restrict__ peak,
                   const T* __restrict__ top, T* __restrict__ da, T* __restrict__ dg, T* __restrict__ count,
                   T* __restrict__ count_hw, T* __restrict__ tmp, T* __restrict__ sum_xd) {
+  // sum_xd (where asked): the sum of x dout over the sample, for the blend's gamma
   T total = 0;
   if (!cl) {
     std::fill(da, da + P, T(0));
@@ -181,38 +182,42 @@ void gates_sample(const T* __restrict__ x, const T* __restrict__ dout, int64_t C
       const T gc = g[c], tc = top[c];
       const T* __restrict__ row = x + c * P;
       const T* __restrict__ drow = dout + c * P;
-      T n = 0;
-      _Pragma("omp simd reduction(+ : n)") for (int64_t p = 0; p < P; ++p) {
+      T n = 0, t = 0;
+      _Pragma("omp simd reduction(+ : n, t)") for (int64_t p = 0; p < P; ++p) {
         const T xd = row[p] * drow[p];
         tmp[p] = xd;
         da[p] += gc * xd;
         count[p] += (gc * row[p] == peak[p]) ? T(1) : T(0);
         n += (row[p] == tc) ? T(1) : T(0);
+        t += xd;
       }
       dg[c] = dot(tmp, a, P);
       count_hw[c] = n;
-      if (sum_xd) total += dot(row, drow, P);
+      total += t;
     }
   } else {
+    // per-channel sums (the channel gate's gradient, the ties of the H x W max, and x dout in tmp) are
+    // accumulated across positions: only the two sums over channels are reduced per position
     std::fill(dg, dg + C, T(0));
     std::fill(count_hw, count_hw + C, T(0));
+    std::fill(tmp, tmp + C, T(0));
     for (int64_t p = 0; p < P; ++p) {
       const T* __restrict__ row = x + p * C;
       const T* __restrict__ drow = dout + p * C;
       const T ap = a[p], kp = peak[p];
-      T s = 0, n = 0, t = 0;
-      _Pragma("omp simd reduction(+ : s, n, t)") for (int64_t c = 0; c < C; ++c) {
+      T s = 0, n = 0;
+      _Pragma("omp simd reduction(+ : s, n)") for (int64_t c = 0; c < C; ++c) {
         const T xd = row[c] * drow[c];
         dg[c] += xd * ap;
         count_hw[c] += (row[c] == top[c]) ? T(1) : T(0);
+        tmp[c] += xd;
         s += g[c] * xd;
         n += (g[c] * row[c] == kp) ? T(1) : T(0);
-        t += xd;
       }
       da[p] = s;
       count[p] = n;
-      total += t;
     }
+    for (int64_t c = 0; c < C; ++c) total += tmp[c];
   }
   if (sum_xd) *sum_xd = total;
 }
