@@ -432,3 +432,30 @@ def test_hooks_start_order_and_localisation_pass_through(tmp_path, fake_train, m
     assert len(scored) == 3
     with pytest.raises(ConfigError, match=r"start and prepare must name variants \(a\), got 'z'"):
         compare({"a": {}}, seeds=1, out=tmp_path, start=["z"])
+
+
+def test_gallery_shows_each_variants_attention_in_the_images_frame(tmp_path):
+    """CBAM's spatial map (the one asked for, else its first); for a model recording none (a spatial transformer
+    in front of a plain CNN), Grad-CAM carried back onto the input; the page names a run it cannot draw."""
+    import numpy as np
+
+    from convattn.engine import train
+    from convattn.experiments import table_cells, table_note
+    from convattn.viz.compare import variant_attention, write_compare_page
+
+    tiny = {"dataset": "cluttered-digits", "train_size": 32, "val_size": 16, "test_size": 16, "image_size": 28,
+            "epochs": 1, "batch_size": 16, "progress": False, "tensorboard": False}
+    cbam = train(TrainConfig(model="simple_cnn", attention="cbam", out=str(tmp_path / "cbam"), **tiny))["run_dir"]
+    stn = train(TrainConfig(model="stn_cnn", out=str(tmp_path / "stn"), **tiny))["run_dir"]
+    images, maps, what = variant_attention(cbam, 3)
+    assert images.shape == (3, 28, 28, 3) and maps.shape == (3, 28, 28) and what == "stages.0.attn:spatial"
+    assert 0.0 <= maps.min() and maps.max() <= 1.0  # the sigmoid gate's own values
+    again, _, named = variant_attention(cbam, 3, prefer="stages.1.attn:spatial")
+    assert named == "stages.1.attn:spatial" and np.array_equal(again, images)  # the same test images
+    _, cams, what = variant_attention(stn, 3)
+    assert what.startswith("Grad-CAM at classifier.") and what.endswith("carried back through stn") and cams.shape == (3, 28, 28)
+    rows = [{"variant": "cbam", "run_dir": cbam}, {"variant": "stn", "run_dir": stn},
+            {"variant": "gone", "run_dir": str(tmp_path / "gone")}]
+    table = comparison_table([{**r, "seed": 0, "status": "finished", "test_acc": 0.5} for r in rows])
+    page = write_compare_page(table, tmp_path / "compare.html", cells=table_cells(table), note=table_note(table)).read_text()
+    assert page.count("data:image/png;base64") == 3 and "gone: not drawn (CheckpointError" in page
