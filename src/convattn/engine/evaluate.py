@@ -40,11 +40,12 @@ def eval_sums(
 ) -> tuple[float, torch.Tensor]:
     """Summed cross-entropy and the confusion matrix (rows: true class, cols: prediction).
 
-    Sums, not means, so that processes can add theirs (DDP) before :func:`eval_summary`.
-    ``autocast`` is a factory of the autocast context, or ``None``.
+    Sums, not means, so that processes can add theirs (DDP) before :func:`eval_summary`; both are kept
+    on ``device`` and read back once, at the end. ``autocast`` is a factory of the autocast context, or ``None``.
     """
-    loss_sum = 0.0
-    confusion = None if num_classes is None else torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    side = num_classes or 0  # the confusion matrix's side: the classes given, else the logits' width
+    confusion = None if num_classes is None else torch.zeros(side * side, dtype=torch.int64, device=device)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         if channels_last and x.ndim == 4:
@@ -53,15 +54,14 @@ def eval_sums(
         with autocast() if autocast is not None else contextlib.nullcontext():
             logits = logits_of(model(x))
         logits = logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
         if confusion is None:
-            confusion = torch.zeros(logits.shape[1], logits.shape[1], dtype=torch.int64)
-        pred = logits.argmax(1)
-        k = confusion.shape[0]
-        confusion += torch.bincount((y * k + pred).cpu(), minlength=k * k).view(k, k)
+            side = logits.shape[1]
+            confusion = torch.zeros(side * side, dtype=torch.int64, device=device)
+        confusion += torch.bincount(y * side + logits.argmax(1), minlength=side * side)
     if confusion is None:
-        confusion = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.int64)
-    return loss_sum, confusion
+        return 0.0, torch.zeros(side, side, dtype=torch.int64)
+    return float(loss_sum), confusion.view(side, side).cpu()
 
 
 def eval_summary(loss_sum: float, confusion: torch.Tensor) -> dict[str, Any]:
