@@ -31,7 +31,11 @@ def require(library):
 def fake_build(calls, ok=True):
     """Stands in for the compiler subprocess: records the call and writes the library (or fails)."""
 
-    def run(cmd, env, capture_output, text):
+    real_run = subprocess.run
+
+    def run(cmd, env=None, **kwargs):
+        if env is None:  # not the build (the compiler's or ninja's version): the real thing
+            return real_run(cmd, **kwargs)
         calls.append(env["PATH"])
         folder = cmd[5]
         if ok:

@@ -270,14 +270,14 @@ def test_fx_symbolic_trace_records_pytorch_ops(name, spy, monkeypatch):
     assert spy == ["convattn_%s.forward" % name]  # the eager call above; the trace took PyTorch ops
 
 
-def test_cbam_other_configurations_run_pytorch_ops(spy):
+def test_cbam_other_configurations_run_pytorch_ops_and_batchnorm_its_kernels(spy):
     x = torch.randn(2, 8, 5, 6, requires_grad=True)
-    convattn.create_attn("cbam", 8, norm_layer="bn")(x).sum().backward()
     convattn.create_attn("cbam", 8, act_layer="gelu")(x).sum().backward()
     assert spy == []
-    with torch.no_grad():  # eval-mode BatchNorm in inference: folded into the kernel's convolution
+    convattn.create_attn("cbam", 8, norm_layer="bn")(x).sum().backward()  # BatchNorm in training: its kernels
+    with torch.no_grad():  # eval-mode BatchNorm: the running statistics inside the kernel
         convattn.create_attn("cbam", 8, norm_layer="bn").eval()(x)
-    assert spy == ["convattn_cbam.forward"]
+    assert spy == ["convattn_cbam.bn_forward", "convattn_cbam.bn_forward"]
 
 
 @pytest.mark.parametrize("name", ["se", "cbam"])
