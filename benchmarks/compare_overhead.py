@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(variants) != 2 or args.repeats < 1:
         p.error("--variants takes two attention names and --repeats an integer >= 1")
     fields = {"model": "simple_cnn", "dataset": "digits", "epochs": args.epochs, "image_size": args.image_size,
-              "progress": False, "tensorboard": False, "device": "cpu", **({"train_size": args.train_size} if args.train_size else {})}
+              "progress": False, "tensorboard": False, "device": "cpu",
+              **({"train_size": args.train_size} if args.train_size else {})}
     out = Path(args.out)
     if args.child:
         run = child_compare if args.child == "compare" else child_sequential
