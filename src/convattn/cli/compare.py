@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         planned = compare(specs, dry_run=True, **kw)
         imports = [w for m in getattr(args, "imports", []) for w in ("--import", m)]
         for r in planned:
-            print(f"{shlex.join(r['argv'][:1] + imports + r['argv'][1:])}  # {r['variant']} seed {r['seed']}: "
+            what = f"{r['variant']}'s plain run" if r.get("stage") == "plain run" else r["variant"]
+            print(f"{shlex.join(r['argv'][:1] + imports + r['argv'][1:])}  # {what} seed {r['seed']}: "
                   f"{_STATES.get(r['state'], r['state'] + ', refused (--force retrains)')}")
         todo = sum(r["state"] in ("new", "interrupted", "restart") for r in planned)
         print(f"[compare] dry run: {len(planned)} runs, {todo} to train or resume; nothing trained", file=sys.stderr)
