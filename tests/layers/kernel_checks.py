@@ -28,6 +28,21 @@ def require(library):
     return ops
 
 
+def kernel_backends(library):
+    """An autouse fixture for a test module: every test runs on ``library``'s C++ kernels (where they
+    build; in CI they must) and on the PyTorch-op path (``CONVATTN_EXTENSIONS=0``)."""
+
+    @pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
+    def backend(request, monkeypatch):
+        if request.param == "torch-ops":
+            monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
+        else:
+            require(library)
+        return request.param
+
+    return backend
+
+
 def fake_build(calls, ok=True):
     """Stands in for the compiler subprocess: records the call and writes the library (or fails)."""
 

@@ -14,18 +14,11 @@ from kernel_checks import (
     check_low_precision_parameters,
     check_penalty_matches_plain_autograd,
     check_vmap_grad_matches_loop,
-    require,
+    kernel_backends,
 )
 
 
-@pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
-def backend(request, monkeypatch):
-    """Every test runs on the C++ kernels (where they build; in CI they must) and on the PyTorch-op path."""
-    if request.param == "torch-ops":
-        monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
-    else:
-        require("convattn_cbam")
-    return request.param
+backend = kernel_backends("convattn_cbam")
 
 
 # --- the paper, written out -------------------------------------------------------------

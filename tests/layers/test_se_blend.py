@@ -14,18 +14,11 @@ from kernel_checks import (
     check_opcheck,
     check_penalty_matches_plain_autograd,
     check_vmap_grad_matches_loop,
-    require,
+    kernel_backends,
 )
 
 
-@pytest.fixture(autouse=True, params=["cpp", "torch-ops"])
-def backend(request, monkeypatch):
-    """Every test runs with the C++ kernels (where they build; in CI they must) and without."""
-    if request.param == "torch-ops":
-        monkeypatch.setenv("CONVATTN_EXTENSIONS", "0")
-    else:
-        require("convattn_se")
-    return request.param
+backend = kernel_backends("convattn_se")
 
 
 def _se(channels=8, **kw):
