@@ -1,14 +1,16 @@
 """The options of ``convattn compare`` beyond the train flags: the variants, seeds, where runs go, how many run at
-once and on what (``--launcher local|ray``), and the dry run and collection modes."""
+once and on what (``--launcher local|ray``), and the dry run and collection modes; and the end of a comparison's
+output, shared with ``convattn demo``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..exceptions import ConfigError
 
-__all__ = ["add_compare_arguments", "launcher_options"]
+__all__ = ["add_compare_arguments", "launcher_options", "report_unfinished"]
 
 
 def add_compare_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,3 +58,13 @@ def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     return {"launcher": "ray", "address": args.address, "cpus_per_run": args.cpus_per_run,
             "gpus_per_run": args.gpus_per_run}
+
+
+def report_unfinished(runs: list[dict[str, Any]], files: list[str]) -> int:
+    """Print a line per run that did not finish and the files written; the exit status (1: some run did not finish)."""
+    unfinished = [r for r in runs if r["status"] != "finished"]
+    for r in unfinished:
+        print(f"{r['variant']} seed {r['seed']}: {r['status']} ({r.get('reason', 'no reason recorded')}) in {r['run_dir']}")
+    print("wrote " + ", ".join(files))
+    sys.stdout.flush()
+    return 1 if unfinished else 0

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from ..exceptions import ConfigError
-from ._compare_options import add_compare_arguments, launcher_options
+from ._compare_options import add_compare_arguments, launcher_options, report_unfinished
 from ._options import check_out_dir, examples_epilog
 from ._train_options import add_config_arguments, explicit_overrides
 
@@ -130,9 +130,4 @@ def _show(table: dict[str, Any], out: str, html: bool) -> int:
     runs = [r for row in table["rows"] for r in row["runs"]]
     if any(r.get("how") == "reused" for r in runs):
         print(f"reused {sum(r.get('how') == 'reused' for r in runs)} finished run(s) (--force retrains)")
-    unfinished = [r for r in runs if r["status"] != "finished"]
-    for r in unfinished:
-        print(f"{r['variant']} seed {r['seed']}: {r['status']} ({r.get('reason', 'no reason recorded')}) in {r['run_dir']}")
-    print("wrote " + ", ".join(files))
-    sys.stdout.flush()
-    return 1 if unfinished else 0
+    return report_unfinished(runs, files)

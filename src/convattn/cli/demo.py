@@ -14,12 +14,12 @@ settings and resumes unfinished ones; ``--force`` retrains from scratch.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from ..exceptions import ConfigError
 from ..experiments import demo as variants
+from ._compare_options import report_unfinished
 from ._options import add_command, add_device, add_num_images, add_out, add_progress, check_out_dir, show_progress
 
 ORDER = 40
@@ -113,9 +113,4 @@ def _show(table: dict, args: argparse.Namespace, seconds: float) -> int:
                 print(f"{r['variant']} seed {r['seed']}: {r['figures']}")
         files.append(str(write_compare_page(table, Path(args.out) / "compare.html", cells=table_cells(table),
                                             note=table_note(table), title="convattn demo")))
-    unfinished = [r for r in runs if r["status"] != "finished"]
-    for r in unfinished:
-        print(f"{r['variant']} seed {r['seed']}: {r['status']} ({r.get('reason', 'no reason recorded')}) in {r['run_dir']}")
-    print("wrote " + ", ".join(files))
-    sys.stdout.flush()
-    return 1 if unfinished else 0
+    return report_unfinished(runs, files)
