@@ -18,7 +18,7 @@ from convattn.layers import kernels
 from convattn.layers._kernel_cache import BuildLock
 from convattn.layers import cbam as cbam_module
 from convattn.layers import se as se_module
-from kernel_checks import fake_build, require
+from kernel_checks import check_opcheck, fake_build, require
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
@@ -183,12 +183,7 @@ def _cbam_args(dtype, bias, channels_last):
 def test_opcheck(library, dtype, bias, channels_last):
     ops = require(library)
     x, params = (_se_args if library == "convattn_se" else _cbam_args)(dtype, bias, channels_last)
-    torch.library.opcheck(ops.forward.default, (x, *params))
-    detached = [p if p is None else p.detach() for p in params]
-    saved = ops.forward(x.detach(), *detached)[1:]
-    for need_dx in (True, False):
-        args = (x.detach(), torch.randn_like(x), *detached, *saved, need_dx)
-        torch.library.opcheck(ops.backward.default, args, test_utils=("test_schema", "test_faketensor"))
+    check_opcheck(ops, x, params)
 
 
 @pytest.mark.parametrize(
