@@ -210,8 +210,8 @@ def test_cli_launcher_options_and_a_dry_run_without_ray(tmp_path, monkeypatch, c
     assert capsys.readouterr().err.strip().endswith(
         "the Ray launcher needs the ray package, which is not installed here: pip install 'convattn[ray]'")
     assert not (tmp_path / "none").exists()
-    for extra, expected in ((["--address", "auto"], "--address need --launcher ray, got the local launcher"),
-                            (["--gpus-per-run", "1"], "--gpus-per-run need --launcher ray"),
+    for extra, expected in ((["--address", "auto"], "--address: expected with --launcher ray, got the local launcher"),
+                            (["--gpus-per-run", "1"], "--gpus-per-run: expected with --launcher ray"),
                             (["--launcher", "ray", "--jobs", "2"], "expected --cpus-per-run / --gpus-per-run, got --jobs")):
         assert main([*base, *extra]) == 2
         assert expected in capsys.readouterr().err
@@ -219,6 +219,10 @@ def test_cli_launcher_options_and_a_dry_run_without_ray(tmp_path, monkeypatch, c
     assert "expected no variants or train flags, got --launcher" in capsys.readouterr().err
     with pytest.raises(ValueError, match="cpus_per_run=0"):
         compare(["none"], seeds=1, out=tmp_path, launcher="ray", cpus_per_run=0, **TINY)
+    with pytest.raises(ValueError, match="cpus_per_run=0"):  # a dry run refuses what the launch would
+        compare(["none"], seeds=1, out=tmp_path, launcher="ray", cpus_per_run=0, dry_run=True, **TINY)
+    assert main([*base, "--launcher", "ray", "--gpus-per-run", "-1", "--dry-run"]) == 2
+    assert "got cpus_per_run=None, gpus_per_run=-1.0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="device 'cuda' needs gpus_per_run > 0, got 0"):
         train_runs({"a": [TrainConfig(device="cuda", out=str(tmp_path / "a"))]}, launcher="ray")
     with pytest.raises(ValueError, match="launcher must be 'local' or 'ray', got 'slurm'"):

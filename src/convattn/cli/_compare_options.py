@@ -50,7 +50,7 @@ def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
     ``--jobs`` / ``--threads`` the local launcher (Ray's free resources say how many runs go at once)."""
     given = {"--address": args.address, "--cpus-per-run": args.cpus_per_run, "--gpus-per-run": args.gpus_per_run}
     if args.launcher == "local" and (named := [f for f, v in given.items() if v is not None]):
-        raise ConfigError(f"{', '.join(named)} need --launcher ray, got the local launcher")
+        raise ConfigError(f"{', '.join(named)}: expected with --launcher ray, got the local launcher")
     if args.launcher == "ray" and (named := [f for f, v in (("--jobs", args.jobs), ("--threads", args.threads)) if v]):
         raise ConfigError(f"--launcher ray runs as many at once as the cluster's free CPUs and GPUs allow; expected "
                           f"--cpus-per-run / --gpus-per-run, got {', '.join(named)}")

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import ConfigError
-from .runs import jobs_and_threads, run_state, train_runs
+from .runs import check_launcher, jobs_and_threads, run_state, train_runs
 from .table import PLAIN_RUNS, comparison_table, records_from_dir, run_flops, run_record, write_table
 
 __all__ = ["compare", "compare_configs", "collect", "train_argv", "variant_specs", "read_variants",
@@ -245,6 +245,7 @@ def compare(
     guard that spawned processes require.
     """
     specs = variant_specs(variants)
+    check_launcher(launcher, address, cpus_per_run, gpus_per_run)
     seeds = parse_seeds(seeds)
     if baseline is not None and baseline not in specs:
         raise ConfigError(f"--baseline must name a variant ({', '.join(specs)}), got {baseline!r}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..exceptions import ConfigError, RunDivergedError
 
-__all__ = ["usable_cores", "jobs_and_threads", "run_state", "train_or_reuse", "train_runs"]
+__all__ = ["usable_cores", "jobs_and_threads", "run_state", "train_or_reuse", "check_launcher", "train_runs"]
 
 
 def usable_cores() -> int:
@@ -248,9 +248,6 @@ def _train_on_ray(dicts: dict[Any, list[dict]], finish: Callable[[Any, tuple], N
 
     from .ray_launcher import run_tasks
 
-    if not (isinstance(cpus, int) and cpus >= 1) or not (isinstance(gpus, (int, float)) and gpus >= 0):
-        raise ConfigError(f"a run on Ray takes a whole number >= 1 of CPUs and >= 0 GPUs, "
-                          f"got cpus_per_run={cpus!r}, gpus_per_run={gpus!r}")
     if force:  # here, not in the task: Ray retries a task with its arguments, and a retry must resume
         for cfg in (c for cfgs in dicts.values() for c in cfgs):
             if Path(cfg["out"]).exists():
@@ -270,6 +267,19 @@ def _train_on_ray(dicts: dict[Any, list[dict]], finish: Callable[[Any, tuple], N
                     raise out
                 out = _failure(out, dicts[key][-1].get("out"), f"[{_label(key)}] ", seconds)
             finish(key, out)
+
+
+def check_launcher(launcher: str, address: str | None, cpus_per_run: Any, gpus_per_run: Any) -> None:
+    """Refuse launcher settings :func:`train_runs` cannot use, naming what it expected and what it got."""
+    if launcher not in ("local", "ray"):
+        raise ConfigError(f"launcher must be 'local' or 'ray', got {launcher!r}")
+    if launcher == "local" and (address, cpus_per_run, gpus_per_run) != (None, None, None):
+        raise ConfigError(f"address, cpus_per_run and gpus_per_run are for launcher='ray', got launcher='local' with "
+                          f"address={address!r}, cpus_per_run={cpus_per_run!r}, gpus_per_run={gpus_per_run!r}")
+    cpus, gpus = 1 if cpus_per_run is None else cpus_per_run, gpus_per_run or 0
+    if not (isinstance(cpus, int) and cpus >= 1) or not (isinstance(gpus, (int, float)) and gpus >= 0):
+        raise ConfigError(f"a run on Ray takes a whole number >= 1 of CPUs and >= 0 GPUs, "
+                          f"got cpus_per_run={cpus_per_run!r}, gpus_per_run={gpus_per_run!r}")
 
 
 def train_runs(
@@ -318,11 +328,7 @@ def train_runs(
     A script calling this with ``jobs > 1`` needs the ``if __name__ == "__main__":`` guard that
     spawned processes require.
     """
-    if launcher not in ("local", "ray"):
-        raise ConfigError(f"launcher must be 'local' or 'ray', got {launcher!r}")
-    if launcher == "local" and (address, cpus_per_run, gpus_per_run) != (None, None, None):
-        raise ConfigError(f"address, cpus_per_run and gpus_per_run are for launcher='ray', got launcher='local' with "
-                          f"address={address!r}, cpus_per_run={cpus_per_run!r}, gpus_per_run={gpus_per_run!r}")
+    check_launcher(launcher, address, cpus_per_run, gpus_per_run)
     if jobs < 1:
         raise ConfigError(f"jobs must be >= 1, got {jobs}")
     dicts = {key: [c.to_dict() for c in cfgs] for key, cfgs in chains.items()}
