@@ -67,6 +67,11 @@ T sigmoid(T v) {
 template <typename T>
 T dot(const T* __restrict__ u, const T* __restrict__ v, int64_t n) {
   constexpr int V = 32;
+  if (n < V) {  // short (an MLP's hidden width): summing 32 lanes would cost more than the products
+    T s = 0;
+    _Pragma("omp simd reduction(+ : s)") for (int64_t i = 0; i < n; ++i) s += u[i] * v[i];
+    return s;
+  }
   T acc[V] = {};
   int64_t i = 0;
   for (; i + V <= n; i += V) {
