@@ -106,14 +106,14 @@ def kernels_may_run(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) ->
         return False
     dtype = x.dtype
     if (
-        x.device.type != "cpu"
+        not x.is_cpu
         or (dtype is not torch.float32 and dtype is not torch.float64)
         or x.layout != torch.strided
         or not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
     ):
         return False
     for q in params:
-        if q is not None and (q.dtype is not dtype or q.device.type != "cpu"):
+        if q is not None and (q.dtype is not dtype or not q.is_cpu):
             return False
     return not torch.overrides.has_torch_function((x, *(q for q in params if q is not None))) and not must_run_plain()
 
