@@ -518,6 +518,35 @@ struct GradLayout {
       : b1(R * C), w2(b1 + R), b2(w2 + C * R), wc(b2 + C), extra(wc + 2 * k * k), size(extra + n_extra) {}
 };
 
+// What both backward ops share: the output gradient in x's memory format, the forward's saved tensors flat
+// per sample, and the gradients of the MLP and of the convolution's weight (dx empty unless asked for).
+struct BackwardIO {
+  at::Tensor dout, g, a, pooled, hidden, stats, dx, dw1, db1, dw2, db2, dwc;
+
+  BackwardIO(const at::Tensor& x, const at::Tensor& dout_, const Params& q, const at::Tensor& g_,
+             const at::Tensor& a_, const at::Tensor& pooled_, const at::Tensor& hidden_, const at::Tensor& stats_,
+             bool need_dx) {
+    const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), R = q.w1.size(0), k = q.wc.size(2);
+    const auto opt = x.options();
+    dout = like_x(dout_, x, is_channels_last(x));
+    g = flat(g_, B, C, x), a = flat(a_, B, P, x), pooled = flat(pooled_, B, 2 * C, x);
+    hidden = flat(hidden_, B, 2 * R, x), stats = flat(stats_, B, 2 * P, x);
+    dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
+    dw1 = at::empty({R, C}, opt), db1 = at::empty({R}, opt), dw2 = at::empty({C, R}, opt), db2 = at::empty({C}, opt);
+    dwc = at::empty({1, 2, k, k}, opt);
+  }
+
+  // Copies those gradients out of the batch's sums (laid out as GradLayout says).
+  template <typename T>
+  void write(const std::vector<T>& total, const GradLayout& o) const {
+    copy_into(dw1, total.data(), dw1.numel());
+    copy_into(db1, total.data() + o.b1, db1.numel());
+    copy_into(dw2, total.data() + o.w2, dw2.numel());
+    copy_into(db2, total.data() + o.b2, db2.numel());
+    copy_into(dwc, total.data() + o.wc, dwc.numel());
+  }
+};
+
 // Blend coefficients: out = x (keep + scale g a).
 template <typename T>
 std::pair<T, T> blend_of(const at::Tensor& gamma, const at::Tensor& x) {
@@ -570,13 +599,10 @@ Tensors8 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::T
   const Params q = params_of(x, w1, b1, w2, b2, wc);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), R = q.w1.size(0), k = q.wc.size(2);
   const bool cl = is_channels_last(x);
-  auto dout = like_x(dout_, x, cl);
-  auto g = flat(g_, B, C, x), a = flat(a_, B, P, x), pooled = flat(pooled_, B, 2 * C, x);
-  auto hidden = flat(hidden_, B, 2 * R, x), stats = flat(stats_, B, 2 * P, x);
+  const BackwardIO io(x, dout_, q, g_, a_, pooled_, hidden_, stats_, need_dx);
+  const at::Tensor &dout = io.dout, &g = io.g, &a = io.a, &pooled = io.pooled, &hidden = io.hidden, &stats = io.stats;
   auto opt = x.options();
-  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
-  auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
-  auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt), dbc = at::empty({1}, opt);
+  auto dbc = at::empty({1}, opt);
   auto dgamma = gamma.defined() ? at::empty_like(gamma) : at::empty({0}, opt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cbam_backward", [&] {
     using T = scalar_t;
@@ -614,20 +640,16 @@ Tensors8 cbam_backward(const at::Tensor& x, const at::Tensor& dout_, const at::T
         part[o.extra] += gbc;
         l.back(xb, db, gb, ab, pb, hidden.const_data_ptr<T>() + b * 2 * R, sb, da.data(), count.data(),
                count_hw.data(), dg.data(), keep, scale, part, part + o.b1, part + o.w2, part + o.b2, part + o.wc,
-               need_dx ? dx.data_ptr<T>() + b * C * P : nullptr, s);
+               need_dx ? io.dx.data_ptr<T>() + b * C * P : nullptr, s);
       }
     });
     const std::vector<T> total = sums.total();
-    copy_into(dw1, total.data(), R * C);
-    copy_into(db1, total.data() + o.b1, R);
-    copy_into(dw2, total.data() + o.w2, C * R);
-    copy_into(db2, total.data() + o.b2, C);
-    copy_into(dwc, total.data() + o.wc, 2 * k * k);
+    io.write(total, o);
     copy_into(dbc, total.data() + o.extra, 1);
     if (gamma.defined()) copy_into(dgamma, total.data() + o.extra + 1, 1);
   });
   auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
-  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbc, dgamma};
+  return {io.dx, io.dw1, q.b1.defined() ? io.db1 : none(), io.dw2, q.b2.defined() ? io.db2 : none(), io.dwc, dbc, dgamma};
 }
 
 // The normalisation of the logits: z = (l - mean) inv w + bias, inv = 1 / sqrt(var + eps), from the running
@@ -733,13 +755,10 @@ Tensors11 cbam_bn_backward(const at::Tensor& x, const at::Tensor& dout_, const a
   const Params q = params_of(x, w1, b1, w2, b2, wc);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), R = q.w1.size(0), k = q.wc.size(2);
   const bool cl = is_channels_last(x);
-  auto dout = like_x(dout_, x, cl);
-  auto g = flat(g_, B, C, x), a = flat(a_, B, P, x), pooled = flat(pooled_, B, 2 * C, x);
-  auto hidden = flat(hidden_, B, 2 * R, x), stats = flat(stats_, B, 2 * P, x), logits = flat(logits_, B, P, x);
+  const BackwardIO io(x, dout_, q, g_, a_, pooled_, hidden_, stats_, need_dx);
+  const at::Tensor &dout = io.dout, &g = io.g, &a = io.a, &pooled = io.pooled, &hidden = io.hidden, &stats = io.stats;
+  auto logits = flat(logits_, B, P, x);
   auto opt = x.options();
-  auto dx = need_dx ? at::empty_like(x) : at::empty({0}, opt);
-  auto dw1 = at::empty({R, C}, opt), dw2 = at::empty({C, R}, opt), dwc = at::empty({1, 2, k, k}, opt);
-  auto db1 = at::empty({R}, opt), db2 = at::empty({C}, opt);
   auto dbn_w = bn_w.defined() ? at::empty_like(bn_w) : at::empty({0}, opt);
   auto dbn_b = bn_b.defined() ? at::empty_like(bn_b) : at::empty({0}, opt);
   auto dgamma = gamma.defined() ? at::empty_like(gamma) : at::empty({0}, opt);
@@ -797,14 +816,9 @@ Tensors11 cbam_bn_backward(const at::Tensor& x, const at::Tensor& dout_, const a
                pooled.const_data_ptr<T>() + b * 2 * C, hidden.const_data_ptr<T>() + b * 2 * R,
                stats.const_data_ptr<T>() + b * 2 * P, dz.data() + b * P, count.data() + b * P,
                count_hw.data() + b * C, dg.data() + b * C, keep, scale, part, part + o.b1, part + o.w2, part + o.b2,
-               part + o.wc, need_dx ? dx.data_ptr<T>() + b * C * P : nullptr, s);
+               part + o.wc, need_dx ? io.dx.data_ptr<T>() + b * C * P : nullptr, s);
     });
-    const std::vector<T> total = sums.total();
-    copy_into(dw1, total.data(), R * C);
-    copy_into(db1, total.data() + o.b1, R);
-    copy_into(dw2, total.data() + o.w2, C * R);
-    copy_into(db2, total.data() + o.b2, C);
-    copy_into(dwc, total.data() + o.wc, 2 * k * k);
+    io.write(sums.total(), o);
     if (bn_w.defined()) dbn_w.fill_(sum_dzy);
     if (bn_b.defined()) dbn_b.fill_(sum_dz);
     T dgamma_sum = 0;
@@ -812,8 +826,8 @@ Tensors11 cbam_bn_backward(const at::Tensor& x, const at::Tensor& dout_, const a
     if (gamma.defined()) dgamma.fill_(dgamma_sum);
   });
   auto none = [&] { return at::empty({0}, opt); };  // a new one per absent gradient: outputs never alias
-  return {dx, dw1, q.b1.defined() ? db1 : none(), dw2, q.b2.defined() ? db2 : none(), dwc, dbn_w, dbn_b, none(),
-          none(), dgamma};
+  return {io.dx, io.dw1, q.b1.defined() ? io.db1 : none(), io.dw2, q.b2.defined() ? io.db2 : none(), io.dwc, dbn_w,
+          dbn_b, none(), none(), dgamma};
 }
 
 at::Tensor opt_or_none(const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); }
