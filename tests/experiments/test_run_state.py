@@ -51,3 +51,24 @@ def test_a_best_checkpoint_without_last_is_refused_not_overwritten(tmp_path):
     with pytest.raises(ConfigError, match="best.pt but no last.pt; pass --force"):
         runs.train_or_reuse(cfg)
     assert (run / "best.pt").read_bytes() == b"weights"
+
+
+def test_the_dry_run_says_a_stopped_run_must_be_removed_to_run_its_line_by_hand(tmp_path, capsys):
+    from convattn.cli import main
+    from convattn.experiments import compare_configs
+
+    cfg = compare_configs({"none": {"attention": None}}, [0], out=tmp_path, **TINY)[("none", 0)][0]
+    _, run = _stopped_before_first_checkpoint(tmp_path)  # moved to where compare keeps that run, with its config
+    target = pathlib.Path(cfg.out)
+    target.parent.mkdir(parents=True)
+    run.rename(target)
+    cfg.to_yaml(target / "config.yaml")
+    assert runs.run_state(cfg) == "restart"
+    argv = ["compare", "--model", "simple_cnn", "--dataset", "digits", "--train-size", "64", "--val-size", "32",
+            "--test-size", "32", "--epochs", "1", "--image-size", "16", "--batch-size", "32", "--jobs", "1",
+            "--no-progress", "--attention", "none", "--seeds", "1", "--out", str(tmp_path), "--dry-run"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith("convattn train ") and "--resume" not in line
+    assert line.endswith("none seed 0: stopped before its first checkpoint: compare empties it and trains again "
+                         "(to run this line by hand, remove that folder first)")

@@ -37,7 +37,8 @@ EXAMPLES = (
 )
 
 _STATES = {"new": "to train", "finished": "finished, reused (nothing to do)", "interrupted": "interrupted, resumes",
-           "restart": "stopped before its first checkpoint, trains again"}
+           "restart": "stopped before its first checkpoint: compare empties it and trains again "
+                      "(to run this line by hand, remove that folder first)"}
 
 
 class _FlagError(argparse.ArgumentParser):
