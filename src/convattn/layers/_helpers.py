@@ -155,15 +155,12 @@ def check_input(
         return
     if not isinstance(x, torch.Tensor):
         raise DTypeError(f"{layer} expects a torch.Tensor, got {type(x).__name__}")
-    want = _DIM_NAMES.get(ndim, f"{ndim}-D").format(c=channels if channels is not None else "C")
-    if x.dim() != ndim:
-        raise ShapeError(f"{layer} expects input of shape {want}, got {tuple(x.shape)}")
-    if channels is not None and x.shape[1] != channels:
+    if x.dim() != ndim or (channels is not None and x.shape[1] != channels):
+        want = _DIM_NAMES.get(ndim, f"{ndim}-D").format(c=channels if channels is not None else "C")
         raise ShapeError(f"{layer} expects input of shape {want}, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise DTypeError(f"{layer} expects a floating-point input, got {x.dtype}")
-    spatial = tuple(x.shape[2:])
-    if min_size > 1 and min(spatial) < min_size:
+    if min_size > 1 and min(x.shape[2:]) < min_size:
         raise ShapeError(
             f"{layer} expects every spatial size >= {min_size}, got input of shape {tuple(x.shape)}"
         )
