@@ -95,15 +95,17 @@ def _run_kernels(channel: nn.Module, spatial: nn.Module, x: torch.Tensor, gamma:
     timm's): batch statistics in training, the running ones in evaluation, the running ones updated
     here as BatchNorm updates them.
     """
-    if not (type(channel.act) is nn.ReLU and type(channel.gate) is nn.Sigmoid and type(spatial.gate) is nn.Sigmoid):
+    cm, sm = channel._modules, spatial._modules  # read once: a Module attribute lookup costs about a microsecond
+    if not (type(cm["act"]) is nn.ReLU and type(cm["gate"]) is nn.Sigmoid and type(sm["gate"]) is nn.Sigmoid):
         return None
-    conv, bn = spatial.conv, spatial.norm
-    params = (channel.fc1.weight, channel.fc1.bias, channel.fc2.weight, channel.fc2.bias, conv.weight)
+    fc1, fc2, conv, bn = cm["fc1"], cm["fc2"], sm["conv"], sm["norm"]
+    params = (fc1.weight, fc1.bias, fc2.weight, fc2.bias, conv.weight)
     if type(bn) is nn.Identity:
-        if conv.bias is None or not kernels_may_run(x, (*params, conv.bias, gamma)):
+        bias = conv.bias
+        if bias is None or not kernels_may_run(x, (*params, bias, gamma)):
             return None
         ops = cbam_ops()
-        return None if ops is None else call(ops.forward.default, x, *params, conv.bias, gamma)[:3]
+        return None if ops is None else call(ops.forward.default, x, *params, bias, gamma)[:3]
     if type(bn) is not nn.BatchNorm2d or conv.bias is not None:
         return None
     batch_stats = bn.training or bn.running_mean is None
