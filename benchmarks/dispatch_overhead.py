@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=300, help="timed calls per case (default 300)")
     ap.add_argument("--evict-mb", type=float, default=16.0, help="size of the pass before a cold call (default 16)")
     args = ap.parse_args(argv)
+    if args.calls < 1 or not args.evict_mb > 0:
+        ap.error(f"expected --calls >= 1 and --evict-mb > 0, got --calls {args.calls} --evict-mb {args.evict_mb:g}")
     torch.set_num_threads(1)
     x = torch.randn(1, 64, 4, 4)
     evict = torch.randn(int(args.evict_mb * 2**20 / 4))
